@@ -1,0 +1,95 @@
+# thinghz build. `make` builds build/thinghz; see README.md for the targets.
+# Every .c under src/ except src/main.c goes into one static library that the
+# daemon, the unit tests and the fuzz targets link against.
+
+BUILD    ?= build
+CC       ?= gcc
+PKGS     := libuv libcrypto
+OPT      ?= -O2
+SAN      ?=
+CFLAGS   += -std=gnu11 $(OPT) -g -Wall -Wextra -Werror -Wno-unused-parameter \
+            -Wshadow -Wstrict-prototypes -pthread -D_GNU_SOURCE -Isrc $(SAN) \
+            $(shell pkg-config --cflags $(PKGS))
+LDLIBS   += $(shell pkg-config --libs $(PKGS)) -pthread -lm
+LDFLAGS  += $(SAN)
+
+LIB_SRC  := $(sort $(filter-out src/main.c,$(shell find src -name '*.c')))
+LIB_OBJ  := $(LIB_SRC:%.c=$(BUILD)/obj/%.o)
+UNIT_SRC := $(sort $(shell find tests/unit -name 'test_*.c' 2>/dev/null))
+UNIT_BIN := $(UNIT_SRC:tests/unit/%.c=$(BUILD)/tests/%)
+FUZZ_SRC := $(sort $(wildcard tests/fuzz/fuzz_*.c))
+PYTEST   := /usr/bin/python3 -m pytest
+FUZZ_SECONDS ?= 60
+
+.PHONY: all run test unit integration asan fuzz fuzz-build bench deps clean format
+
+all: $(BUILD)/thinghz
+
+$(BUILD)/obj/%.o: %.c
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) -MMD -MP -c $< -o $@
+
+$(BUILD)/libthinghz.a: $(LIB_OBJ)
+	@rm -f $@
+	ar rcs $@ $^
+
+$(BUILD)/thinghz: $(BUILD)/obj/src/main.o $(BUILD)/libthinghz.a
+	$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS)
+
+$(BUILD)/tests/%: tests/unit/%.c $(BUILD)/libthinghz.a
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) -Itests/unit $< -o $@ $(BUILD)/libthinghz.a $(LDFLAGS) $(LDLIBS) -lcmocka
+
+deps:
+	@scripts/deps
+
+run: deps all
+	@mkdir -p data
+	$(BUILD)/thinghz serve --config etc/thinghz.conf
+
+unit: $(UNIT_BIN)
+	@set -e; n=0; for t in $(UNIT_BIN); do echo "== $$t"; $$t; n=$$((n+1)); done; \
+	echo "unit: $$n test programs passed"
+
+integration: all
+	THINGHZ_BIN=$(abspath $(BUILD)/thinghz) $(PYTEST) -q tests/integration $(PYTEST_ARGS)
+
+test: deps
+	$(MAKE) unit integration
+
+# The whole suite again with AddressSanitizer and UndefinedBehaviorSanitizer.
+asan: deps
+	ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1 \
+	$(MAKE) BUILD=build/asan OPT=-O1 \
+	  SAN="-fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=all" \
+	  unit integration
+
+# libFuzzer targets, built with clang; each runs FUZZ_SECONDS on its corpus.
+fuzz-build: deps
+	$(MAKE) BUILD=build/fuzz CC=clang OPT=-O1 \
+	  SAN="-fsanitize=fuzzer-no-link,address,undefined -fno-omit-frame-pointer" build/fuzz/libthinghz.a
+	@mkdir -p build/fuzz/bin
+	@set -e; for f in $(FUZZ_SRC); do n=$$(basename $$f .c); \
+	  clang -std=gnu11 -O1 -g -Isrc -D_GNU_SOURCE -fsanitize=fuzzer,address,undefined \
+	    $$f -o build/fuzz/bin/$$n build/fuzz/libthinghz.a $(LDLIBS); done
+
+fuzz: SHELL := /bin/bash
+fuzz: fuzz-build
+	@set -e; for f in $(FUZZ_SRC); do n=$$(basename $$f .c); \
+	  mkdir -p build/fuzz/corpus/$$n; \
+	  dict=""; [ -f tests/fuzz/$$n.dict ] && dict="-dict=tests/fuzz/$$n.dict"; \
+	  echo "== $$n ($(FUZZ_SECONDS)s)"; \
+	  build/fuzz/bin/$$n -max_total_time=$(FUZZ_SECONDS) -print_final_stats=1 $$dict \
+	    build/fuzz/corpus/$$n tests/fuzz/corpus/$$n 2>&1 | tail -n 12; \
+	  test $${PIPESTATUS[0]} -eq 0; done
+
+bench: deps all
+	bench/mqtt/run
+
+format:
+	clang-format -i $$(find src tests bench -name '*.[ch]')
+
+clean:
+	rm -rf build
+
+-include $(shell find $(BUILD)/obj -name '*.d' 2>/dev/null)

@@ -1,0 +1,44 @@
+/* auth.h - who may connect, publish and subscribe.
+ *
+ * The broker asks three questions through this interface; the backend for
+ * now is anonymous access and/or a password file, with an optional
+ * mosquitto-style ACL file. The device registry (a later issue) plugs in
+ * behind the same calls. Every call is thread-safe and non-blocking on the
+ * hot path: password hashes are verified once and the result cached. */
+#ifndef THZ_AUTH_H
+#define THZ_AUTH_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "core/config.h"
+#include "core/err.h"
+
+typedef struct auth auth;
+
+/* Loads password-file and acl-file named in cfg (either may be empty). */
+thz_err auth_open(const thz_config *cfg, auth **out);
+/* Re-reads both files (SIGHUP). On error the old rules stay in force. */
+thz_err auth_reload(auth *a, const thz_config *cfg);
+void auth_close(auth *a);
+
+/* Decides a CONNECT. username may be NULL (none given); password may be NULL.
+ * THZ_OK: allowed. THZ_EBADAUTH: unknown user or wrong password, or no
+ * credentials and anonymous access is off. THZ_EDENIED: not authorized. */
+thz_err auth_connect(auth *a, const char *client_id, const char *username, const uint8_t *password,
+                     size_t password_len);
+
+/* Topic checks for a connected client. username may be NULL (anonymous).
+ * Without an ACL file everything is allowed. ACL patterns may use %u
+ * (username) and %c (client id), as in mosquitto's acl_file. */
+bool auth_can_publish(auth *a, const char *client_id, const char *username, const char *topic);
+bool auth_can_subscribe(auth *a, const char *client_id, const char *username, const char *filter);
+/* True when an ACL is loaded at all, so callers can skip per-message checks. */
+bool auth_has_acl(auth *a);
+
+/* Produces a password-file line "username:$pbkdf2-sha256$ITER$SALT$HASH"
+ * (base64 salt and hash) into out. Used by `thinghz passwd`. */
+thz_err auth_hash_password(const char *username, const char *password, char *out, size_t outlen);
+
+#endif

@@ -1,0 +1,71 @@
+/* config.h - every daemon setting, declared once in a table (config.c) that
+ * also produces `--help`, the commented sample config and the validation. */
+#ifndef THZ_CONFIG_H
+#define THZ_CONFIG_H
+
+#include <stdbool.h>
+#include <stdint.h>
+#include <stdio.h>
+
+#include "core/err.h"
+
+#define THZ_PATH_MAX 1024
+#define THZ_ADDR_MAX 128
+
+/* The settings. Field names are the setting names with '-' as '_':
+ * the config file says `mqtt-listen = 127.0.0.1:1883`, the flag is
+ * `--mqtt-listen 127.0.0.1:1883`. */
+typedef struct thz_config {
+    char data_dir[THZ_PATH_MAX];      /* data-dir: broker state, later tsdb and registry */
+    char mqtt_listen[THZ_ADDR_MAX];   /* mqtt-listen: ADDR:PORT; empty string = off */
+    char http_listen[THZ_ADDR_MAX];   /* http-listen: ADDR:PORT (used by the HTTP issue) */
+    int threads;                      /* threads: I/O threads; 0 = number of cores */
+    bool allow_anonymous;             /* allow-anonymous: accept CONNECT without credentials */
+    int log_level;                    /* log-level: error|warn|info|debug (THZ_LOG_*) */
+    char password_file[THZ_PATH_MAX]; /* password-file: `user:hash` lines (thinghz passwd) */
+    char acl_file[THZ_PATH_MAX];      /* acl-file: mosquitto-style ACL; empty = all allowed */
+    uint32_t max_packet_size;         /* max-packet-size: bytes, inbound (advertised in CONNACK) */
+    uint32_t receive_maximum;         /* receive-maximum: inbound QoS 1/2 in flight per client */
+    uint32_t max_inflight;            /* max-inflight: outbound QoS 1/2 in flight cap per client */
+    uint32_t max_queued_messages;     /* max-queued-messages: per session queue bound */
+    uint32_t max_keepalive;           /* max-keepalive: seconds; longer requests get server keep alive */
+    uint32_t max_session_expiry;      /* max-session-expiry: seconds cap on session expiry */
+    uint32_t topic_alias_maximum;     /* topic-alias-maximum: inbound aliases per v5 client */
+    uint32_t max_connections;         /* max-connections: 0 = unlimited */
+    uint32_t connect_timeout;         /* connect-timeout: seconds to wait for CONNECT */
+    uint32_t max_outbuf;              /* max-outbuf: bytes queued to one socket before QoS 0 drops */
+    uint32_t sys_interval;            /* sys-interval: seconds between $SYS updates; 0 = off */
+    bool retain_available;            /* retain-available */
+    int fsync;                        /* fsync: THZ_FSYNC_* for the broker state log */
+    uint32_t store_segment_mb;        /* store-segment-mb: state log segment size before rotating */
+} thz_config;
+
+enum { THZ_FSYNC_NEVER = 0, THZ_FSYNC_EVERYSEC = 1, THZ_FSYNC_ALWAYS = 2 };
+
+/* Fills cfg with every default from the table. */
+void config_defaults(thz_config *cfg);
+
+/* Applies a config file (`name = value` lines, `#` comments, blank lines).
+ * On error returns THZ_EINVAL and writes "FILE:LINE: reason" into err. */
+thz_err config_load_file(thz_config *cfg, const char *path, char *err, size_t errlen);
+
+/* Applies one setting by name ("mqtt-listen") from its text value. */
+thz_err config_set(thz_config *cfg, const char *name, const char *value, char *err, size_t errlen);
+
+/* Parses `--name value`, `--name=value` and, for booleans, bare `--name` and
+ * `--no-name` from argv[first..argc). A `--config FILE` is loaded first so
+ * that flags override the file whatever their order. Unknown flags are errors. */
+thz_err config_parse_args(thz_config *cfg, int argc, char **argv, int first, char *err,
+                          size_t errlen);
+
+/* Checks cross-setting rules after everything is applied. */
+thz_err config_validate(const thz_config *cfg, char *err, size_t errlen);
+
+/* Writes the flag reference (for --help) / a commented sample config file. */
+void config_print_help(FILE *out);
+void config_print_sample(FILE *out);
+
+/* Splits "ADDR:PORT" ("[::1]:1883" for IPv6) into host and port. */
+thz_err config_split_addr(const char *addr, char *host, size_t hostlen, int *port);
+
+#endif
