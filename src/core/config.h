@@ -28,16 +28,16 @@ typedef struct thz_config {
     uint32_t receive_maximum;         /* receive-maximum: inbound QoS 1/2 in flight per client */
     uint32_t max_inflight;            /* max-inflight: outbound QoS 1/2 in flight cap per client */
     uint32_t max_queued_messages;     /* max-queued-messages: per session queue bound */
-    uint32_t max_keepalive;           /* max-keepalive: seconds; longer requests get server keep alive */
-    uint32_t max_session_expiry;      /* max-session-expiry: seconds cap on session expiry */
-    uint32_t topic_alias_maximum;     /* topic-alias-maximum: inbound aliases per v5 client */
-    uint32_t max_connections;         /* max-connections: 0 = unlimited */
-    uint32_t connect_timeout;         /* connect-timeout: seconds to wait for CONNECT */
-    uint32_t max_outbuf;              /* max-outbuf: bytes queued to one socket before QoS 0 drops */
-    uint32_t sys_interval;            /* sys-interval: seconds between $SYS updates; 0 = off */
-    bool retain_available;            /* retain-available */
-    int fsync;                        /* fsync: THZ_FSYNC_* for the broker state log */
-    uint32_t store_segment_mb;        /* store-segment-mb: state log segment size before rotating */
+    uint32_t max_keepalive;      /* max-keepalive: seconds; longer requests get server keep alive */
+    uint32_t max_session_expiry; /* max-session-expiry: seconds cap on session expiry */
+    uint32_t topic_alias_maximum; /* topic-alias-maximum: inbound aliases per v5 client */
+    uint32_t max_connections;     /* max-connections: 0 = unlimited */
+    uint32_t connect_timeout;     /* connect-timeout: seconds to wait for CONNECT */
+    uint32_t max_outbuf;          /* max-outbuf: bytes queued to one socket before QoS 0 drops */
+    uint32_t sys_interval;        /* sys-interval: seconds between $SYS updates; 0 = off */
+    bool retain_available;        /* retain-available */
+    int fsync;                    /* fsync: THZ_FSYNC_* for the broker state log */
+    uint32_t store_segment_mb;    /* store-segment-mb: state log segment size before rotating */
 } thz_config;
 
 enum { THZ_FSYNC_NEVER = 0, THZ_FSYNC_EVERYSEC = 1, THZ_FSYNC_ALWAYS = 2 };
@@ -67,5 +67,21 @@ void config_print_sample(FILE *out);
 
 /* Splits "ADDR:PORT" ("[::1]:1883" for IPv6) into host and port. */
 thz_err config_split_addr(const char *addr, char *host, size_t hostlen, int *port);
+
+/* Like config_load_file but reads an open stream; `name` labels the errors
+ * ("NAME:LINE: reason"). The stream stays owned by the caller. */
+thz_err config_load_stream(thz_config *cfg, FILE *in, const char *name, char *err, size_t errlen);
+
+/* True if the setting (by name, "log-level") takes effect on SIGHUP. */
+bool config_is_reloadable(const char *name);
+
+/* Copies the reloadable settings from fresh into live and logs a warning for
+ * each other setting that differs (it needs a restart). Call it on the thread
+ * that owns live; it does no locking. */
+void config_apply_reload(thz_config *live, const thz_config *fresh);
+
+/* The number of I/O threads to start: cfg->threads, or the number of online
+ * cores (1..256) when it is 0. */
+int config_threads(const thz_config *cfg);
 
 #endif
