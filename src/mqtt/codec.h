@@ -126,7 +126,7 @@ enum mqtt_v3_connack {
 
 /* Bounds the codec enforces on every peer. */
 #define MQTT_MAX_REMAINING 268435455u /* largest Variable Byte Integer */
-#define MQTT_MAX_SUB_ID 268435455u
+#define MQTT_MAX_SUB_ID    268435455u
 
 typedef struct mqtt_span {
     const uint8_t *p;
@@ -293,8 +293,12 @@ bool mqtt_utf8_valid(const uint8_t *p, size_t n);
 size_t mqtt_props_forwardable(const mqtt_props *props, uint8_t *out);
 
 /* Encoders append one whole packet to b. `version` picks the wire format.
- * They return THZ_ENOMEM or THZ_OK. */
+ * They return THZ_OK, THZ_ENOMEM, or THZ_EINVAL (and append nothing) when
+ * the packet cannot be represented: a string or binary field over 65535
+ * bytes, a remaining length over MQTT_MAX_REMAINING, a wrong `type`. */
 thz_err mqtt_encode_connect(thz_buf *b, const mqtt_connect *c);
+/* `reason` is a v5 reason code; for 3.x it goes through mqtt_v3_connack_code
+ * (which passes 3.1.1 return codes 1..5 through unchanged). */
 thz_err mqtt_encode_connack(thz_buf *b, uint8_t version, bool session_present, uint8_t reason,
                             const mqtt_props *props);
 thz_err mqtt_encode_publish(thz_buf *b, uint8_t version, const mqtt_publish *pub);
@@ -305,8 +309,8 @@ thz_err mqtt_encode_ack(thz_buf *b, uint8_t version, uint8_t type, uint16_t id, 
 /* Client side, for tests and the benchmark: one filter per call. */
 thz_err mqtt_encode_subscribe(thz_buf *b, uint8_t version, uint16_t id, const mqtt_span *filters,
                               const uint8_t *options, size_t count, const mqtt_props *props);
-thz_err mqtt_encode_unsubscribe(thz_buf *b, uint8_t version, uint16_t id,
-                                const mqtt_span *filters, size_t count, const mqtt_props *props);
+thz_err mqtt_encode_unsubscribe(thz_buf *b, uint8_t version, uint16_t id, const mqtt_span *filters,
+                                size_t count, const mqtt_props *props);
 /* type is MQTT_SUBACK or MQTT_UNSUBACK (3.1.1 UNSUBACK carries no codes). */
 thz_err mqtt_encode_suback(thz_buf *b, uint8_t version, uint8_t type, uint16_t id,
                            const uint8_t *codes, size_t count, const mqtt_props *props);
@@ -317,7 +321,7 @@ thz_err mqtt_encode_reasoned(thz_buf *b, uint8_t version, uint8_t type, uint8_t 
                              const mqtt_props *props);
 
 /* Size in bytes of the encoded PUBLISH, to check a peer's maximum packet size
- * before encoding. */
+ * before encoding; SIZE_MAX when mqtt_encode_publish would fail THZ_EINVAL. */
 size_t mqtt_publish_size(uint8_t version, const mqtt_publish *pub);
 
 /* The one place thz_err becomes a v5 reason code. */
