@@ -41,4 +41,13 @@ bool auth_has_acl(auth *a);
  * (base64 salt and hash) into out. Used by `thinghz passwd`. */
 thz_err auth_hash_password(const char *username, const char *password, char *out, size_t outlen);
 
+/* PBKDF2 iterations auth_hash_password uses; files may say anything in
+ * 1..AUTH_MAX_ITERATIONS (more is refused so a file cannot stall a CONNECT). */
+#define AUTH_DEFAULT_ITERATIONS 100000
+#define AUTH_MAX_ITERATIONS     1000000
+
+/* auth_hash_password with an explicit iteration count (tests use small ones). */
+thz_err auth_hash_password_iter(const char *username, const char *password, unsigned iterations,
+                                char *out, size_t outlen);
+
 #endif
