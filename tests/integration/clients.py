@@ -252,7 +252,7 @@ class MosquittoSub:
     per message. start() returns once the SUBACK was received."""
 
     def __init__(self, port, topic, count, qos=0, version="mqttv5", timeout=10, extra=()):
-        self.cmd = ["mosquitto_sub", "-h", "127.0.0.1", "-p", str(port), "-V", version,
+        self.cmd = ["stdbuf", "-oL", "mosquitto_sub", "-h", "127.0.0.1", "-p", str(port), "-V", version,
                     "-t", topic, "-q", str(qos), "-C", str(count), "-W", str(timeout),
                     "-d", "-F", "MSG %q %r %t %p"] + list(extra)
         self.timeout = timeout
