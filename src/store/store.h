@@ -16,10 +16,10 @@
 typedef struct store store;
 
 typedef struct store_options {
-    int fsync;               /* THZ_FSYNC_NEVER, _EVERYSEC or _ALWAYS (core/config.h) */
-    uint64_t segment_bytes;  /* rotate the active segment past this size (0: 64 MiB) */
-    uint32_t max_key;        /* largest key accepted (0: 64 KiB) */
-    uint32_t max_value;      /* largest value accepted (0: 256 MiB) */
+    int fsync;              /* THZ_FSYNC_NEVER, _EVERYSEC or _ALWAYS (core/config.h) */
+    uint64_t segment_bytes; /* rotate the active segment past this size (0: 64 MiB) */
+    uint32_t max_key;       /* largest key accepted (0: 64 KiB) */
+    uint32_t max_value;     /* largest value accepted (0: 256 MiB) */
 } store_options;
 
 /* Called by store_open once per live key after replaying every segment
@@ -53,8 +53,8 @@ void store_compact_async(store *s);
 /* Statistics for $SYS and tests. */
 typedef struct store_stats {
     uint64_t live_keys;
-    uint64_t live_bytes;  /* sum of key+value sizes of the live keys */
-    uint64_t disk_bytes;  /* total size of all segment files */
+    uint64_t live_bytes; /* sum of key+value sizes of the live keys */
+    uint64_t disk_bytes; /* total size of all segment files */
     uint64_t segments;
     uint64_t compactions;
 } store_stats;
@@ -68,5 +68,9 @@ void store_close(store *s);
  * THZ_EAGAIN when truncated; THZ_ECORRUPT when the CRC or header is bad. */
 thz_err store_record_decode(const uint8_t *p, size_t n, size_t *rec_len, const uint8_t **key,
                             size_t *klen, const uint8_t **val, size_t *vlen, int *is_delete);
+
+/* CRC-32C (Castagnoli) of p[0..n), continuing from crc (0 to start); the
+ * checksum of records and segment headers, exposed for tests. */
+uint32_t store_crc32c(uint32_t crc, const void *p, size_t n);
 
 #endif
