@@ -12,6 +12,7 @@ that exists only to check the tests themselves while the broker is written.
 """
 
 import os
+import pwd
 import signal
 import socket
 import subprocess
@@ -139,6 +140,7 @@ class Broker:
             "log_dest stderr",
             "log_type all",
             "autosave_interval 1800",
+            "user %s" % pwd.getpwuid(os.getuid()).pw_name,
         ]
         for k, d in _MOSQ_GLOBAL.items():
             if self.opts.get(k) is not None:
