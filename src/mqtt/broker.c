@@ -1,0 +1,1196 @@
+/* broker.c - the broker's shared state and message flow: sessions, routing
+ * of a published message to every matching session (on any thread),
+ * outbound QoS 1/2 windows and queues, retained messages, wills, the state
+ * log (persistence) and the $SYS statistics. */
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "core/log.h"
+#include "net/net.h"
+#include "mqtt/mqtt_int.h"
+
+broker B;
+
+int64_t now_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+int64_t wall_s(void)
+{
+    return (int64_t)time(NULL);
+}
+
+/* ---- messages ---- */
+
+msg *msg_new(const char *topic, size_t tlen, const void *payload, size_t plen, const void *props,
+             size_t prlen, uint8_t qos, bool retain, int64_t expires_at)
+{
+    msg *m = malloc(sizeof *m + tlen + 1 + prlen + plen);
+    if (!m) return NULL;
+    atomic_init(&m->refs, 1);
+    m->qos = qos;
+    m->retain = retain;
+    m->expires_at = expires_at;
+    m->origin = NULL;
+    m->topic_len = (uint32_t)tlen;
+    m->payload_len = (uint32_t)plen;
+    m->props_len = (uint32_t)prlen;
+    m->topic = m->data;
+    memcpy(m->topic, topic, tlen);
+    m->topic[tlen] = 0;
+    m->props = (uint8_t *)m->data + tlen + 1;
+    if (prlen) memcpy(m->props, props, prlen);
+    m->payload = m->props + prlen;
+    if (plen) memcpy(m->payload, payload, plen);
+    return m;
+}
+
+void msg_unref(msg *m)
+{
+    if (m && atomic_fetch_sub_explicit(&m->refs, 1, memory_order_acq_rel) == 1) free(m);
+}
+
+/* ---- sessions ---- */
+
+session *session_ref(session *s)
+{
+    atomic_fetch_add_explicit(&s->refs, 1, memory_order_relaxed);
+    return s;
+}
+
+void session_unref(session *s)
+{
+    if (atomic_fetch_sub_explicit(&s->refs, 1, memory_order_acq_rel) != 1) return;
+    free(s->cid);
+    for (uint32_t i = 0; i < s->nfilters; i++) free(s->filters[i]);
+    free(s->filters);
+    free(s->inf);
+    free(s->q);
+    free(s->ids_out);
+    free(s->ids_in);
+    free(s);
+}
+
+static void off_list_add(worker *w, session *s)
+{
+    if (s->on_off_list) return;
+    s->off_prev = NULL;
+    s->off_next = w->offline;
+    if (w->offline) w->offline->off_prev = s;
+    w->offline = s;
+    s->on_off_list = true;
+}
+
+void off_list_del(worker *w, session *s)
+{
+    if (!s->on_off_list) return;
+    if (s->off_prev) s->off_prev->off_next = s->off_next;
+    else w->offline = s->off_next;
+    if (s->off_next) s->off_next->off_prev = s->off_prev;
+    s->on_off_list = false;
+}
+
+/* Store keys: 's' cid | 'u' cid 0 filter | 'm' cid 0 seq(8, big-endian) | 'r' topic */
+static size_t key_make(uint8_t *k, char kind, const session *s, const void *rest, size_t rlen)
+{
+    k[0] = (uint8_t)kind;
+    memcpy(k + 1, s->cid, s->cidlen);
+    size_t n = 1 + s->cidlen;
+    if (kind != 's') {
+        k[n++] = 0;
+        memcpy(k + n, rest, rlen);
+        n += rlen;
+    }
+    return n;
+}
+
+static void put_be64(uint8_t *p, uint64_t v)
+{
+    for (int i = 7; i >= 0; i--) p[7 - i] = (uint8_t)(v >> (i * 8));
+}
+
+static uint64_t get_be64(const uint8_t *p)
+{
+    uint64_t v = 0;
+    for (int i = 0; i < 8; i++) v = v << 8 | p[i];
+    return v;
+}
+
+static void store_put_checked(const void *k, size_t kl, const void *v, size_t vl)
+{
+    thz_err rc = store_put(B.st, k, kl, v, vl);
+    if (rc) log_warn("mqtt", "state log put failed: %s", thz_strerror(rc));
+    worker *w = net_self() >= 0 ? B.w[net_self()] : NULL;
+    if (w) w->store_dirty = true;
+}
+
+static void store_del_checked(const void *k, size_t kl)
+{
+    thz_err rc = store_del(B.st, k, kl);
+    if (rc) log_warn("mqtt", "state log delete failed: %s", thz_strerror(rc));
+    worker *w = net_self() >= 0 ? B.w[net_self()] : NULL;
+    if (w) w->store_dirty = true;
+}
+
+void session_persist(session *s, int64_t disconnected)
+{
+    if (!s->persistent) return;
+    uint8_t k[1 + 65536];
+    size_t kl = key_make(k, 's', s, NULL, 0);
+    uint8_t v[13];
+    v[0] = s->version;
+    memcpy(v + 1, &s->expiry, 4);
+    memcpy(v + 5, &disconnected, 8);
+    store_put_checked(k, kl, v, sizeof v);
+}
+
+void session_sub_persist(session *s, const char *f, size_t fl, uint8_t opts, uint32_t id, bool del)
+{
+    if (!s->persistent) return;
+    uint8_t *k = malloc(2 + s->cidlen + fl);
+    if (!k) return;
+    size_t kl = key_make(k, 'u', s, f, fl);
+    if (del) {
+        store_del_checked(k, kl);
+    } else {
+        uint8_t v[5];
+        v[0] = opts;
+        memcpy(v + 1, &id, 4);
+        store_put_checked(k, kl, v, sizeof v);
+    }
+    free(k);
+}
+
+/* Message record: qos, retain, nsub, subids[nsub], expires_at(8), tlen(4),
+ * topic, prlen(4), props, payload. */
+static void delivery_persist(const delivery *d)
+{
+    const msg *m = d->m;
+    size_t vl = 3 + 4u * d->nsub + 8 + 4 + m->topic_len + 4 + m->props_len + m->payload_len;
+    uint8_t *v = malloc(vl);
+    uint8_t kb[1 + 65535 + 1 + 8];
+    if (!v) return;
+    uint8_t *p = v;
+    *p++ = d->qos;
+    *p++ = d->retain;
+    *p++ = d->nsub;
+    memcpy(p, d->subids, 4u * d->nsub);
+    p += 4u * d->nsub;
+    memcpy(p, &m->expires_at, 8);
+    p += 8;
+    memcpy(p, &m->topic_len, 4);
+    p += 4;
+    memcpy(p, m->topic, m->topic_len);
+    p += m->topic_len;
+    memcpy(p, &m->props_len, 4);
+    p += 4;
+    memcpy(p, m->props, m->props_len);
+    p += m->props_len;
+    memcpy(p, m->payload, m->payload_len);
+    uint8_t seq[8];
+    put_be64(seq, d->seq);
+    size_t kl = key_make(kb, 'm', d->s, seq, 8);
+    store_put_checked(kb, kl, v, vl);
+    free(v);
+}
+
+static void delivery_unpersist(const delivery *d)
+{
+    if (!d->seq) return;
+    uint8_t kb[1 + 65535 + 1 + 8];
+    uint8_t seq[8];
+    put_be64(seq, d->seq);
+    size_t kl = key_make(kb, 'm', d->s, seq, 8);
+    store_del_checked(kb, kl);
+}
+
+/* Releases what a delivery holds (its message and session references). */
+static void delivery_drop(worker *w, delivery *d, bool count)
+{
+    if (count && w) w->dropped++;
+    delivery_unpersist(d);
+    msg_unref(d->m);
+    session_unref(d->s);
+}
+
+thz_err session_add_filter(session *s, const char *f, size_t fl)
+{
+    for (uint32_t i = 0; i < s->nfilters; i++)
+        if (strlen(s->filters[i]) == fl && memcmp(s->filters[i], f, fl) == 0) return THZ_OK;
+    if (s->nfilters == s->fcap) {
+        uint32_t cap = s->fcap ? s->fcap * 2 : 4;
+        char **a = realloc(s->filters, cap * sizeof *a);
+        if (!a) return THZ_ENOMEM;
+        s->filters = a;
+        s->fcap = cap;
+    }
+    s->filters[s->nfilters] = strndup(f, fl);
+    if (!s->filters[s->nfilters]) return THZ_ENOMEM;
+    s->nfilters++;
+    return THZ_OK;
+}
+
+void session_remove_filter(session *s, const char *f, size_t fl)
+{
+    for (uint32_t i = 0; i < s->nfilters; i++)
+        if (strlen(s->filters[i]) == fl && memcmp(s->filters[i], f, fl) == 0) {
+            free(s->filters[i]);
+            s->filters[i] = s->filters[--s->nfilters];
+            return;
+        }
+}
+
+static void unsubscribe_all(session *s)
+{
+    pthread_rwlock_wrlock(&B.trie_lock);
+    for (uint32_t i = 0; i < s->nfilters; i++) {
+        const char *f = s->filters[i], *g = NULL, *rf = f;
+        size_t fl = strlen(f), gl = 0, rfl = fl;
+        bool bad;
+        if (!topic_share_parse(f, fl, &g, &gl, &rf, &rfl, &bad)) g = NULL, rf = f, rfl = fl;
+        if (trie_remove(&B.root, rf, rfl, g, gl, s)) B.nsubs--;
+    }
+    pthread_rwlock_unlock(&B.trie_lock);
+}
+
+static void queue_clear(worker *w, session *s)
+{
+    while (s->q_len) {
+        delivery *d = &s->q[s->q_head];
+        s->q_head = (s->q_head + 1) % s->q_cap;
+        s->q_len--;
+        delivery_unpersist(d);
+        msg_unref(d->m);
+        session_unref(d->s);
+    }
+    for (uint32_t k = 0; k < s->inf_len; k++) {
+        inflight *f = &s->inf[(s->inf_head + k) % s->inf_cap];
+        if (f->state == INF_FREE) continue;
+        delivery_unpersist(&f->d);
+        msg_unref(f->d.m);
+        session_unref(f->d.s);
+        f->state = INF_FREE;
+    }
+    s->inf_len = s->inf_used = 0;
+    if (s->ids_out) memset(s->ids_out, 0, 8192);
+}
+
+/* Ends a session for good (on its home thread): subscriptions, queue and
+ * stored state go; the will (if still pending) is published. */
+void session_end(worker *w, session *s)
+{
+    if (s->dead) return;
+    pthread_mutex_lock(&B.sess_lock);
+    hmap_del_if(&B.sessions, s->cid, s->cidlen, s);
+    pthread_mutex_unlock(&B.sess_lock);
+    s->dead = true;
+    if (s->will && s->will_at_ms) will_publish(w, s);
+    msg_unref(s->will);
+    s->will = NULL;
+    unsubscribe_all(s);
+    if (s->persistent) {
+        for (uint32_t i = 0; i < s->nfilters; i++)
+            session_sub_persist(s, s->filters[i], strlen(s->filters[i]), 0, 0, true);
+        uint8_t k[1 + 65536];
+        size_t kl = key_make(k, 's', s, NULL, 0);
+        store_del_checked(k, kl);
+    }
+    queue_clear(w, s);
+    off_list_del(w, s);
+    session_unref(s); /* the table's reference */
+}
+
+void will_publish(worker *w, session *s)
+{
+    msg *m = s->will;
+    s->will = NULL;
+    s->will_at_ms = 0;
+    if (!m) return;
+    if (m->retain) retained_set(m);
+    uint32_t n;
+    route(w, m, NULL, &n);
+    msg_unref(m);
+}
+
+void session_went_offline(worker *w, session *s, bool publish_will)
+{
+    s->conn = NULL;
+    if (publish_will && s->will) {
+        uint32_t delay = s->will_delay;
+        if (!s->persistent || delay == 0) {
+            will_publish(w, s);
+        } else {
+            if (s->expiry != UINT32_MAX && s->expiry < delay) delay = s->expiry;
+            s->will_at_ms = now_ms() + (int64_t)delay * 1000;
+        }
+    } else if (!publish_will) {
+        msg_unref(s->will);
+        s->will = NULL;
+    }
+    if (!s->persistent || s->expiry == 0) {
+        session_end(w, s);
+        return;
+    }
+    s->expires_at_ms = s->expiry == UINT32_MAX ? 0 : now_ms() + (int64_t)s->expiry * 1000;
+    session_persist(s, wall_s());
+    off_list_add(w, s);
+}
+
+/* ---- outbound flow: window, queue, acks ---- */
+
+static bool id_used(const session *s, uint16_t id)
+{
+    return s->ids_out[id >> 3] & (1u << (id & 7));
+}
+
+static void id_set(session *s, uint16_t id, bool on)
+{
+    if (on) s->ids_out[id >> 3] |= (uint8_t)(1u << (id & 7));
+    else s->ids_out[id >> 3] &= (uint8_t) ~(1u << (id & 7));
+}
+
+static uint32_t window(const session *s)
+{
+    uint32_t lim = atomic_load_explicit(&B.max_inflight, memory_order_relaxed);
+    if (s->conn && s->conn->recv_max_out && s->conn->recv_max_out < lim)
+        lim = s->conn->recv_max_out;
+    return lim;
+}
+
+/* Sends d now as a new in-flight message; returns false if it was dropped. */
+static bool send_new(worker *w, session *s, delivery *d)
+{
+    conn *c = s->conn;
+    if (d->qos == 0) {
+        bool ok = conn_send_publish(c, d, 0, false);
+        msg_unref(d->m);
+        session_unref(d->s);
+        return ok;
+    }
+    if (!s->ids_out && !(s->ids_out = calloc(1, 8192))) {
+        delivery_drop(w, d, true);
+        return false;
+    }
+    uint16_t id;
+    do {
+        id = ++s->next_id;
+        if (id == 0) id = s->next_id = 1;
+    } while (id_used(s, id));
+    if (s->inf_len == s->inf_cap) {
+        /* grow the ring, unrolling it */
+        uint32_t cap = s->inf_cap ? s->inf_cap * 2 : 8;
+        inflight *a = malloc(cap * sizeof *a);
+        if (!a) {
+            delivery_drop(w, d, true);
+            return false;
+        }
+        for (uint32_t k = 0; k < s->inf_len; k++) a[k] = s->inf[(s->inf_head + k) % s->inf_cap];
+        free(s->inf);
+        s->inf = a;
+        s->inf_cap = cap;
+        s->inf_head = 0;
+    }
+    if (!conn_send_publish(c, d, id, false)) {
+        /* too large for this client or expired: acts as if completed */
+        delivery_drop(w, d, false);
+        return false;
+    }
+    inflight *f = &s->inf[(s->inf_head + s->inf_len) % s->inf_cap];
+    f->d = *d;
+    f->id = id;
+    f->state = d->qos == 1 ? INF_WAIT_ACK : INF_WAIT_REC;
+    s->inf_len++;
+    s->inf_used++;
+    id_set(s, id, true);
+    return true;
+}
+
+static void queue_push(worker *w, session *s, delivery *d)
+{
+    uint32_t maxq = atomic_load_explicit(&B.max_queued, memory_order_relaxed);
+    if (s->q_len >= maxq) {
+        /* Overflow policy: the newest message is dropped and counted. */
+        delivery_drop(w, d, true);
+        return;
+    }
+    if (s->q_len == s->q_cap) {
+        uint32_t cap = s->q_cap ? s->q_cap * 2 : 8;
+        delivery *a = malloc(cap * sizeof *a);
+        if (!a) {
+            delivery_drop(w, d, true);
+            return;
+        }
+        for (uint32_t k = 0; k < s->q_len; k++) a[k] = s->q[(s->q_head + k) % s->q_cap];
+        free(s->q);
+        s->q = a;
+        s->q_cap = cap;
+        s->q_head = 0;
+    }
+    s->q[(s->q_head + s->q_len) % s->q_cap] = *d;
+    s->q_len++;
+}
+
+/* Moves queued messages into the window while it has room. */
+void session_pump(worker *w, session *s)
+{
+    if (!s->conn || s->conn->state != CONN_ACTIVE) return;
+    uint32_t lim = window(s);
+    while (s->q_len && s->inf_used < lim) {
+        delivery d = s->q[s->q_head];
+        s->q_head = (s->q_head + 1) % s->q_cap;
+        s->q_len--;
+        if (d.m->expires_at && d.m->expires_at <= wall_s()) {
+            delivery_drop(w, &d, false);
+            continue;
+        }
+        send_new(w, s, &d);
+    }
+}
+
+/* Delivers d to its session on the session's home thread (the caller). */
+void deliver(worker *w, delivery *d)
+{
+    session *s = d->s;
+    if (s->dead) {
+        delivery_drop(w, d, false);
+        return;
+    }
+    conn *c = s->conn;
+    if (c && c->state == CONN_ACTIVE) {
+        if (d->qos == 0) {
+            send_new(w, s, d);
+            return;
+        }
+        if (s->q_len == 0 && s->inf_used < window(s)) {
+            send_new(w, s, d);
+            return;
+        }
+        queue_push(w, s, d);
+        return;
+    }
+    if (d->qos > 0 && s->persistent) {
+        queue_push(w, s, d);
+        return;
+    }
+    delivery_drop(w, d, false);
+}
+
+/* Handles PUBACK (type PUBACK), PUBREC, PUBCOMP for outbound id. */
+bool inflight_ack(worker *w, session *s, uint16_t id, uint8_t type)
+{
+    for (uint32_t k = 0; k < s->inf_len; k++) {
+        inflight *f = &s->inf[(s->inf_head + k) % s->inf_cap];
+        if (f->state == INF_FREE || f->id != id) continue;
+        if (type == MQTT_PUBREC) {
+            if (f->state != INF_WAIT_REC) return f->state == INF_WAIT_COMP;
+            f->state = INF_WAIT_COMP;
+            return true;
+        }
+        if ((type == MQTT_PUBACK && f->state != INF_WAIT_ACK) ||
+            (type == MQTT_PUBCOMP && f->state != INF_WAIT_COMP))
+            return false;
+        delivery_unpersist(&f->d);
+        msg_unref(f->d.m);
+        session_unref(f->d.s);
+        f->state = INF_FREE;
+        id_set(s, id, false);
+        s->inf_used--;
+        while (s->inf_len && s->inf[s->inf_head].state == INF_FREE) {
+            s->inf_head = (s->inf_head + 1) % s->inf_cap;
+            s->inf_len--;
+        }
+        session_pump(w, s);
+        return true;
+    }
+    return false;
+}
+
+/* After a reconnect: resend the whole window (PUBLISH with DUP, or PUBREL). */
+void session_resend(worker *w, session *s)
+{
+    for (uint32_t k = 0; k < s->inf_len; k++) {
+        inflight *f = &s->inf[(s->inf_head + k) % s->inf_cap];
+        if (f->state == INF_WAIT_ACK || f->state == INF_WAIT_REC)
+            conn_send_publish(s->conn, &f->d, f->id, true);
+        else if (f->state == INF_WAIT_COMP)
+            conn_send_pubrel(s->conn, f->id);
+    }
+    session_pump(w, s);
+}
+
+/* ---- routing ---- */
+
+static int match_cmp(const void *a, const void *b)
+{
+    const match *x = a, *y = b;
+    return x->s < y->s ? -1 : x->s > y->s;
+}
+
+static void outbox_push(worker *w, int t, const delivery *d)
+{
+    if (w->outn[t] == w->outcap[t]) {
+        uint32_t cap = w->outcap[t] ? w->outcap[t] * 2 : 256;
+        delivery *a = realloc(w->out[t], cap * sizeof *a);
+        if (!a) {
+            delivery tmp = *d;
+            delivery_drop(w, &tmp, true);
+            return;
+        }
+        w->out[t] = a;
+        w->outcap[t] = cap;
+    }
+    w->out[t][w->outn[t]++] = *d;
+}
+
+typedef struct dbatch {
+    uint32_t n;
+    delivery d[];
+} dbatch;
+
+static void deliver_batch_task(int thread, void *arg)
+{
+    dbatch *b = arg;
+    worker *w = thread >= 0 && net_self() == thread ? B.w[thread] : NULL;
+    for (uint32_t i = 0; i < b->n; i++) {
+        if (w) deliver(w, &b->d[i]);
+        else delivery_drop(NULL, &b->d[i], false);
+    }
+    free(b);
+}
+
+/* Hands every delivery batched for other threads to them: one task (and at
+ * most one wakeup) per target thread per batch of work. */
+static void outbox_flush(worker *w)
+{
+    for (int t = 0; t < B.nthreads; t++) {
+        uint32_t n = w->outn[t];
+        if (!n) continue;
+        dbatch *b = malloc(sizeof *b + n * sizeof(delivery));
+        if (!b) {
+            for (uint32_t i = 0; i < n; i++) delivery_drop(w, &w->out[t][i], true);
+        } else {
+            b->n = n;
+            memcpy(b->d, w->out[t], n * sizeof(delivery));
+            net_post(t, deliver_batch_task, b);
+        }
+        w->outn[t] = 0;
+    }
+}
+
+/* Routes m (which the caller keeps its own reference to) to every matching
+ * session. origin is the publishing session (No Local), or NULL. */
+void route(worker *w, msg *m, const session *origin, uint32_t *nmatched)
+{
+    w->nmt = 0;
+    pthread_rwlock_rdlock(&B.trie_lock);
+    trie_match(&B.root, m->topic, m->topic_len, w);
+    pthread_rwlock_unlock(&B.trie_lock);
+    uint32_t n = w->nmt;
+    *nmatched = n;
+    if (!n) return;
+    match *mt = w->mt;
+    if (n > 1) qsort(mt, n, sizeof *mt, match_cmp);
+    atomic_fetch_add_explicit(&m->refs, n, memory_order_relaxed);
+    uint32_t i = 0;
+    while (i < n) {
+        session *s = mt[i].s;
+        delivery d = {.s = s, .m = m, .seq = 0, .qos = 0, .retain = 0, .nsub = 0};
+        bool any = false;
+        uint32_t j = i;
+        for (; j < n && mt[j].s == s; j++) {
+            uint8_t o = mt[j].opts;
+            bool shared = o & 0x80;
+            if (!shared && (o & MQTT_SUBOPT_NO_LOCAL) && origin == s) continue;
+            any = true;
+            uint8_t q = MQTT_SUBOPT_QOS(o) < m->qos ? MQTT_SUBOPT_QOS(o) : m->qos;
+            if (q > d.qos) d.qos = q;
+            if (o & MQTT_SUBOPT_RETAIN_AS_PUB) d.retain |= m->retain;
+            if (mt[j].id && d.nsub < MAX_SUBIDS) d.subids[d.nsub++] = mt[j].id;
+        }
+        /* one reference per match was taken; keep one for the delivery */
+        for (uint32_t k = i + 1; k < j; k++) {
+            session_unref(mt[k].s);
+            msg_unref(m);
+        }
+        if (!any) {
+            session_unref(s);
+            msg_unref(m);
+            *nmatched -= 1;
+        } else {
+            if (d.qos > 0 && s->persistent) {
+                /* Persisted on the publisher's thread, before the PUBACK
+                 * that acknowledges the publish is flushed. */
+                d.seq = atomic_fetch_add_explicit(&s->seq, 1, memory_order_relaxed) + 1;
+                delivery_persist(&d);
+            }
+            if (s->home == w->idx) deliver(w, &d);
+            else outbox_push(w, s->home, &d);
+        }
+        i = j;
+    }
+    w->msgs_out += *nmatched;
+}
+
+/* ---- retained messages ---- */
+
+void retained_set(msg *m)
+{
+    uint8_t *k = malloc(1 + m->topic_len);
+    if (!k) return;
+    k[0] = 'r';
+    memcpy(k + 1, m->topic, m->topic_len);
+    msg *old = NULL;
+    pthread_rwlock_wrlock(&B.ret_lock);
+    if (m->payload_len == 0) {
+        old = hmap_del(&B.retained, m->topic, m->topic_len);
+    } else if (hmap_put(&B.retained, m->topic, m->topic_len, msg_ref(m), (void **)&old) != THZ_OK) {
+        msg_unref(m);
+    }
+    pthread_rwlock_unlock(&B.ret_lock);
+    msg_unref(old);
+    if (m->payload_len == 0) {
+        store_del_checked(k, 1 + m->topic_len);
+    } else {
+        size_t vl = 1 + 8 + 4 + m->props_len + m->payload_len;
+        uint8_t *v = malloc(vl);
+        if (v) {
+            v[0] = m->qos;
+            memcpy(v + 1, &m->expires_at, 8);
+            memcpy(v + 9, &m->props_len, 4);
+            memcpy(v + 13, m->props, m->props_len);
+            memcpy(v + 13 + m->props_len, m->payload, m->payload_len);
+            store_put_checked(k, 1 + m->topic_len, v, vl);
+            free(v);
+        }
+    }
+    free(k);
+}
+
+/* Sends the retained messages matching a new subscription to s. */
+void retained_deliver(worker *w, session *s, const char *f, size_t fl, uint8_t opts,
+                      uint32_t subid)
+{
+    msg **found = NULL;
+    size_t n = 0, cap = 0;
+    int64_t now = wall_s();
+    pthread_rwlock_rdlock(&B.ret_lock);
+    bool wild = memchr(f, '+', fl) || memchr(f, '#', fl);
+    if (!wild) {
+        msg *m = hmap_get(&B.retained, f, fl);
+        if (m && (found = malloc(sizeof *found))) found[n++] = msg_ref(m);
+    } else {
+        size_t pos = 0;
+        for (hmap_entry *e = hmap_next(&B.retained, &pos, NULL); e;
+             e = hmap_next(&B.retained, &pos, e)) {
+            msg *m = e->val;
+            if (!topic_matches(f, fl, m->topic, m->topic_len)) continue;
+            if (n == cap) {
+                cap = cap ? cap * 2 : 16;
+                msg **a = realloc(found, cap * sizeof *a);
+                if (!a) break;
+                found = a;
+            }
+            found[n++] = msg_ref(m);
+        }
+    }
+    pthread_rwlock_unlock(&B.ret_lock);
+    for (size_t i = 0; i < n; i++) {
+        msg *m = found[i];
+        if (m->expires_at && m->expires_at <= now) {
+            msg_unref(m);
+            continue;
+        }
+        delivery d = {.s = session_ref(s), .m = m, .retain = 1};
+        d.qos = MQTT_SUBOPT_QOS(opts) < m->qos ? MQTT_SUBOPT_QOS(opts) : m->qos;
+        if (subid) d.subids[d.nsub++] = subid;
+        if (d.qos > 0 && s->persistent) {
+            d.seq = atomic_fetch_add_explicit(&s->seq, 1, memory_order_relaxed) + 1;
+            delivery_persist(&d);
+        }
+        deliver(w, &d);
+        w->msgs_out++;
+    }
+    free(found);
+}
+
+/* ---- restoring state from the log ---- */
+
+typedef struct loaded {
+    uint8_t *k, *v;
+    size_t kl, vl;
+} loaded;
+
+typedef struct loadset {
+    loaded *a;
+    size_t n, cap;
+} loadset;
+
+static void on_replay(void *ctx, const uint8_t *k, size_t kl, const uint8_t *v, size_t vl)
+{
+    loadset *ls = ctx;
+    if (ls->n == ls->cap) {
+        size_t cap = ls->cap ? ls->cap * 2 : 256;
+        loaded *a = realloc(ls->a, cap * sizeof *a);
+        if (!a) return;
+        ls->a = a;
+        ls->cap = cap;
+    }
+    loaded *l = &ls->a[ls->n];
+    l->k = malloc(kl);
+    l->v = malloc(vl ? vl : 1);
+    if (!l->k || !l->v) {
+        free(l->k);
+        free(l->v);
+        return;
+    }
+    memcpy(l->k, k, kl);
+    memcpy(l->v, v, vl);
+    l->kl = kl;
+    l->vl = vl;
+    ls->n++;
+}
+
+static int loaded_cmp(const void *a, const void *b)
+{
+    const loaded *x = a, *y = b;
+    /* 's' < 'u' < 'm' processing order is handled by passes; within a
+     * kind, byte order sorts messages of a session by sequence. */
+    size_t n = x->kl < y->kl ? x->kl : y->kl;
+    int c = memcmp(x->k, y->k, n);
+    return c ? c : (x->kl < y->kl ? -1 : x->kl > y->kl);
+}
+
+static session *session_new(const char *cid, size_t cidlen, int home)
+{
+    session *s = calloc(1, sizeof *s);
+    if (!s) return NULL;
+    s->cid = malloc(cidlen + 1);
+    if (!s->cid) {
+        free(s);
+        return NULL;
+    }
+    memcpy(s->cid, cid, cidlen);
+    s->cid[cidlen] = 0;
+    s->cidlen = (uint32_t)cidlen;
+    s->home = home;
+    atomic_init(&s->refs, 1);
+    atomic_init(&s->seq, 0);
+    return s;
+}
+
+/* Creates a session and enters it in the table (caller holds sess_lock). */
+session *session_create_locked(const char *cid, size_t cidlen, int home)
+{
+    session *s = session_new(cid, cidlen, home);
+    if (!s) return NULL;
+    if (hmap_put(&B.sessions, s->cid, s->cidlen, s, NULL) != THZ_OK) {
+        session_unref(s);
+        return NULL;
+    }
+    return s;
+}
+
+static void restore(loadset *ls)
+{
+    qsort(ls->a, ls->n, sizeof *ls->a, loaded_cmp);
+    int64_t now = wall_s();
+    size_t nsess = 0, nsub = 0, nmsg = 0, nret = 0, orphans = 0;
+    for (int pass = 0; pass < 3; pass++) {
+        for (size_t i = 0; i < ls->n; i++) {
+            loaded *l = &ls->a[i];
+            char kind = (char)l->k[0];
+            if (pass == 0 && kind == 'r' && l->vl >= 13) {
+                int64_t exp;
+                uint32_t prl;
+                memcpy(&exp, l->v + 1, 8);
+                memcpy(&prl, l->v + 9, 4);
+                if (prl > l->vl - 13 || (exp && exp <= now)) continue;
+                msg *m = msg_new((char *)l->k + 1, l->kl - 1, l->v + 13 + prl, l->vl - 13 - prl,
+                                 l->v + 13, prl, l->v[0], true, exp);
+                if (m && hmap_put(&B.retained, m->topic, m->topic_len, m, NULL) == THZ_OK) nret++;
+            } else if (pass == 0 && kind == 's' && l->vl == 13) {
+                uint32_t exp;
+                int64_t disc;
+                memcpy(&exp, l->v + 1, 4);
+                memcpy(&disc, l->v + 5, 8);
+                int64_t gone = disc ? now - disc : 0;
+                if (exp != UINT32_MAX && gone >= (int64_t)exp) {
+                    store_del(B.st, l->k, l->kl);
+                    continue;
+                }
+                size_t cl = l->kl - 1;
+                int home = (int)(hmap_hash(l->k + 1, cl) % (uint64_t)B.nthreads);
+                session *s = session_create_locked((char *)l->k + 1, cl, home);
+                if (!s) continue;
+                s->persistent = true;
+                s->version = l->v[0];
+                s->expiry = exp;
+                s->expires_at_ms =
+                    exp == UINT32_MAX ? 0 : now_ms() + ((int64_t)exp - gone) * 1000;
+                nsess++;
+            } else if (pass > 0 && (kind == 'u' || kind == 'm')) {
+                const uint8_t *z = memchr(l->k + 1, 0, l->kl - 1);
+                if (!z) continue;
+                size_t cl = (size_t)(z - l->k - 1);
+                session *s = hmap_get(&B.sessions, l->k + 1, cl);
+                const char *rest = (const char *)z + 1;
+                size_t rl = l->kl - cl - 2;
+                if (!s) {
+                    if (pass == 2 || kind == 'u') {
+                        store_del(B.st, l->k, l->kl);
+                        orphans++;
+                    }
+                    continue;
+                }
+                if (pass == 1 && kind == 'u' && l->vl == 5) {
+                    uint32_t id;
+                    memcpy(&id, l->v + 1, 4);
+                    const char *g = NULL, *f = rest;
+                    size_t gl = 0, fl = rl;
+                    bool bad, ex;
+                    if (!topic_share_parse(rest, rl, &g, &gl, &f, &fl, &bad)) g = NULL;
+                    if (trie_add(&B.root, f, fl, g, gl, s, l->v[0], id, &ex) == THZ_OK) {
+                        session_add_filter(s, rest, rl);
+                        if (!ex) B.nsubs++;
+                        nsub++;
+                    }
+                } else if (pass == 2 && kind == 'm' && rl == 8 && l->vl >= 3) {
+                    const uint8_t *p = l->v, *end = l->v + l->vl;
+                    delivery d = {.s = s, .qos = p[0], .retain = p[1], .nsub = p[2]};
+                    p += 3;
+                    uint32_t tl, prl;
+                    if (d.nsub > MAX_SUBIDS || (size_t)(end - p) < 4u * d.nsub + 16) continue;
+                    memcpy(d.subids, p, 4u * d.nsub);
+                    p += 4u * d.nsub;
+                    int64_t exp;
+                    memcpy(&exp, p, 8);
+                    memcpy(&tl, p + 8, 4);
+                    p += 12;
+                    if (tl > (size_t)(end - p) || (size_t)(end - p) - tl < 4) continue;
+                    const char *topic = (const char *)p;
+                    p += tl;
+                    memcpy(&prl, p, 4);
+                    p += 4;
+                    if (prl > (size_t)(end - p)) continue;
+                    msg *m = msg_new(topic, tl, p + prl, (size_t)(end - p) - prl, p, prl, d.qos,
+                                     d.retain, exp);
+                    if (!m) continue;
+                    d.m = m;
+                    d.seq = get_be64((const uint8_t *)rest);
+                    if (d.seq > atomic_load(&s->seq)) atomic_store(&s->seq, d.seq);
+                    session_ref(s);
+                    /* restored messages are queued in sequence order; the
+                     * in-flight ones among them are sent again on connect */
+                    uint32_t maxq = atomic_load(&B.max_queued);
+                    if (s->q_len >= maxq) {
+                        delivery_drop(NULL, &d, false);
+                        continue;
+                    }
+                    if (s->q_len == s->q_cap) {
+                        uint32_t cap = s->q_cap ? s->q_cap * 2 : 8;
+                        delivery *a = realloc(s->q, cap * sizeof *a);
+                        if (!a) {
+                            delivery_drop(NULL, &d, false);
+                            continue;
+                        }
+                        s->q = a;
+                        s->q_cap = cap;
+                    }
+                    s->q[s->q_len++] = d;
+                    nmsg++;
+                }
+            }
+        }
+    }
+    for (size_t i = 0; i < ls->n; i++) {
+        free(ls->a[i].k);
+        free(ls->a[i].v);
+    }
+    free(ls->a);
+    if (nsess || nret)
+        log_info("mqtt", "restored %zu sessions, %zu subscriptions, %zu queued messages, %zu "
+                         "retained messages (%zu orphan records dropped)",
+                 nsess, nsub, nmsg, nret, orphans);
+}
+
+/* ---- per-thread lifecycle, ticks and $SYS ---- */
+
+static void sys_publish(worker *w)
+{
+    mqtt_stats st;
+    mqtt_get_stats(&st);
+    struct {
+        const char *t;
+        uint64_t v;
+    } items[] = {
+        {"$SYS/broker/clients/connected", st.clients_connected},
+        {"$SYS/broker/clients/total", st.sessions},
+        {"$SYS/broker/subscriptions/count", st.subscriptions},
+        {"$SYS/broker/retained messages/count", st.retained},
+        {"$SYS/broker/messages/received", st.msgs_received},
+        {"$SYS/broker/messages/sent", st.msgs_sent},
+        {"$SYS/broker/messages/dropped", st.msgs_dropped},
+        {"$SYS/broker/bytes/received", st.bytes_received},
+        {"$SYS/broker/bytes/sent", st.bytes_sent},
+        {"$SYS/broker/uptime", st.uptime_s},
+    };
+    for (size_t i = 0; i < sizeof items / sizeof *items; i++) {
+        char v[64];
+        int n = i == sizeof items / sizeof *items - 1
+                    ? snprintf(v, sizeof v, "%llu seconds", (unsigned long long)items[i].v)
+                    : snprintf(v, sizeof v, "%llu", (unsigned long long)items[i].v);
+        msg *m = msg_new(items[i].t, strlen(items[i].t), v, (size_t)n, NULL, 0, 0, true, 0);
+        if (!m) continue;
+        retained_set(m);
+        uint32_t nm;
+        route(w, m, NULL, &nm);
+        msg_unref(m);
+    }
+}
+
+static void on_tick(uv_timer_t *t)
+{
+    worker *w = t->data;
+    int64_t now = now_ms();
+    /* keep alive (1.5x) and CONNECT timeout */
+    for (conn *c = w->conns, *next; c; c = next) {
+        next = c->next;
+        if (c->state == CONN_NEW) {
+            if (now - c->accepted_ms > (int64_t)B.cfg->connect_timeout * 1000) conn_close(c, -1);
+        } else if (c->state == CONN_ACTIVE && c->keepalive &&
+                   now - c->last_rx_ms > (int64_t)c->keepalive * 1500) {
+            log_info("mqtt", "client %s: keep alive expired", c->s ? c->s->cid : "?");
+            conn_close(c, MQTT_RC_KEEP_ALIVE_TIMEOUT);
+        }
+    }
+    /* delayed wills and session expiry */
+    for (session *s = w->offline, *next; s; s = next) {
+        next = s->off_next;
+        if (s->will && s->will_at_ms && now >= s->will_at_ms) will_publish(w, s);
+        if (s->expires_at_ms && now >= s->expires_at_ms) {
+            log_debug("mqtt", "session %s expired", s->cid);
+            session_end(w, s);
+        }
+    }
+    static __thread int64_t last_sys;
+    uint32_t iv = B.cfg->sys_interval;
+    if (w->idx == 0 && iv && now - last_sys >= (int64_t)iv * 1000) {
+        last_sys = now;
+        sys_publish(w);
+    }
+    net_batch_end(w->idx);
+}
+
+static void worker_start(int idx, uv_loop_t *loop, void *ctx)
+{
+    worker *w = B.w[idx];
+    w->loop = loop;
+    uv_timer_init(loop, &w->tick);
+    w->tick.data = w;
+    uv_timer_start(&w->tick, on_tick, 250, 250);
+    /* restored sessions homed here start offline */
+    pthread_mutex_lock(&B.sess_lock);
+    size_t pos = 0;
+    for (hmap_entry *e = hmap_next(&B.sessions, &pos, NULL); e;
+         e = hmap_next(&B.sessions, &pos, e)) {
+        session *s = e->val;
+        if (s->home == idx) off_list_add(w, s);
+    }
+    pthread_mutex_unlock(&B.sess_lock);
+}
+
+static void worker_stop(int idx, uv_loop_t *loop, void *ctx)
+{
+    worker *w = B.w[idx];
+    uv_timer_stop(&w->tick);
+    uv_close((uv_handle_t *)&w->tick, NULL);
+    while (w->conns) conn_close(w->conns, MQTT_RC_SERVER_SHUTTING_DOWN);
+    outbox_flush(w);
+    store_flush(B.st);
+}
+
+/* End of a batch of work on a thread: state log first (so that it is on
+ * disk before the acknowledgements leave), then cross-thread deliveries,
+ * then every socket with pending output. */
+static void batch_end(int idx, void *ctx)
+{
+    worker *w = B.w[idx];
+    if (w->store_dirty) {
+        w->store_dirty = false;
+        thz_err rc = store_flush(B.st);
+        if (rc) log_warn("mqtt", "state log flush: %s", thz_strerror(rc));
+    }
+    outbox_flush(w);
+    for (uint32_t i = 0; i < w->ndirty; i++) {
+        conn *c = w->dirty[i];
+        c->dirty = false;
+        conn_flush(c);
+    }
+    w->ndirty = 0;
+}
+
+thz_err mqtt_start(const thz_config *cfg, auth *a)
+{
+    memset(&B, 0, sizeof B);
+    B.cfg = cfg;
+    B.auth = a;
+    B.nthreads = net_threads();
+    B.started_ms = now_ms();
+    pthread_rwlock_init(&B.trie_lock, NULL);
+    pthread_rwlock_init(&B.ret_lock, NULL);
+    pthread_mutex_init(&B.sess_lock, NULL);
+    mqtt_reload(cfg);
+    B.w = calloc((size_t)B.nthreads, sizeof *B.w);
+    if (!B.w) return THZ_ENOMEM;
+    for (int i = 0; i < B.nthreads; i++) {
+        worker *w = calloc(1, sizeof *w);
+        if (!w) return THZ_ENOMEM;
+        w->idx = i;
+        w->out = calloc((size_t)B.nthreads, sizeof *w->out);
+        w->outn = calloc((size_t)B.nthreads, sizeof *w->outn);
+        w->outcap = calloc((size_t)B.nthreads, sizeof *w->outcap);
+        if (!w->out || !w->outn || !w->outcap) return THZ_ENOMEM;
+        B.w[i] = w;
+    }
+    store_options so = {.fsync = cfg->fsync,
+                        .segment_bytes = (uint64_t)cfg->store_segment_mb << 20};
+    char dir[THZ_PATH_MAX + 16];
+    snprintf(dir, sizeof dir, "%s/mqtt", cfg->data_dir);
+    loadset ls = {0};
+    thz_err rc = store_open(dir, "state", &so, on_replay, &ls, &B.st);
+    if (rc) {
+        log_error("mqtt", "cannot open the broker state in %s: %s", dir, thz_strerror(rc));
+        return rc;
+    }
+    restore(&ls);
+    net_on_thread(worker_start, worker_stop, NULL);
+    net_on_batch_end(batch_end, NULL);
+    if (cfg->mqtt_listen[0]) {
+        rc = net_listen(cfg->mqtt_listen, conn_accept, NULL);
+        if (rc) return rc;
+    }
+    return THZ_OK;
+}
+
+void mqtt_reload(const thz_config *cfg)
+{
+    atomic_store(&B.max_queued, cfg->max_queued_messages);
+    atomic_store(&B.max_inflight, cfg->max_inflight);
+    atomic_store(&B.max_outbuf, cfg->max_outbuf);
+    atomic_store(&B.max_packet, cfg->max_packet_size);
+}
+
+void mqtt_stop(void)
+{
+    /* Sessions still in the table: persist their offline time so that
+     * their expiry keeps counting across the restart. */
+    size_t pos = 0;
+    int64_t now = wall_s();
+    for (hmap_entry *e = hmap_next(&B.sessions, &pos, NULL); e;
+         e = hmap_next(&B.sessions, &pos, e)) {
+        session *s = e->val;
+        if (s->persistent) session_persist(s, now);
+    }
+    store_close(B.st);
+    B.st = NULL;
+    /* Free everything: sessions (their queues), retained, trie. */
+    pos = 0;
+    for (hmap_entry *e = hmap_next(&B.sessions, &pos, NULL); e;
+         e = hmap_next(&B.sessions, &pos, e)) {
+        session *s = e->val;
+        for (uint32_t k = 0; k < s->q_len; k++) {
+            delivery *d = &s->q[(s->q_head + k) % s->q_cap];
+            msg_unref(d->m);
+            session_unref(d->s);
+        }
+        s->q_len = 0;
+        for (uint32_t k = 0; k < s->inf_len; k++) {
+            inflight *f = &s->inf[(s->inf_head + k) % s->inf_cap];
+            if (f->state == INF_FREE) continue;
+            msg_unref(f->d.m);
+            session_unref(f->d.s);
+        }
+        s->inf_len = 0;
+        msg_unref(s->will);
+        s->will = NULL;
+    }
+    pos = 0;
+    for (hmap_entry *e = hmap_next(&B.sessions, &pos, NULL); e;
+         e = hmap_next(&B.sessions, &pos, e))
+        session_unref(e->val);
+    hmap_free(&B.sessions);
+    pos = 0;
+    for (hmap_entry *e = hmap_next(&B.retained, &pos, NULL); e;
+         e = hmap_next(&B.retained, &pos, e))
+        msg_unref(e->val);
+    hmap_free(&B.retained);
+    trie_free(&B.root);
+    for (int i = 0; i < B.nthreads; i++) {
+        worker *w = B.w[i];
+        for (int t = 0; t < B.nthreads; t++) free(w->out[t]);
+        free(w->out);
+        free(w->outn);
+        free(w->outcap);
+        free(w->mt);
+        free(w->dirty);
+        free(w);
+    }
+    free(B.w);
+}
+
+void mqtt_get_stats(mqtt_stats *st)
+{
+    memset(st, 0, sizeof *st);
+    for (int i = 0; i < B.nthreads; i++) {
+        worker *w = B.w[i];
+        st->clients_connected += __atomic_load_n(&w->n_clients, __ATOMIC_RELAXED);
+        st->msgs_received += __atomic_load_n(&w->msgs_in, __ATOMIC_RELAXED);
+        st->msgs_sent += __atomic_load_n(&w->msgs_out, __ATOMIC_RELAXED);
+        st->bytes_received += __atomic_load_n(&w->bytes_in, __ATOMIC_RELAXED);
+        st->bytes_sent += __atomic_load_n(&w->bytes_out, __ATOMIC_RELAXED);
+        st->msgs_dropped += __atomic_load_n(&w->dropped, __ATOMIC_RELAXED);
+    }
+    pthread_mutex_lock(&B.sess_lock);
+    st->sessions = B.sessions.n;
+    pthread_mutex_unlock(&B.sess_lock);
+    pthread_rwlock_rdlock(&B.trie_lock);
+    st->subscriptions = B.nsubs;
+    pthread_rwlock_unlock(&B.trie_lock);
+    pthread_rwlock_rdlock(&B.ret_lock);
+    st->retained = B.retained.n;
+    pthread_rwlock_unlock(&B.ret_lock);
+    st->uptime_s = (uint64_t)((now_ms() - B.started_ms) / 1000);
+}
+
+static void publish_internal_task(int thread, void *arg)
+{
+    msg *m = arg;
+    if (thread >= 0 && net_self() == thread) {
+        worker *w = B.w[thread];
+        if (m->retain) retained_set(m);
+        uint32_t n;
+        route(w, m, NULL, &n);
+    }
+    msg_unref(m);
+}
+
+thz_err mqtt_publish_internal(const char *topic, const void *payload, size_t len, int qos,
+                              bool retain)
+{
+    size_t tl = strlen(topic);
+    if (!topic_name_valid(topic, tl) || qos < 0 || qos > 2) return THZ_ETOPIC;
+    msg *m = msg_new(topic, tl, payload, len, NULL, 0, (uint8_t)qos, retain, 0);
+    if (!m) return THZ_ENOMEM;
+    int self = net_self();
+    if (self >= 0) {
+        publish_internal_task(self, m);
+        net_batch_end(self);
+    } else {
+        net_post(0, publish_internal_task, m);
+    }
+    return THZ_OK;
+}

@@ -1,0 +1,911 @@
+/* conn.c - MQTT connections: socket I/O on the owning thread (one large read
+ * parses many packets, one write flushes many) and one handler per packet
+ * type, dispatched from a single switch. Errors become reason codes only
+ * through mqtt_reason_from_err (codec.c). */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "core/log.h"
+#include "net/net.h"
+#include "mqtt/mqtt_int.h"
+
+static atomic_uint n_conns;
+
+static void conn_free(conn *c)
+{
+    thz_buf_free(&c->in);
+    thz_buf_free(&c->out);
+    thz_buf_free(&c->wbuf);
+    if (c->alias_in) {
+        for (uint32_t i = 0; i <= B.cfg->topic_alias_maximum; i++) free(c->alias_in[i]);
+        free(c->alias_in);
+    }
+    if (c->alias_out) {
+        size_t pos = 0;
+        for (hmap_entry *e = hmap_next(c->alias_out, &pos, NULL); e;
+             e = hmap_next(c->alias_out, &pos, e))
+            free((void *)e->key);
+        hmap_free(c->alias_out);
+        free(c->alias_out);
+    }
+    free(c->username);
+    free(c);
+}
+
+static void on_closed(uv_handle_t *h)
+{
+    conn *c = h->data;
+    free(h);
+    conn_free(c);
+    atomic_fetch_sub(&n_conns, 1);
+}
+
+void conn_mark_dirty(conn *c)
+{
+    if (c->dirty) return;
+    worker *w = c->w;
+    if (w->ndirty == w->dcap) {
+        uint32_t cap = w->dcap ? w->dcap * 2 : 64;
+        conn **a = realloc(w->dirty, cap * sizeof *a);
+        if (!a) return; /* flushed by the next read or tick */
+        w->dirty = a;
+        w->dcap = cap;
+    }
+    w->dirty[w->ndirty++] = c;
+    c->dirty = true;
+}
+
+static void on_write(uv_write_t *req, int status)
+{
+    conn *c = req->data;
+    c->writing = false;
+    c->wbuf.len = 0;
+    if (status < 0) {
+        if (c->state != CONN_CLOSING) conn_close(c, -1);
+        return;
+    }
+    if (c->out.len) conn_flush(c);
+}
+
+void conn_flush(conn *c)
+{
+    if (c->writing || c->out.len == 0 || c->state == CONN_CLOSING) return;
+    uv_buf_t b = uv_buf_init((char *)c->out.p, (unsigned)c->out.len);
+    int n = uv_try_write((uv_stream_t *)c->tcp, &b, 1);
+    if (n == UV_EAGAIN) n = 0;
+    if (n < 0) {
+        conn_close(c, -1);
+        return;
+    }
+    c->w->bytes_out += (uint64_t)n;
+    if ((size_t)n == c->out.len) {
+        /* Idle connections hold no output memory. */
+        thz_buf_free(&c->out);
+        return;
+    }
+    /* The socket is full: hand the rest to libuv and collect new output in
+     * c->out meanwhile. */
+    thz_buf t = c->wbuf;
+    c->wbuf = c->out;
+    c->out = t;
+    c->out.len = 0;
+    thz_buf_consume(&c->wbuf, (size_t)n);
+    c->w->bytes_out += c->wbuf.len;
+    c->writing = true;
+    c->wreq.data = c;
+    b = uv_buf_init((char *)c->wbuf.p, (unsigned)c->wbuf.len);
+    if (uv_write(&c->wreq, (uv_stream_t *)c->tcp, &b, 1, on_write) != 0) {
+        c->writing = false;
+        conn_close(c, -1);
+    }
+}
+
+/* Closes c. reason >= 0: a v5 client gets DISCONNECT with that reason first. */
+void conn_close(conn *c, int reason)
+{
+    if (c->state == CONN_CLOSING) return;
+    worker *w = c->w;
+    bool active = c->state == CONN_ACTIVE;
+    if (active && reason >= 0 && c->version == MQTT_V5) {
+        mqtt_encode_reasoned(&c->out, MQTT_V5, MQTT_DISCONNECT, (uint8_t)reason, NULL);
+        conn_flush(c);
+    } else if (c->out.len && !c->writing) {
+        conn_flush(c);
+    }
+    c->state = CONN_CLOSING;
+    if (c->prev) c->prev->next = c->next;
+    else if (w->conns == c) w->conns = c->next;
+    if (c->next) c->next->prev = c->prev;
+    c->prev = c->next = NULL;
+    if (active) w->n_clients--;
+    session *s = c->s;
+    c->s = NULL;
+    if (s) {
+        if (s->conn == c) session_went_offline(w, s, c->will_publish);
+        session_unref(s);
+    }
+    uv_read_stop((uv_stream_t *)c->tcp);
+    uv_close((uv_handle_t *)c->tcp, on_closed);
+}
+
+/* Fails the connection for a decode or protocol error. */
+static void conn_fail(conn *c, thz_err rc)
+{
+    log_debug("mqtt", "client %s (%s): %s", c->s ? c->s->cid : "-", c->peer, thz_strerror(rc));
+    conn_close(c, c->state == CONN_ACTIVE ? mqtt_reason_from_err(rc) : -1);
+}
+
+static conn *conn_new(worker *w, uv_tcp_t *tcp)
+{
+    conn *c = calloc(1, sizeof *c);
+    if (!c) return NULL;
+    c->tcp = tcp;
+    tcp->data = c;
+    c->w = w;
+    c->accepted_ms = c->last_rx_ms = now_ms();
+    c->will_publish = true;
+    c->next = w->conns;
+    if (w->conns) w->conns->prev = c;
+    w->conns = c;
+    atomic_fetch_add(&n_conns, 1);
+    struct sockaddr_storage ss;
+    int sl = sizeof ss;
+    if (uv_tcp_getpeername(tcp, (struct sockaddr *)&ss, &sl) == 0) {
+        char host[48] = "?";
+        int port = 0;
+        if (ss.ss_family == AF_INET) {
+            uv_ip4_name((struct sockaddr_in *)&ss, host, sizeof host);
+            port = ntohs(((struct sockaddr_in *)&ss)->sin_port);
+        } else if (ss.ss_family == AF_INET6) {
+            uv_ip6_name((struct sockaddr_in6 *)&ss, host, sizeof host);
+            port = ntohs(((struct sockaddr_in6 *)&ss)->sin6_port);
+        }
+        snprintf(c->peer, sizeof c->peer, "%s:%d", host, port);
+    }
+    return c;
+}
+
+/* ---- sending ---- */
+
+bool conn_send_publish(conn *c, const delivery *d, uint16_t id, bool dup)
+{
+    const msg *m = d->m;
+    mqtt_publish pub = {.qos = d->qos, .retain = d->retain, .dup = dup, .id = id};
+    pub.topic = (mqtt_span){(const uint8_t *)m->topic, m->topic_len};
+    pub.payload = (mqtt_span){m->payload, m->payload_len};
+    if (c->version == MQTT_V5) {
+        mqtt_props *pr = &pub.props;
+        if (m->expires_at) {
+            int64_t left = m->expires_at - wall_s();
+            if (left <= 0) return false;
+            MQTT_SET(pr, MQTT_P_MESSAGE_EXPIRY);
+            pr->message_expiry = (uint32_t)left;
+        }
+        pr->sub_ids = d->subids;
+        pr->n_sub_ids = d->nsub;
+        pr->extra = (mqtt_span){m->props, m->props_len};
+        if (c->alias_max_out) {
+            if (!c->alias_out) c->alias_out = calloc(1, sizeof *c->alias_out);
+            uintptr_t a = c->alias_out ? (uintptr_t)hmap_get(c->alias_out, m->topic, m->topic_len) : 0;
+            if (a) {
+                pub.topic.n = 0;
+                MQTT_SET(pr, MQTT_P_TOPIC_ALIAS);
+                pr->topic_alias = (uint16_t)a;
+            } else if (c->alias_out && c->alias_next_out < c->alias_max_out) {
+                char *key = strndup(m->topic, m->topic_len);
+                a = (uintptr_t)c->alias_next_out + 1;
+                if (key && hmap_put(c->alias_out, key, m->topic_len, (void *)a, NULL) == THZ_OK) {
+                    c->alias_next_out++;
+                    MQTT_SET(pr, MQTT_P_TOPIC_ALIAS);
+                    pr->topic_alias = (uint16_t)a;
+                } else {
+                    free(key);
+                }
+            }
+        }
+    }
+    if (c->max_packet_out != UINT32_MAX && mqtt_publish_size(c->version, &pub) > c->max_packet_out)
+        return false;
+    if (d->qos == 0 && c->out.len + c->wbuf.len > atomic_load_explicit(&B.max_outbuf, memory_order_relaxed)) {
+        c->w->dropped++;
+        return false;
+    }
+    if (mqtt_encode_publish(&c->out, c->version, &pub) != THZ_OK) return false;
+    conn_mark_dirty(c);
+    return true;
+}
+
+void conn_send_pubrel(conn *c, uint16_t id)
+{
+    mqtt_encode_ack(&c->out, c->version, MQTT_PUBREL, id, 0, NULL);
+    conn_mark_dirty(c);
+}
+
+static void send_ack(conn *c, uint8_t type, uint16_t id, uint8_t reason)
+{
+    mqtt_encode_ack(&c->out, c->version, type, id, reason, NULL);
+    conn_mark_dirty(c);
+}
+
+/* ---- CONNECT ---- */
+
+static void connack_refuse(conn *c, uint8_t version, uint8_t reason)
+{
+    if (version == MQTT_V5) mqtt_encode_connack(&c->out, MQTT_V5, false, reason, NULL);
+    else mqtt_encode_connack(&c->out, MQTT_V311, false, mqtt_v3_connack_code(reason), NULL);
+    c->version = version;
+    conn_flush(c);
+    conn_close(c, -1);
+}
+
+static char *span_dup(mqtt_span s)
+{
+    char *p = malloc(s.n + 1);
+    if (p) {
+        memcpy(p, s.p, s.n);
+        p[s.n] = 0;
+    }
+    return p;
+}
+
+typedef struct migration {
+    int fd;
+    size_t n;
+    char peer[64];
+    uint8_t bytes[];
+} migration;
+
+static void adopt_task(int thread, void *arg)
+{
+    migration *mg = arg;
+    if (thread >= 0 && net_self() == thread) conn_adopt(B.w[thread], mg->fd, mg->bytes, mg->n, mg->peer);
+    else close(mg->fd);
+    free(mg);
+}
+
+/* Moves c (whose unprocessed input starts with its CONNECT at p) to the
+ * thread that owns the session it resumes. */
+static void conn_migrate(conn *c, int target, const uint8_t *p, size_t n)
+{
+    uv_os_fd_t fd;
+    migration *mg = malloc(sizeof *mg + n);
+    if (!mg || uv_fileno((uv_handle_t *)c->tcp, &fd) != 0 || (mg->fd = dup(fd)) < 0) {
+        free(mg);
+        conn_close(c, -1);
+        return;
+    }
+    mg->n = n;
+    memcpy(mg->bytes, p, n);
+    snprintf(mg->peer, sizeof mg->peer, "%s", c->peer);
+    /* the descriptor lives on in mg->fd; this handle closes quietly */
+    conn_close(c, -1);
+    net_post(target, adopt_task, mg);
+}
+
+typedef struct kick {
+    session *s;
+    bool end;
+} kick;
+
+static void kick_task(int thread, void *arg)
+{
+    kick *k = arg;
+    if (thread >= 0 && net_self() == thread) {
+        worker *w = B.w[thread];
+        if (k->s->conn) conn_close(k->s->conn, MQTT_RC_SESSION_TAKEN_OVER);
+        if (k->end) session_end(w, k->s);
+    }
+    session_unref(k->s);
+    free(k);
+}
+
+static void session_clear_store(session *s)
+{
+    /* the session stops being persistent: its stored records go */
+    for (uint32_t i = 0; i < s->nfilters; i++)
+        session_sub_persist(s, s->filters[i], strlen(s->filters[i]), 0, 0, true);
+    uint8_t k[1 + 65536];
+    k[0] = 's';
+    memcpy(k + 1, s->cid, s->cidlen);
+    store_del(B.st, k, 1 + s->cidlen);
+}
+
+/* Returns 1 when the connection was handed to another thread. */
+static int handle_connect(conn *c, const mqtt_packet *pkt, const uint8_t *raw, size_t rawn,
+                          size_t rest)
+{
+    const mqtt_connect *cn = &pkt->u.connect;
+    uint8_t ver = cn->version == MQTT_V31 ? MQTT_V311 : cn->version;
+    const thz_config *cfg = B.cfg;
+    if (cfg->max_connections && atomic_load(&n_conns) > cfg->max_connections) {
+        connack_refuse(c, ver, MQTT_RC_SERVER_BUSY);
+        return 0;
+    }
+    if (ver == MQTT_V5 && MQTT_HAS(&cn->props, MQTT_P_AUTH_METHOD)) {
+        /* No enhanced authentication method is supported. */
+        connack_refuse(c, ver, MQTT_RC_BAD_AUTH_METHOD);
+        return 0;
+    }
+    char cid[65536 + 32];
+    size_t cidlen = cn->client_id.n;
+    bool assigned = false;
+    if (cidlen == 0) {
+        if (ver != MQTT_V5 && !cn->clean_start) {
+            connack_refuse(c, ver, MQTT_RC_CLIENT_ID_INVALID);
+            return 0;
+        }
+        uint8_t rnd[12];
+        uv_random(NULL, NULL, rnd, sizeof rnd, 0, NULL);
+        cidlen = (size_t)snprintf(cid, sizeof cid, "thz-");
+        for (size_t i = 0; i < sizeof rnd; i++)
+            cidlen += (size_t)snprintf(cid + cidlen, sizeof cid - cidlen, "%02x", rnd[i]);
+        assigned = true;
+    } else {
+        memcpy(cid, cn->client_id.p, cidlen);
+        cid[cidlen] = 0;
+    }
+    char *user = cn->has_username ? span_dup(cn->username) : NULL;
+    thz_err rc = auth_connect(B.auth, cid, user, cn->has_password ? cn->password.p : NULL,
+                              cn->has_password ? cn->password.n : 0);
+    if (rc) {
+        log_info("mqtt", "refused client %s from %s: %s", cid, c->peer, thz_strerror(rc));
+        free(user);
+        connack_refuse(c, ver, mqtt_reason_from_err(rc));
+        return 0;
+    }
+    /* the will */
+    msg *will = NULL;
+    uint32_t will_delay = 0;
+    if (cn->will_flag) {
+        uint8_t reason = 0;
+        if (!topic_name_valid((const char *)cn->will_topic.p, cn->will_topic.n))
+            reason = MQTT_RC_TOPIC_NAME_INVALID;
+        else if (cn->will_retain && !cfg->retain_available)
+            reason = MQTT_RC_RETAIN_NOT_SUPPORTED;
+        if (!reason) {
+            char *wt = span_dup(cn->will_topic);
+            if (!wt || !auth_can_publish(B.auth, cid, user, wt)) reason = MQTT_RC_NOT_AUTHORIZED;
+            free(wt);
+        }
+        if (reason) {
+            free(user);
+            connack_refuse(c, ver, reason);
+            return 0;
+        }
+        uint8_t fwd[cn->will_props.raw.n + 1];
+        size_t fl = ver == MQTT_V5 ? mqtt_props_forwardable(&cn->will_props, fwd) : 0;
+        int64_t exp = MQTT_HAS(&cn->will_props, MQTT_P_MESSAGE_EXPIRY)
+                          ? wall_s() + cn->will_props.message_expiry
+                          : 0;
+        will = msg_new((const char *)cn->will_topic.p, cn->will_topic.n, cn->will_payload.p,
+                       cn->will_payload.n, fwd, fl, cn->will_qos, cn->will_retain, exp);
+        if (MQTT_HAS(&cn->will_props, MQTT_P_WILL_DELAY)) will_delay = cn->will_props.will_delay;
+    }
+    /* session expiry */
+    uint32_t expiry;
+    if (ver == MQTT_V5) expiry = cn->props.session_expiry;
+    else expiry = cn->clean_start ? 0 : UINT32_MAX;
+    bool expiry_capped = false;
+    if (expiry > cfg->max_session_expiry) {
+        expiry = cfg->max_session_expiry;
+        expiry_capped = ver == MQTT_V5;
+    }
+    /* find, take over or create the session */
+    worker *w = c->w;
+    session *s, *old_kick = NULL;
+    bool present = false;
+    pthread_mutex_lock(&B.sess_lock);
+    s = hmap_get(&B.sessions, cid, cidlen);
+    /* Resuming a persistent session owned by another thread: the
+     * connection moves there, so that a session is only ever touched by one
+     * thread. A non-persistent session ends when its connection does, so
+     * taking it over is a fresh start wherever it lives. */
+    if (s && !cn->clean_start && s->persistent && s->home != w->idx) {
+        int home = s->home;
+        pthread_mutex_unlock(&B.sess_lock);
+        free(user);
+        msg_unref(will);
+        conn_migrate(c, home, raw, rawn + rest);
+        return 1;
+    }
+    if (s && (cn->clean_start || !s->persistent)) {
+        hmap_del(&B.sessions, cid, cidlen);
+        old_kick = s; /* the table's reference moves to the kick */
+        s = NULL;
+    }
+    if (s) {
+        present = true;
+        session_ref(s);
+    } else {
+        s = session_create_locked(cid, cidlen, w->idx);
+        if (s) session_ref(s);
+    }
+    pthread_mutex_unlock(&B.sess_lock);
+    if (old_kick) {
+        kick *k = malloc(sizeof *k);
+        if (k) {
+            k->s = session_ref(old_kick);
+            k->end = true;
+            if (old_kick->home == w->idx) kick_task(w->idx, k);
+            else net_post(old_kick->home, kick_task, k);
+        }
+    }
+    if (!s) {
+        free(user);
+        msg_unref(will);
+        connack_refuse(c, ver, MQTT_RC_SERVER_UNAVAILABLE);
+        return 0;
+    }
+    if (s->conn) conn_close(s->conn, MQTT_RC_SESSION_TAKEN_OVER); /* takeover, same thread */
+    /* a new connection before the will delay passed: the old will is not sent */
+    msg_unref(s->will);
+    s->will = will;
+    s->will_delay = will_delay;
+    s->will_at_ms = 0;
+    bool was_persistent = s->persistent;
+    s->version = ver;
+    s->expiry = expiry;
+    s->persistent = expiry > 0;
+    if (was_persistent && !s->persistent) session_clear_store(s);
+    s->conn = c;
+    s->expires_at_ms = 0;
+    off_list_del(w, s);
+    c->s = s;
+    c->username = user;
+    c->version = ver;
+    c->keepalive = cn->keep_alive;
+    c->recv_max_out = 65535;
+    c->max_packet_out = UINT32_MAX;
+    if (ver == MQTT_V5) {
+        if (MQTT_HAS(&cn->props, MQTT_P_RECEIVE_MAX)) c->recv_max_out = cn->props.receive_max;
+        if (MQTT_HAS(&cn->props, MQTT_P_MAX_PACKET_SIZE))
+            c->max_packet_out = cn->props.max_packet_size;
+        if (MQTT_HAS(&cn->props, MQTT_P_TOPIC_ALIAS_MAX)) c->alias_max_out = cn->props.topic_alias_max;
+    }
+    /* CONNACK */
+    mqtt_props p = {0};
+    if (ver == MQTT_V5) {
+        if (expiry_capped) MQTT_SET(&p, MQTT_P_SESSION_EXPIRY), p.session_expiry = expiry;
+        MQTT_SET(&p, MQTT_P_RECEIVE_MAX);
+        p.receive_max = (uint16_t)cfg->receive_maximum;
+        MQTT_SET(&p, MQTT_P_MAX_PACKET_SIZE);
+        p.max_packet_size = cfg->max_packet_size;
+        MQTT_SET(&p, MQTT_P_TOPIC_ALIAS_MAX);
+        p.topic_alias_max = (uint16_t)cfg->topic_alias_maximum;
+        MQTT_SET(&p, MQTT_P_RETAIN_AVAILABLE);
+        p.retain_available = cfg->retain_available;
+        MQTT_SET(&p, MQTT_P_WILDCARD_SUB_AVAILABLE);
+        p.wildcard_sub_available = 1;
+        MQTT_SET(&p, MQTT_P_SUB_ID_AVAILABLE);
+        p.sub_id_available = 1;
+        MQTT_SET(&p, MQTT_P_SHARED_SUB_AVAILABLE);
+        p.shared_sub_available = 1;
+        if (assigned) {
+            MQTT_SET(&p, MQTT_P_ASSIGNED_CLIENT_ID);
+            p.assigned_client_id = (mqtt_span){(const uint8_t *)cid, (uint32_t)cidlen};
+        }
+        if (cfg->max_keepalive && (cn->keep_alive == 0 || cn->keep_alive > cfg->max_keepalive)) {
+            c->keepalive = (uint16_t)cfg->max_keepalive;
+            MQTT_SET(&p, MQTT_P_SERVER_KEEP_ALIVE);
+            p.server_keep_alive = c->keepalive;
+        }
+        char info[80];
+        if (MQTT_HAS(&cn->props, MQTT_P_REQ_RESPONSE_INFO) && cn->props.req_response_info) {
+            int n = snprintf(info, sizeof info, "thinghz/response/");
+            MQTT_SET(&p, MQTT_P_RESPONSE_INFO);
+            p.response_info = (mqtt_span){(const uint8_t *)info, (uint32_t)n};
+        }
+        mqtt_encode_connack(&c->out, MQTT_V5, present, 0, &p);
+    } else {
+        if (cfg->max_keepalive && cn->keep_alive > cfg->max_keepalive)
+            c->keepalive = (uint16_t)cfg->max_keepalive;
+        mqtt_encode_connack(&c->out, MQTT_V311, present, 0, NULL);
+    }
+    c->state = CONN_ACTIVE;
+    w->n_clients++;
+    conn_mark_dirty(c);
+    if (s->persistent) session_persist(s, 0);
+    log_debug("mqtt", "client %s connected from %s (v%d, keepalive %u, session %s)", cid, c->peer,
+              cn->version, c->keepalive, present ? "resumed" : "new");
+    if (present) session_resend(w, s);
+    return 0;
+}
+
+/* ---- PUBLISH ---- */
+
+static void handle_publish(conn *c, const mqtt_packet *pkt)
+{
+    const mqtt_publish *pb = &pkt->u.publish;
+    session *s = c->s;
+    worker *w = c->w;
+    const char *topic = (const char *)pb->topic.p;
+    size_t tl = pb->topic.n;
+    if (c->version == MQTT_V5 && MQTT_HAS(&pb->props, MQTT_P_TOPIC_ALIAS)) {
+        uint16_t a = pb->props.topic_alias;
+        if (a == 0 || a > B.cfg->topic_alias_maximum) {
+            conn_close(c, MQTT_RC_TOPIC_ALIAS_INVALID);
+            return;
+        }
+        if (!c->alias_in) {
+            c->alias_in = calloc(B.cfg->topic_alias_maximum + 1u, sizeof *c->alias_in);
+            if (!c->alias_in) {
+                conn_close(c, MQTT_RC_UNSPECIFIED);
+                return;
+            }
+        }
+        if (tl == 0) {
+            if (!c->alias_in[a]) {
+                conn_close(c, MQTT_RC_PROTOCOL_ERROR);
+                return;
+            }
+            topic = c->alias_in[a];
+            tl = strlen(topic);
+        } else {
+            char *t = strndup(topic, tl);
+            if (!t) return;
+            free(c->alias_in[a]);
+            c->alias_in[a] = t;
+        }
+    }
+    if (!topic_name_valid(topic, tl)) {
+        conn_fail(c, THZ_ETOPIC);
+        return;
+    }
+    if (pb->retain && !B.cfg->retain_available) {
+        conn_close(c, MQTT_RC_RETAIN_NOT_SUPPORTED);
+        return;
+    }
+    w->msgs_in++;
+    if (pb->qos == 2) {
+        if (!s->ids_in && !(s->ids_in = calloc(1, 8192))) return;
+        if (s->ids_in[pb->id >> 3] & (1u << (pb->id & 7))) {
+            /* a duplicate of a message we already have: acknowledge again only */
+            send_ack(c, MQTT_PUBREC, pb->id, 0);
+            return;
+        }
+        if (s->n_in >= B.cfg->receive_maximum) {
+            conn_close(c, MQTT_RC_RECEIVE_MAX_EXCEEDED);
+            return;
+        }
+    }
+    if (auth_has_acl(B.auth)) {
+        char *t = strndup(topic, tl);
+        bool ok = t && auth_can_publish(B.auth, s->cid, c->username, t);
+        free(t);
+        if (!ok) {
+            log_info("mqtt", "client %s: publish to '%.*s' denied", s->cid, (int)tl, topic);
+            if (c->version != MQTT_V5) {
+                conn_close(c, -1);
+            } else if (pb->qos == 1) {
+                send_ack(c, MQTT_PUBACK, pb->id, MQTT_RC_NOT_AUTHORIZED);
+            } else if (pb->qos == 2) {
+                send_ack(c, MQTT_PUBREC, pb->id, MQTT_RC_NOT_AUTHORIZED);
+            }
+            return;
+        }
+    }
+    uint8_t fwd[c->version == MQTT_V5 ? pb->props.raw.n + 1 : 1];
+    size_t fl = c->version == MQTT_V5 ? mqtt_props_forwardable(&pb->props, fwd) : 0;
+    int64_t exp = c->version == MQTT_V5 && MQTT_HAS(&pb->props, MQTT_P_MESSAGE_EXPIRY)
+                      ? wall_s() + pb->props.message_expiry
+                      : 0;
+    msg *m = msg_new(topic, tl, pb->payload.p, pb->payload.n, fwd, fl, pb->qos, pb->retain, exp);
+    if (!m) {
+        conn_close(c, MQTT_RC_UNSPECIFIED);
+        return;
+    }
+    m->origin = s;
+    if (pb->retain) retained_set(m);
+    uint32_t matched = 0;
+    route(w, m, s, &matched);
+    msg_unref(m);
+    if (pb->qos == 1) {
+        send_ack(c, MQTT_PUBACK, pb->id, matched ? 0 : MQTT_RC_NO_MATCHING_SUBSCRIBERS);
+    } else if (pb->qos == 2) {
+        s->ids_in[pb->id >> 3] |= (uint8_t)(1u << (pb->id & 7));
+        s->n_in++;
+        send_ack(c, MQTT_PUBREC, pb->id, matched ? 0 : MQTT_RC_NO_MATCHING_SUBSCRIBERS);
+    }
+}
+
+static void handle_pubrel(conn *c, uint16_t id)
+{
+    session *s = c->s;
+    uint8_t rc = MQTT_RC_PACKET_ID_NOT_FOUND;
+    if (s->ids_in && (s->ids_in[id >> 3] & (1u << (id & 7)))) {
+        s->ids_in[id >> 3] &= (uint8_t) ~(1u << (id & 7));
+        s->n_in--;
+        rc = 0;
+    }
+    send_ack(c, MQTT_PUBCOMP, id, rc);
+}
+
+/* ---- SUBSCRIBE / UNSUBSCRIBE ---- */
+
+static void handle_subscribe(conn *c, const mqtt_packet *pkt)
+{
+    const mqtt_subscribe *sb = &pkt->u.subscribe;
+    session *s = c->s;
+    bool v5 = c->version == MQTT_V5;
+    uint32_t subid = v5 && MQTT_HAS(&sb->props, MQTT_P_SUB_ID) ? sb->props.sub_id : 0;
+    uint8_t *codes = malloc(sb->count);
+    uint8_t *send_retained = malloc(sb->count);
+    if (!codes || !send_retained) {
+        free(codes);
+        free(send_retained);
+        conn_close(c, MQTT_RC_UNSPECIFIED);
+        return;
+    }
+    mqtt_span it = sb->list, fs;
+    uint8_t opts;
+    uint32_t i = 0;
+    for (; mqtt_sub_next(&it, &fs, &opts); i++) {
+        const char *f = (const char *)fs.p, *g = NULL, *rf = f;
+        size_t fl = fs.n, gl = 0, rfl = fl;
+        bool bad = false;
+        bool shared = topic_share_parse(f, fl, &g, &gl, &rf, &rfl, &bad);
+        send_retained[i] = 0;
+        if (!shared) g = NULL;
+        if (MQTT_SUBOPT_RETAIN_HANDLING(opts) == 3) {
+            free(codes);
+            free(send_retained);
+            conn_fail(c, THZ_EPROTO);
+            return;
+        }
+        if (shared && (opts & MQTT_SUBOPT_NO_LOCAL)) {
+            free(codes);
+            free(send_retained);
+            conn_fail(c, THZ_EPROTO);
+            return;
+        }
+        if (bad || (!shared && !topic_filter_valid(f, fl))) {
+            codes[i] = v5 ? MQTT_RC_TOPIC_FILTER_INVALID : 0x80;
+            continue;
+        }
+        if (auth_has_acl(B.auth)) {
+            char *fz = strndup(rf, rfl);
+            bool ok = fz && auth_can_subscribe(B.auth, s->cid, c->username, fz);
+            free(fz);
+            if (!ok) {
+                codes[i] = v5 ? MQTT_RC_NOT_AUTHORIZED : 0x80;
+                continue;
+            }
+        }
+        bool existed = false;
+        pthread_rwlock_wrlock(&B.trie_lock);
+        thz_err rc = trie_add(&B.root, rf, rfl, g, gl, s, opts & 0x3f, subid, &existed);
+        if (rc == THZ_OK && !existed) B.nsubs++;
+        pthread_rwlock_unlock(&B.trie_lock);
+        if (rc != THZ_OK || session_add_filter(s, f, fl) != THZ_OK) {
+            codes[i] = v5 ? MQTT_RC_UNSPECIFIED : 0x80;
+            continue;
+        }
+        session_sub_persist(s, f, fl, opts & 0x3f, subid, false);
+        codes[i] = MQTT_SUBOPT_QOS(opts);
+        uint8_t rh = MQTT_SUBOPT_RETAIN_HANDLING(opts);
+        send_retained[i] = !shared && (rh == 0 || (rh == 1 && !existed));
+    }
+    mqtt_encode_suback(&c->out, c->version, MQTT_SUBACK, sb->id, codes, sb->count, NULL);
+    conn_mark_dirty(c);
+    it = sb->list;
+    for (i = 0; mqtt_sub_next(&it, &fs, &opts); i++)
+        if (send_retained[i])
+            retained_deliver(c->w, s, (const char *)fs.p, fs.n, opts, subid);
+    free(codes);
+    free(send_retained);
+}
+
+static void handle_unsubscribe(conn *c, const mqtt_packet *pkt)
+{
+    const mqtt_subscribe *sb = &pkt->u.subscribe;
+    session *s = c->s;
+    uint8_t *codes = malloc(sb->count);
+    if (!codes) {
+        conn_close(c, MQTT_RC_UNSPECIFIED);
+        return;
+    }
+    mqtt_span it = sb->list, fs;
+    for (uint32_t i = 0; mqtt_unsub_next(&it, &fs); i++) {
+        const char *f = (const char *)fs.p, *g = NULL, *rf = f;
+        size_t fl = fs.n, gl = 0, rfl = fl;
+        bool bad;
+        if (!topic_share_parse(f, fl, &g, &gl, &rf, &rfl, &bad)) g = NULL;
+        pthread_rwlock_wrlock(&B.trie_lock);
+        bool found = !bad && trie_remove(&B.root, rf, rfl, g, gl, s);
+        if (found) B.nsubs--;
+        pthread_rwlock_unlock(&B.trie_lock);
+        if (found) {
+            session_remove_filter(s, f, fl);
+            session_sub_persist(s, f, fl, 0, 0, true);
+        }
+        codes[i] = found ? 0 : MQTT_RC_NO_SUBSCRIPTION_EXISTED;
+    }
+    mqtt_encode_suback(&c->out, c->version, MQTT_UNSUBACK, sb->id, codes, sb->count, NULL);
+    conn_mark_dirty(c);
+    free(codes);
+}
+
+static void handle_disconnect(conn *c, const mqtt_packet *pkt)
+{
+    session *s = c->s;
+    if (c->version == MQTT_V5) {
+        const mqtt_reasoned *d = &pkt->u.reasoned;
+        if (MQTT_HAS(&d->props, MQTT_P_SESSION_EXPIRY)) {
+            if (s->expiry == 0 && d->props.session_expiry != 0) {
+                conn_fail(c, THZ_EPROTO);
+                return;
+            }
+            uint32_t e = d->props.session_expiry;
+            s->expiry = e > B.cfg->max_session_expiry ? B.cfg->max_session_expiry : e;
+        }
+        c->will_publish = d->reason == MQTT_RC_DISCONNECT_WITH_WILL;
+    } else {
+        c->will_publish = false;
+    }
+    conn_close(c, -1);
+}
+
+/* Returns 1 when c moved to another thread (stop processing its input). */
+static int dispatch(conn *c, const mqtt_packet *pkt, const uint8_t *raw, size_t n, size_t rest)
+{
+    if (c->state == CONN_NEW) {
+        if (pkt->type != MQTT_CONNECT) {
+            conn_fail(c, THZ_EPROTO);
+            return 0;
+        }
+        return handle_connect(c, pkt, raw, n, rest);
+    }
+    switch (pkt->type) {
+    case MQTT_PUBLISH: handle_publish(c, pkt); break;
+    case MQTT_PUBACK: inflight_ack(c->w, c->s, pkt->u.ack.id, MQTT_PUBACK); break;
+    case MQTT_PUBREC:
+        if (inflight_ack(c->w, c->s, pkt->u.ack.id, MQTT_PUBREC)) {
+            if (pkt->u.ack.reason >= 0x80) inflight_ack(c->w, c->s, pkt->u.ack.id, MQTT_PUBCOMP);
+            else conn_send_pubrel(c, pkt->u.ack.id);
+        } else if (pkt->u.ack.reason < 0x80) {
+            send_ack(c, MQTT_PUBREL, pkt->u.ack.id, MQTT_RC_PACKET_ID_NOT_FOUND);
+        }
+        break;
+    case MQTT_PUBREL: handle_pubrel(c, pkt->u.ack.id); break;
+    case MQTT_PUBCOMP: inflight_ack(c->w, c->s, pkt->u.ack.id, MQTT_PUBCOMP); break;
+    case MQTT_SUBSCRIBE: handle_subscribe(c, pkt); break;
+    case MQTT_UNSUBSCRIBE: handle_unsubscribe(c, pkt); break;
+    case MQTT_PINGREQ:
+        mqtt_encode_ping(&c->out, MQTT_PINGRESP);
+        conn_mark_dirty(c);
+        break;
+    case MQTT_DISCONNECT: handle_disconnect(c, pkt); break;
+    case MQTT_AUTH:
+        /* no authentication method was agreed at CONNECT, so AUTH is out of place */
+        conn_fail(c, THZ_EPROTO);
+        break;
+    default: conn_fail(c, THZ_EPROTO); break; /* a second CONNECT or a server-only packet */
+    }
+    return 0;
+}
+
+/* Parses and handles every whole packet in p[0..n). Returns the bytes used,
+ * or (size_t)-1 when the connection moved to another thread. */
+static size_t process(conn *c, const uint8_t *p, size_t n)
+{
+    size_t off = 0;
+    while (off < n && c->state != CONN_CLOSING) {
+        size_t plen;
+        thz_err rc = mqtt_frame(p + off, n - off, atomic_load_explicit(&B.max_packet, memory_order_relaxed), &plen);
+        if (rc == THZ_EAGAIN) break;
+        if (rc) {
+            conn_fail(c, rc);
+            break;
+        }
+        mqtt_packet pkt;
+        rc = mqtt_decode(p + off, plen, c->state == CONN_NEW ? 0 : c->version, &pkt);
+        if (rc) {
+            if (c->state == CONN_NEW && rc == THZ_EVERSION) {
+                connack_refuse(c, MQTT_V311, MQTT_RC_UNSUPPORTED_VERSION);
+            } else if (c->state == CONN_NEW && pkt.type == MQTT_CONNECT &&
+                       pkt.u.connect.version == MQTT_V5) {
+                /* a malformed v5 CONNECT gets a CONNACK with the reason */
+                connack_refuse(c, MQTT_V5, mqtt_reason_from_err(rc));
+            } else {
+                conn_fail(c, rc);
+            }
+            break;
+        }
+        if (dispatch(c, &pkt, p + off, plen, n - off - plen)) return (size_t)-1;
+        off += plen;
+    }
+    return off;
+}
+
+static void on_alloc(uv_handle_t *h, size_t hint, uv_buf_t *buf)
+{
+    conn *c = h->data;
+    if (c->in.len) {
+        /* a partial packet is waiting: read behind it */
+        if (thz_buf_reserve(&c->in, 65536) != THZ_OK) {
+            *buf = uv_buf_init(NULL, 0);
+            return;
+        }
+        *buf = uv_buf_init((char *)c->in.p + c->in.len, (unsigned)(c->in.cap - c->in.len));
+    } else {
+        *buf = uv_buf_init((char *)c->w->rbuf, sizeof c->w->rbuf);
+    }
+}
+
+/* Feeds freshly read bytes (at base, in the thread buffer or behind c->in). */
+static void feed(conn *c, const uint8_t *base, size_t nread)
+{
+    const uint8_t *p;
+    size_t n;
+    bool in_own = c->in.len && base == c->in.p + c->in.len;
+    if (in_own) {
+        c->in.len += nread;
+        p = c->in.p;
+        n = c->in.len;
+    } else {
+        p = base;
+        n = nread;
+    }
+    size_t used = process(c, p, n);
+    if (used == (size_t)-1 || c->state == CONN_CLOSING) return;
+    if (in_own) {
+        thz_buf_consume(&c->in, used);
+        if (c->in.len == 0) thz_buf_free(&c->in);
+    } else if (used < n) {
+        thz_buf_append(&c->in, p + used, n - used);
+    }
+}
+
+static void on_read(uv_stream_t *st, ssize_t nread, const uv_buf_t *buf)
+{
+    conn *c = st->data;
+    worker *w = c->w;
+    if (nread < 0) {
+        if (nread != UV_EOF)
+            log_debug("mqtt", "client %s: read: %s", c->s ? c->s->cid : c->peer,
+                      uv_strerror((int)nread));
+        conn_close(c, -1);
+    } else if (nread > 0) {
+        w->bytes_in += (uint64_t)nread;
+        c->last_rx_ms = now_ms();
+        feed(c, (const uint8_t *)buf->base, (size_t)nread);
+    }
+    net_batch_end(w->idx);
+}
+
+void conn_accept(int thread, uv_tcp_t *tcp, void *ctx)
+{
+    conn *c = conn_new(B.w[thread], tcp);
+    if (!c) {
+        uv_close((uv_handle_t *)tcp, (uv_close_cb)free);
+        return;
+    }
+    uv_read_start((uv_stream_t *)tcp, on_alloc, on_read);
+}
+
+void conn_adopt(worker *w, int fd, const uint8_t *bytes, size_t n, const char *peer)
+{
+    uv_tcp_t *tcp = malloc(sizeof *tcp);
+    if (!tcp) {
+        close(fd);
+        return;
+    }
+    uv_tcp_init(w->loop, tcp);
+    if (uv_tcp_open(tcp, fd) != 0) {
+        close(fd);
+        uv_close((uv_handle_t *)tcp, (uv_close_cb)free);
+        return;
+    }
+    conn *c = conn_new(w, tcp);
+    if (!c) {
+        uv_close((uv_handle_t *)tcp, (uv_close_cb)free);
+        return;
+    }
+    snprintf(c->peer, sizeof c->peer, "%s", peer);
+    uv_read_start((uv_stream_t *)tcp, on_alloc, on_read);
+    /* process what arrived before the move as if it had just been read */
+    feed(c, bytes, n);
+    net_batch_end(w->idx);
+}

@@ -1,0 +1,42 @@
+/* mqtt.h - the MQTT 3.1.1/5.0 broker: the device gateway of thinghz.
+ *
+ * Lifecycle: net_init, then mqtt_start (opens the broker state log in the
+ * data dir, restores retained messages and persistent sessions, registers the
+ * listener and thread hooks), then net_start. To stop: net_shutdown (closes
+ * every connection with DISCONNECT 0x8B), then mqtt_stop (flushes state). */
+#ifndef THZ_MQTT_H
+#define THZ_MQTT_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "auth/auth.h"
+#include "core/config.h"
+#include "core/err.h"
+
+/* cfg and a must outlive the broker (until mqtt_stop returns). */
+thz_err mqtt_start(const thz_config *cfg, auth *a);
+/* Applies reloadable settings (limits, log level already applied by caller). */
+void mqtt_reload(const thz_config *cfg);
+void mqtt_stop(void);
+
+/* Publishes a message as the broker itself (no session), from any thread. */
+thz_err mqtt_publish_internal(const char *topic, const void *payload, size_t len, int qos,
+                              bool retain);
+
+typedef struct mqtt_stats {
+    uint64_t clients_connected;
+    uint64_t sessions;
+    uint64_t subscriptions;
+    uint64_t retained;
+    uint64_t msgs_received;
+    uint64_t msgs_sent;
+    uint64_t bytes_received;
+    uint64_t bytes_sent;
+    uint64_t msgs_dropped;
+    uint64_t uptime_s;
+} mqtt_stats;
+void mqtt_get_stats(mqtt_stats *st);
+
+#endif

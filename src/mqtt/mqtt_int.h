@@ -1,0 +1,271 @@
+/* mqtt_int.h - private structures shared by the broker's files:
+ * topic.c (validation and the subscription trie), broker.c (sessions,
+ * routing, retained messages, persistence, wills, $SYS) and conn.c (the
+ * connections and one handler per packet type). */
+#ifndef THZ_MQTT_INT_H
+#define THZ_MQTT_INT_H
+
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <stdint.h>
+#include <uv.h>
+
+#include "auth/auth.h"
+#include "core/buf.h"
+#include "core/config.h"
+#include "core/hmap.h"
+#include "mqtt/codec.h"
+#include "mqtt/mqtt.h"
+#include "store/store.h"
+
+#define MAX_SUBIDS 4 /* subscription identifiers carried per delivery */
+
+struct session;
+struct conn;
+struct worker;
+
+/* An immutable published message shared by every delivery of it. All of it
+ * lives in one allocation; refs counts deliveries, queues and the retained
+ * store holding it. */
+typedef struct msg {
+    atomic_uint refs;
+    uint8_t qos;
+    bool retain;
+    int64_t expires_at;   /* wall-clock seconds; 0 = never */
+    const void *origin;   /* publishing session, for No Local; never dereferenced */
+    uint32_t topic_len;
+    uint32_t payload_len;
+    uint32_t props_len;   /* forwardable v5 properties, already encoded */
+    char *topic;          /* NUL-terminated */
+    uint8_t *props;
+    uint8_t *payload;
+    char data[];
+} msg;
+
+msg *msg_new(const char *topic, size_t tlen, const void *payload, size_t plen, const void *props,
+             size_t prlen, uint8_t qos, bool retain, int64_t expires_at);
+static inline msg *msg_ref(msg *m)
+{
+    atomic_fetch_add_explicit(&m->refs, 1, memory_order_relaxed);
+    return m;
+}
+void msg_unref(msg *m);
+
+/* One subscriber of a trie node. */
+typedef struct sub {
+    struct session *s;
+    uint8_t opts; /* subscription options byte */
+    uint32_t id;  /* subscription identifier, 0 = none */
+} sub;
+
+typedef struct share_group {
+    char *name;
+    sub *m;
+    uint32_t n, cap;
+    atomic_uint rr;
+} share_group;
+
+typedef struct tnode {
+    struct tnode *parent;
+    char *seg;
+    uint32_t seglen;
+    struct tnode **kids; /* sorted by (seglen, seg); excludes '+' and '#' */
+    uint32_t nkids, kcap;
+    struct tnode *plus, *hash;
+    sub *subs;
+    uint32_t nsubs, scap;
+    share_group *groups;
+    uint32_t ngroups;
+} tnode;
+
+/* A match collected while the trie is read-locked. */
+typedef struct match {
+    struct session *s;
+    uint8_t opts;
+    uint32_t id;
+} match;
+
+/* A message on its way to one session (queued, or crossing threads). */
+typedef struct delivery {
+    struct session *s;
+    msg *m;
+    uint64_t seq; /* persistence sequence, 0 = not persisted */
+    uint8_t qos;
+    uint8_t retain;
+    uint8_t nsub;
+    uint32_t subids[MAX_SUBIDS];
+} delivery;
+
+enum { INF_FREE = 0, INF_WAIT_ACK, INF_WAIT_REC, INF_WAIT_COMP };
+
+typedef struct inflight {
+    delivery d;
+    uint16_t id;
+    uint8_t state;
+} inflight;
+
+/* A client's session. It lives on one home I/O thread for its whole life;
+ * a connection resuming it is moved to that thread, so session state is only
+ * ever touched by its home thread (except refs and the atomics). */
+typedef struct session {
+    atomic_uint refs;
+    char *cid;
+    uint32_t cidlen;
+    int home;
+    bool dead;       /* removed from the table: drop deliveries */
+    bool persistent; /* survives disconnect (and restart) */
+    uint8_t version;
+    uint32_t expiry; /* session expiry interval, s; UINT32_MAX = never */
+    struct conn *conn;
+    int64_t expires_at_ms; /* offline: monotonic ms deadline, 0 = never */
+    /* subscriptions, for cleanup and persistence */
+    char **filters;
+    uint32_t nfilters, fcap;
+    /* outbound QoS 1/2 window, in send order (a ring) */
+    inflight *inf;
+    uint32_t inf_head, inf_len, inf_cap, inf_used;
+    uint16_t next_id;
+    uint8_t *ids_out; /* bitmap of packet ids in use outbound (8 KiB, lazily) */
+    /* queued deliveries (a ring), bounded by max-queued-messages */
+    delivery *q;
+    uint32_t q_head, q_len, q_cap;
+    /* inbound QoS 2 packet ids awaiting PUBREL (bitmap, lazily) */
+    uint8_t *ids_in;
+    uint32_t n_in;
+    /* will */
+    msg *will;
+    uint32_t will_delay;
+    int64_t will_at_ms; /* monotonic ms when a delayed will is due, 0 = none */
+    atomic_ullong seq;
+    struct session *off_next, *off_prev; /* worker's offline list */
+    bool on_off_list;
+} session;
+
+session *session_ref(session *s);
+/* Takes s off its worker's list of offline sessions (home thread only). */
+void off_list_del(struct worker *w, session *s);
+void session_unref(session *s);
+
+/* One connection, owned by its thread. */
+typedef struct conn {
+    uv_tcp_t *tcp; /* owned; freed in the close callback */
+    struct worker *w;
+    session *s;
+    char *username;
+    uint8_t version;
+    uint8_t state; /* CONN_NEW, CONN_ACTIVE, CONN_CLOSING */
+    bool dirty;
+    bool writing;
+    bool will_publish; /* publish the will when closing */
+    uint16_t keepalive;
+    int64_t last_rx_ms;
+    int64_t accepted_ms;
+    thz_buf in, out, wbuf;
+    uv_write_t wreq;
+    uint32_t max_packet_out;
+    uint16_t recv_max_out;
+    uint16_t alias_max_out;
+    uint16_t alias_next_out;
+    char **alias_in;
+    hmap *alias_out;
+    struct conn *prev, *next;
+    char peer[64];
+} conn;
+
+enum { CONN_NEW = 0, CONN_ACTIVE, CONN_CLOSING };
+
+/* Per-thread broker state. */
+typedef struct worker {
+    int idx;
+    uv_loop_t *loop;
+    uv_timer_t tick;
+    conn *conns;
+    uint32_t nconns;
+    conn **dirty;
+    uint32_t ndirty, dcap;
+    delivery **out;   /* per target thread: batch being built */
+    uint32_t *outn, *outcap;
+    match *mt;
+    uint32_t nmt, mtcap;
+    session *offline;
+    bool store_dirty;
+    /* counters, written by this thread only, read relaxed by $SYS */
+    uint64_t n_clients, msgs_in, msgs_out, bytes_in, bytes_out, dropped;
+    uint8_t rbuf[65536];
+} worker;
+
+/* Global broker state (broker.c). */
+typedef struct broker {
+    const thz_config *cfg;
+    auth *auth;
+    store *st;
+    int nthreads;
+    worker **w;
+    pthread_rwlock_t trie_lock;
+    tnode root;
+    uint64_t nsubs;
+    pthread_mutex_t sess_lock;
+    hmap sessions;
+    pthread_rwlock_t ret_lock;
+    hmap retained;
+    int64_t started_ms;
+    /* limits copied from cfg, updated on reload */
+    _Atomic uint32_t max_queued, max_inflight, max_outbuf, max_packet;
+} broker;
+
+extern broker B;
+
+int64_t now_ms(void);
+int64_t wall_s(void);
+
+/* topic.c */
+bool topic_name_valid(const char *t, size_t n);
+bool topic_filter_valid(const char *f, size_t n);
+/* Splits "$share/group/filter": returns true and the parts if shared; false
+ * when not shared. *bad set when it starts with $share/ but is malformed. */
+bool topic_share_parse(const char *f, size_t n, const char **group, size_t *glen,
+                       const char **filter, size_t *flen, bool *bad);
+bool topic_matches(const char *filter, size_t flen, const char *topic, size_t tlen);
+/* Trie (caller holds B.trie_lock: write for add/remove, read for match). */
+thz_err trie_add(tnode *root, const char *filter, size_t flen, const char *group, size_t glen,
+                 session *s, uint8_t opts, uint32_t id, bool *existed);
+bool trie_remove(tnode *root, const char *filter, size_t flen, const char *group, size_t glen,
+                 session *s);
+/* Appends the matches of topic to w->mt, taking a session ref for each. */
+void trie_match(tnode *root, const char *topic, size_t tlen, worker *w);
+void trie_free(tnode *root);
+
+/* broker.c, called by conn.c */
+void route(worker *w, msg *m, const session *origin, uint32_t *nmatched);
+void retained_set(msg *m);
+void retained_deliver(worker *w, session *s, const char *filter, size_t flen, uint8_t opts,
+                      uint32_t subid);
+void deliver(worker *w, delivery *d);
+void session_pump(worker *w, session *s);
+void session_resend(worker *w, session *s);
+void session_end(worker *w, session *s);
+/* Creates a session homed on thread `home` and enters it in the session
+ * table; the caller holds B.sess_lock. The table owns the returned ref. */
+session *session_create_locked(const char *cid, size_t cidlen, int home);
+void session_went_offline(worker *w, session *s, bool publish_will);
+void session_persist(session *s, int64_t disconnected);
+void session_sub_persist(session *s, const char *filter, size_t flen, uint8_t opts, uint32_t id,
+                         bool del);
+thz_err session_add_filter(session *s, const char *filter, size_t flen);
+void session_remove_filter(session *s, const char *filter, size_t flen);
+bool inflight_ack(worker *w, session *s, uint16_t id, uint8_t type);
+void will_publish(worker *w, session *s);
+
+/* conn.c */
+void conn_accept(int thread, uv_tcp_t *tcp, void *ctx);
+void conn_adopt(worker *w, int fd, const uint8_t *bytes, size_t n, const char *peer);
+void conn_mark_dirty(conn *c);
+void conn_flush(conn *c);
+void conn_close(conn *c, int reason);
+/* Encodes a PUBLISH of d to c (assigning an id for QoS > 0 is the caller's
+ * job: id). Returns false if dropped (too big for the client, expired). */
+bool conn_send_publish(conn *c, const delivery *d, uint16_t id, bool dup);
+void conn_send_pubrel(conn *c, uint16_t id);
+
+#endif

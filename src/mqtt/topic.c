@@ -1,0 +1,393 @@
+/* topic.c - topic name and filter rules, and the subscription trie.
+ *
+ * The trie has one node per topic level. Children are kept sorted so that a
+ * node with thousands of children (devices/{id}/...) is a binary search;
+ * '+' and '#' children hang off dedicated pointers so matching never
+ * searches for them. The trie is shared by all threads under B.trie_lock:
+ * publishers hold the read lock once per routed message, SUBSCRIBE and
+ * UNSUBSCRIBE take the write lock. */
+#include <stdlib.h>
+#include <string.h>
+
+#include "mqtt/mqtt_int.h"
+
+bool topic_name_valid(const char *t, size_t n)
+{
+    if (n == 0 || n > 65535) return false;
+    return memchr(t, '+', n) == NULL && memchr(t, '#', n) == NULL;
+}
+
+bool topic_filter_valid(const char *f, size_t n)
+{
+    if (n == 0 || n > 65535) return false;
+    for (size_t i = 0; i < n; i++) {
+        if (f[i] == '+') {
+            /* '+' must occupy a whole level. */
+            if ((i > 0 && f[i - 1] != '/') || (i + 1 < n && f[i + 1] != '/')) return false;
+        } else if (f[i] == '#') {
+            /* '#' must be the last character and a whole level. */
+            if (i + 1 != n || (i > 0 && f[i - 1] != '/')) return false;
+        }
+    }
+    return true;
+}
+
+bool topic_share_parse(const char *f, size_t n, const char **group, size_t *glen,
+                       const char **filter, size_t *flen, bool *bad)
+{
+    *bad = false;
+    if (n < 7 || memcmp(f, "$share/", 7) != 0) return false;
+    const char *g = f + 7;
+    const char *slash = memchr(g, '/', n - 7);
+    if (!slash || slash == g) {
+        *bad = true;
+        return true;
+    }
+    *group = g;
+    *glen = (size_t)(slash - g);
+    if (memchr(g, '+', *glen) || memchr(g, '#', *glen)) *bad = true;
+    *filter = slash + 1;
+    *flen = n - (size_t)(slash + 1 - f);
+    if (*flen == 0 || !topic_filter_valid(*filter, *flen)) *bad = true;
+    return true;
+}
+
+bool topic_matches(const char *f, size_t fl, const char *t, size_t tl)
+{
+    /* Wildcards at the first level do not match topics starting with '$'. */
+    if (tl > 0 && t[0] == '$' && fl > 0 && (f[0] == '+' || f[0] == '#')) return false;
+    size_t i = 0, j = 0;
+    while (i < fl) {
+        if (f[i] == '#') return true;
+        if (f[i] == '+') {
+            while (j < tl && t[j] != '/') j++;
+            i++;
+        } else {
+            while (i < fl && j < tl && f[i] != '/' && t[j] != '/') {
+                if (f[i] != t[j]) return false;
+                i++, j++;
+            }
+            if (i < fl && f[i] != '/') return false;
+            if (j < tl && t[j] != '/') return false;
+        }
+        if (i == fl) return j == tl;
+        /* f[i] == '/' */
+        if (j == tl) {
+            /* "a/#" matches "a": the filter's next level must be '#' alone */
+            return i + 2 == fl && f[i + 1] == '#';
+        }
+        i++, j++;
+    }
+    return j == tl;
+}
+
+/* ---- trie ---- */
+
+static int seg_cmp(const tnode *k, const char *s, size_t n)
+{
+    if (k->seglen != n) return k->seglen < n ? -1 : 1;
+    return memcmp(k->seg, s, n);
+}
+
+static tnode *kid_find(const tnode *p, const char *s, size_t n, uint32_t *pos)
+{
+    uint32_t lo = 0, hi = p->nkids;
+    while (lo < hi) {
+        uint32_t mid = (lo + hi) / 2;
+        int c = seg_cmp(p->kids[mid], s, n);
+        if (c == 0) {
+            if (pos) *pos = mid;
+            return p->kids[mid];
+        }
+        if (c < 0) lo = mid + 1;
+        else hi = mid;
+    }
+    if (pos) *pos = lo;
+    return NULL;
+}
+
+static tnode *kid_get(tnode *p, const char *s, size_t n)
+{
+    if (n == 1 && s[0] == '+') {
+        if (!p->plus) {
+            p->plus = calloc(1, sizeof(tnode));
+            if (!p->plus) return NULL;
+            p->plus->parent = p;
+            p->plus->seg = strdup("+");
+            p->plus->seglen = 1;
+        }
+        return p->plus;
+    }
+    if (n == 1 && s[0] == '#') {
+        if (!p->hash) {
+            p->hash = calloc(1, sizeof(tnode));
+            if (!p->hash) return NULL;
+            p->hash->parent = p;
+            p->hash->seg = strdup("#");
+            p->hash->seglen = 1;
+        }
+        return p->hash;
+    }
+    uint32_t pos;
+    tnode *k = kid_find(p, s, n, &pos);
+    if (k) return k;
+    if (p->nkids == p->kcap) {
+        uint32_t cap = p->kcap ? p->kcap * 2 : 4;
+        tnode **kids = realloc(p->kids, cap * sizeof *kids);
+        if (!kids) return NULL;
+        p->kids = kids;
+        p->kcap = cap;
+    }
+    k = calloc(1, sizeof *k);
+    if (!k) return NULL;
+    k->seg = malloc(n + 1);
+    if (!k->seg) {
+        free(k);
+        return NULL;
+    }
+    memcpy(k->seg, s, n);
+    k->seg[n] = 0;
+    k->seglen = (uint32_t)n;
+    k->parent = p;
+    memmove(p->kids + pos + 1, p->kids + pos, (p->nkids - pos) * sizeof *p->kids);
+    p->kids[pos] = k;
+    p->nkids++;
+    return k;
+}
+
+static tnode *node_find(tnode *root, const char *f, size_t fl, bool create)
+{
+    tnode *n = root;
+    size_t i = 0;
+    for (;;) {
+        size_t j = i;
+        while (j < fl && f[j] != '/') j++;
+        const char *s = f + i;
+        size_t len = j - i;
+        tnode *k;
+        if (create) {
+            k = kid_get(n, s, len);
+        } else if (len == 1 && s[0] == '+') {
+            k = n->plus;
+        } else if (len == 1 && s[0] == '#') {
+            k = n->hash;
+        } else {
+            k = kid_find(n, s, len, NULL);
+        }
+        if (!k) return NULL;
+        n = k;
+        if (j >= fl) return n;
+        i = j + 1;
+    }
+}
+
+static bool node_empty(const tnode *n)
+{
+    return !n->nkids && !n->plus && !n->hash && !n->nsubs && !n->ngroups;
+}
+
+static void node_free_one(tnode *n)
+{
+    free(n->seg);
+    free(n->kids);
+    free(n->subs);
+    free(n->groups);
+    free(n);
+}
+
+/* Removes empty nodes from n up towards the root. */
+static void prune(tnode *root, tnode *n)
+{
+    while (n != root && node_empty(n)) {
+        tnode *p = n->parent;
+        if (p->plus == n) {
+            p->plus = NULL;
+        } else if (p->hash == n) {
+            p->hash = NULL;
+        } else {
+            uint32_t pos;
+            if (kid_find(p, n->seg, n->seglen, &pos) == n) {
+                memmove(p->kids + pos, p->kids + pos + 1, (p->nkids - pos - 1) * sizeof *p->kids);
+                p->nkids--;
+            }
+        }
+        node_free_one(n);
+        n = p;
+    }
+}
+
+static thz_err subs_put(sub **arr, uint32_t *n, uint32_t *cap, session *s, uint8_t opts,
+                        uint32_t id, bool *existed)
+{
+    for (uint32_t i = 0; i < *n; i++)
+        if ((*arr)[i].s == s) {
+            (*arr)[i].opts = opts;
+            (*arr)[i].id = id;
+            *existed = true;
+            return THZ_OK;
+        }
+    if (*n == *cap) {
+        uint32_t c = *cap ? *cap * 2 : 2;
+        sub *a = realloc(*arr, c * sizeof *a);
+        if (!a) return THZ_ENOMEM;
+        *arr = a;
+        *cap = c;
+    }
+    (*arr)[(*n)++] = (sub){s, opts, id};
+    *existed = false;
+    return THZ_OK;
+}
+
+static bool subs_del(sub *arr, uint32_t *n, session *s)
+{
+    for (uint32_t i = 0; i < *n; i++)
+        if (arr[i].s == s) {
+            arr[i] = arr[--*n];
+            return true;
+        }
+    return false;
+}
+
+thz_err trie_add(tnode *root, const char *f, size_t fl, const char *g, size_t gl, session *s,
+                 uint8_t opts, uint32_t id, bool *existed)
+{
+    tnode *n = node_find(root, f, fl, true);
+    if (!n) return THZ_ENOMEM;
+    if (!g) return subs_put(&n->subs, &n->nsubs, &n->scap, s, opts, id, existed);
+    share_group *grp = NULL;
+    for (uint32_t i = 0; i < n->ngroups; i++)
+        if (strlen(n->groups[i].name) == gl && memcmp(n->groups[i].name, g, gl) == 0)
+            grp = &n->groups[i];
+    if (!grp) {
+        share_group *a = realloc(n->groups, (n->ngroups + 1) * sizeof *a);
+        if (!a) return THZ_ENOMEM;
+        n->groups = a;
+        grp = &a[n->ngroups];
+        memset(grp, 0, sizeof *grp);
+        grp->name = strndup(g, gl);
+        if (!grp->name) return THZ_ENOMEM;
+        n->ngroups++;
+    }
+    return subs_put(&grp->m, &grp->n, &grp->cap, s, opts, id, existed);
+}
+
+bool trie_remove(tnode *root, const char *f, size_t fl, const char *g, size_t gl, session *s)
+{
+    tnode *n = node_find(root, f, fl, false);
+    if (!n) return false;
+    bool found = false;
+    if (!g) {
+        found = subs_del(n->subs, &n->nsubs, s);
+    } else {
+        for (uint32_t i = 0; i < n->ngroups; i++) {
+            share_group *grp = &n->groups[i];
+            if (strlen(grp->name) != gl || memcmp(grp->name, g, gl) != 0) continue;
+            found = subs_del(grp->m, &grp->n, s);
+            if (grp->n == 0) {
+                free(grp->name);
+                free(grp->m);
+                n->groups[i] = n->groups[--n->ngroups];
+            }
+            break;
+        }
+    }
+    prune(root, n);
+    return found;
+}
+
+static void mt_push(worker *w, session *s, uint8_t opts, uint32_t id)
+{
+    if (w->nmt == w->mtcap) {
+        uint32_t cap = w->mtcap ? w->mtcap * 2 : 64;
+        match *a = realloc(w->mt, cap * sizeof *a);
+        if (!a) return; /* dropped: counted by the caller as not matched */
+        w->mt = a;
+        w->mtcap = cap;
+    }
+    w->mt[w->nmt++] = (match){session_ref(s), opts, id};
+}
+
+static void collect(tnode *n, worker *w)
+{
+    for (uint32_t i = 0; i < n->nsubs; i++) mt_push(w, n->subs[i].s, n->subs[i].opts, n->subs[i].id);
+    for (uint32_t g = 0; g < n->ngroups; g++) {
+        share_group *grp = &n->groups[g];
+        /* Round-robin, preferring a member that is connected right now
+         * (s->conn is read racily: it is a hint, never dereferenced). */
+        uint32_t start = atomic_fetch_add_explicit(&grp->rr, 1, memory_order_relaxed);
+        sub *pick = &grp->m[start % grp->n];
+        for (uint32_t k = 0; k < grp->n; k++) {
+            sub *c = &grp->m[(start + k) % grp->n];
+            if (__atomic_load_n(&c->s->conn, __ATOMIC_RELAXED)) {
+                pick = c;
+                break;
+            }
+        }
+        mt_push(w, pick->s, pick->opts | 0x80 /* shared: No Local does not apply */, pick->id);
+    }
+}
+
+static void match_rec(tnode *n, const char *t, size_t tl, size_t i, worker *w, bool first)
+{
+    /* i is the start of the current level in t (i == tl + 1 means past the end). */
+    size_t j = i;
+    while (j < tl && t[j] != '/') j++;
+    bool dollar = first && tl > 0 && t[0] == '$';
+    if (n->hash && !dollar) collect(n->hash, w);
+    tnode *k = kid_find(n, t + i, j - i, NULL);
+    if (k) {
+        if (j >= tl) {
+            collect(k, w);
+            /* "a/#" also matches "a" */
+            if (k->hash) collect(k->hash, w);
+        } else {
+            match_rec(k, t, tl, j + 1, w, false);
+        }
+    }
+    if (n->plus && !dollar) {
+        if (j >= tl) {
+            collect(n->plus, w);
+            if (n->plus->hash) collect(n->plus->hash, w);
+        } else {
+            match_rec(n->plus, t, tl, j + 1, w, false);
+        }
+    }
+}
+
+void trie_match(tnode *root, const char *t, size_t tl, worker *w)
+{
+    match_rec(root, t, tl, 0, w, true);
+}
+
+static void free_rec(tnode *n)
+{
+    for (uint32_t i = 0; i < n->nkids; i++) free_rec(n->kids[i]);
+    if (n->plus) free_rec(n->plus);
+    if (n->hash) free_rec(n->hash);
+    for (uint32_t g = 0; g < n->ngroups; g++) {
+        free(n->groups[g].name);
+        free(n->groups[g].m);
+    }
+    free(n->seg);
+    free(n->kids);
+    free(n->subs);
+    free(n->groups);
+}
+
+void trie_free(tnode *root)
+{
+    for (uint32_t i = 0; i < root->nkids; i++) {
+        free_rec(root->kids[i]);
+        free(root->kids[i]);
+    }
+    if (root->plus) {
+        free_rec(root->plus);
+        free(root->plus);
+    }
+    if (root->hash) {
+        free_rec(root->hash);
+        free(root->hash);
+    }
+    free(root->kids);
+    memset(root, 0, sizeof *root);
+}
