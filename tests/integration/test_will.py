@@ -7,6 +7,7 @@ import pytest
 
 import mqttraw as r
 from clients import unique
+from conftest import skip_on_mosquitto
 
 
 def subscriber(broker, topic, qos=2, version=5):
@@ -103,6 +104,7 @@ def test_v5_will_delay_cancelled_by_reconnect(broker):
 def test_v5_will_delay_capped_by_session_expiry(broker):
     """Session expiry 0 ends the session at close: the will goes out at once
     even though its delay is long (MQTT 5.0 3.1.3.2.2)."""
+    skip_on_mosquitto("mosquitto 2.0.11 waits for the full will delay (spec: session end)")
     topic = unique("willcap")
     s = subscriber(broker, topic)
     c = will_client(broker, 5, {"topic": topic, "payload": b"now", "qos": 1,
