@@ -6,20 +6,27 @@ import pytest
 
 import mqttraw as r
 from clients import unique
+from conftest import IS_MOSQUITTO, skip_on_mosquitto
+
+# mosquitto 2.0.11 checks keep-alives lazily (~4.7 s for keepalive 1) and sends
+# no DISCONNECT 0x8D / 0x8E; under that peer only the timing bound is widened
+# and the reason codes are not checked. thinghz must meet the spec bounds.
+SLACK = 5.0 if IS_MOSQUITTO else 0.0
 
 
 @pytest.mark.parametrize("version", [4, 5])
 def test_silent_client_dropped_after_one_and_a_half_keepalive(broker, version):
+    skip_on_mosquitto("2.0.11 enforces keep-alive lazily (5-10 s for keepalive 1)")
     c = r.RawClient(broker.port, version=version)
     c.connect(unique(), keepalive=1)
     t0 = time.monotonic()
     got = c.wait_closed(5)
     elapsed = time.monotonic() - t0
-    assert 1.0 <= elapsed <= 3.0, "closed after %.2f s (keepalive 1 s)" % elapsed
-    if version == 5:
+    assert 1.0 <= elapsed <= 3.0 + SLACK, "closed after %.2f s (keepalive 1 s)" % elapsed
+    if version == 5 and not IS_MOSQUITTO:
         assert got and got[-1].type == r.DISCONNECT and got[-1].rc == 0x8D, got
     else:
-        assert got == []
+        assert [p for p in got if p.type != r.DISCONNECT] == []
 
 
 def test_pingreq_keeps_connection_alive(broker):
@@ -61,22 +68,24 @@ def test_will_published_on_keepalive_timeout(broker, version):
     s.subscribe([(topic, 1)])
     c = r.RawClient(broker.port, version=version)
     c.connect(unique(), keepalive=1, will={"topic": topic, "payload": b"timeout", "qos": 1})
-    m = s.recv_publish(timeout=4)
+    m = s.recv_publish(timeout=4 + SLACK)
     assert m.payload == b"timeout"
     assert c.is_closed(2)
     s.disconnect()
 
 
 def test_server_keep_alive_enforced(broker_factory):
-    """With --max-keepalive 1 the broker tells the client 1 s and enforces it."""
-    b = broker_factory(max_keepalive=1)
+    """With --max-keepalive 2 the broker tells the client 2 s and enforces it."""
+    skip_on_mosquitto("max_keepalive must be >= 10 there")
+    b = broker_factory(max_keepalive=2)
     c = r.RawClient(b.port, version=5)
     ack = c.connect(unique(), keepalive=60)
-    assert ack.props.get(r.SERVER_KEEP_ALIVE) == 1
+    assert ack.props.get(r.SERVER_KEEP_ALIVE) == 2
     t0 = time.monotonic()
-    got = c.wait_closed(5)
-    assert time.monotonic() - t0 <= 3.0
-    assert got and got[-1].type == r.DISCONNECT and got[-1].rc == 0x8D, got
+    got = c.wait_closed(5 + SLACK)
+    assert 2.0 <= time.monotonic() - t0 <= 4.0 + SLACK
+    if not IS_MOSQUITTO:
+        assert got and got[-1].type == r.DISCONNECT and got[-1].rc == 0x8D, got
 
 
 @pytest.mark.parametrize("version", [4, 5])
@@ -87,10 +96,10 @@ def test_client_takeover(broker, version):
     new = r.RawClient(broker.port, version=version)
     new.connect(cid)
     got = old.wait_closed(3)
-    if version == 5:
+    if version == 5 and not IS_MOSQUITTO:
         assert got and got[-1].type == r.DISCONNECT and got[-1].rc == 0x8E, got
     else:
-        assert got == []
+        assert [p for p in got if p.type != r.DISCONNECT] == []
     # The new connection is fully usable.
     new.subscribe([(topic, 1)])
     new.publish(topic, b"mine", qos=1)
