@@ -796,7 +796,7 @@ session *session_create_locked(const char *cid, size_t cidlen, int home)
 
 static void restore(loadset *ls)
 {
-    qsort(ls->a, ls->n, sizeof *ls->a, loaded_cmp);
+    if (ls->n) qsort(ls->a, ls->n, sizeof *ls->a, loaded_cmp);
     int64_t now = wall_s();
     size_t nsess = 0, nsub = 0, nmsg = 0, nret = 0, orphans = 0;
     for (int pass = 0; pass < 3; pass++) {

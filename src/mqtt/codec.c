@@ -227,7 +227,8 @@ static thz_err props_decode(rd *r, unsigned ptype, mqtt_props *pr)
         case PT_U16: {
             uint16_t v;
             TRY(rd_u16(&q, &v));
-            if (v == 0 && (id == MQTT_P_RECEIVE_MAX || id == MQTT_P_TOPIC_ALIAS)) return THZ_EPROTO;
+            /* Topic Alias 0 decodes: the broker answers it with 0x94 (MQTT-3.3.2-8). */
+            if (v == 0 && id == MQTT_P_RECEIVE_MAX) return THZ_EPROTO;
             memcpy(base + pi->off, &v, sizeof v);
             break;
         }
