@@ -78,6 +78,20 @@ def make_password_file(path, users):
     return path
 
 
+_HELP_CACHE = []
+
+
+def _thinghz_has_flag(flag):
+    if not _HELP_CACHE:
+        try:
+            r = subprocess.run([THINGHZ_BIN, "--help"], capture_output=True, text=True,
+                               timeout=10)
+            _HELP_CACHE.append(r.stdout + r.stderr)
+        except OSError:
+            _HELP_CACHE.append("")
+    return flag in _HELP_CACHE[0]
+
+
 # Option name -> mosquitto.conf directive (None: no equivalent; ignored).
 _MOSQ_GLOBAL = {
     "sys_interval": "sys_interval",
@@ -127,6 +141,10 @@ class Broker:
                 continue
             else:
                 cmd += [flag, str(v)]
+        if "http_listen" not in self.opts and _thinghz_has_flag("--http-listen"):
+            # Keep a later HTTP listener off the fixed default port so that
+            # test brokers never collide with each other or a running daemon.
+            cmd += ["--http-listen", "127.0.0.1:%d" % free_port()]
         cmd += [str(a) for a in self.opts.get("args", [])]
         return cmd
 
