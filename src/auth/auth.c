@@ -28,6 +28,7 @@ enum { ACC_READ = 1, ACC_WRITE = 2, ACC_DENY = 4 };
 
 typedef struct pw_user {
     char *zName;
+    unsigned line; /* where it was read; orders duplicates */
     unsigned iterations;
     size_t nSalt;
     uint8_t salt[PW_SALT_MAX];
@@ -215,6 +216,15 @@ static int pw_user_cmp(const void *a, const void *b)
     return strcmp(((const pw_user *)a)->zName, ((const pw_user *)b)->zName);
 }
 
+/* By name, then by line, so the first line of a duplicated user sorts first
+ * even though qsort is not stable. */
+static int pw_user_cmp_line(const void *a, const void *b)
+{
+    const pw_user *x = a, *y = b;
+    int c = strcmp(x->zName, y->zName);
+    return c ? c : (x->line > y->line) - (x->line < y->line);
+}
+
 static int acl_user_cmp(const void *a, const void *b)
 {
     return strcmp(((const acl_user *)a)->zName, ((const acl_user *)b)->zName);
@@ -266,6 +276,7 @@ static thz_err load_passwords(rules *r, const char *path)
             rc = THZ_ENOMEM;
             break;
         }
+        u.line = lineno;
         r->users[r->nUsers++] = u;
         OPENSSL_cleanse(&u, sizeof u);
     }
@@ -274,10 +285,10 @@ static thz_err load_passwords(rules *r, const char *path)
     free(line);
     fclose(f);
     if (rc != THZ_OK) return rc;
-    /* Sort stably by name and keep the first line of a duplicated user, so
-     * the file reads top-down like the ACL file. */
+    /* Sort by name and keep the first line of a duplicated user, so the
+     * file reads top-down like the ACL file. */
     if (r->nUsers > 1) {
-        qsort(r->users, r->nUsers, sizeof *r->users, pw_user_cmp);
+        qsort(r->users, r->nUsers, sizeof *r->users, pw_user_cmp_line);
         size_t w = 1;
         for (size_t i = 1; i < r->nUsers; i++) {
             if (strcmp(r->users[i].zName, r->users[w - 1].zName) == 0) {
@@ -505,6 +516,7 @@ static bool pbkdf2(const uint8_t *pw, size_t pwlen, const uint8_t *salt, size_t 
 thz_err auth_connect(auth *a, const char *client_id, const char *username, const uint8_t *password,
                      size_t password_len)
 {
+    if (client_id == NULL) client_id = ""; /* only used in log lines */
     pthread_rwlock_rdlock(&a->lock);
     const rules *r = a->cur;
     if (username == NULL || !r->hasPasswd) {
@@ -516,7 +528,8 @@ thz_err auth_connect(auth *a, const char *client_id, const char *username, const
         return ok ? THZ_OK : THZ_EBADAUTH;
     }
     pw_user key = {.zName = (char *)username};
-    const pw_user *found = bsearch(&key, r->users, r->nUsers, sizeof *r->users, pw_user_cmp);
+    const pw_user *found =
+        r->nUsers == 0 ? NULL : bsearch(&key, r->users, r->nUsers, sizeof *r->users, pw_user_cmp);
     if (found == NULL || password == NULL) {
         pthread_rwlock_unlock(&a->lock);
         log_debug("auth", "client '%s' refused: %s", client_id,
@@ -755,9 +768,11 @@ static bool acl_check(auth *a, const char *cid, const char *user, const char *re
         check c = {req, need, false, false};
         const acl_list *own = &r->anon;
         if (user != NULL) {
+            /* bsearch may not be given a NULL array, even an empty one. */
             acl_user key = {.zName = (char *)user};
-            const acl_user *u =
-                bsearch(&key, r->aclUsers, r->nAclUsers, sizeof *r->aclUsers, acl_user_cmp);
+            const acl_user *u = r->nAclUsers == 0 ? NULL
+                                                  : bsearch(&key, r->aclUsers, r->nAclUsers,
+                                                            sizeof *r->aclUsers, acl_user_cmp);
             own = u ? &u->list : NULL;
         }
         if (own != NULL) check_list(&c, own, user, cid, false);

@@ -202,6 +202,26 @@ static void test_malformed_password_lines(void **state)
     assert_null(fx->a);
 }
 
+/* A user listed twice: the first line counts, whatever qsort does. */
+static void test_duplicate_users(void **state)
+{
+    fixture *fx = *state;
+    char text[2048], l[256], l2[256];
+    size_t n = 0;
+    n += (size_t)snprintf(text + n, sizeof text - n, "%s\n", hash_line("dup", "first", l, 256));
+    for (int i = 0; i < 5; i++) {
+        char other[16];
+        snprintf(other, sizeof other, "o%d", i);
+        hash_line("dup", "later", l, sizeof l);
+        hash_line(other, "x", l2, sizeof l2);
+        n += (size_t)snprintf(text + n, sizeof text - n, "%s\n%s\n", l, l2);
+    }
+    assert_int_equal(open_with(fx, text, NULL, false), THZ_OK);
+    assert_int_equal(conn(fx->a, "dup", "first"), THZ_OK);
+    assert_int_equal(conn(fx->a, "dup", "later"), THZ_EBADAUTH);
+    assert_int_equal(conn(fx->a, "o4", "x"), THZ_OK);
+}
+
 static double now_s(void)
 {
     struct timespec ts;
@@ -242,6 +262,19 @@ static void test_no_acl(void **state)
     assert_true(auth_can_publish(fx->a, "c", NULL, "any/topic"));
     assert_true(auth_can_subscribe(fx->a, "c", "u", "#"));
     assert_true(auth_can_subscribe(fx->a, "c", "u", "$SYS/#"));
+}
+
+/* Empty user tables: an ACL of patterns only and a password file of
+ * comments only (regression: bsearch was handed a NULL array). */
+static void test_empty_tables(void **state)
+{
+    fixture *fx = *state;
+    assert_int_equal(open_with(fx, "# nobody yet\n", "pattern devices/%u/#\n", true), THZ_OK);
+    assert_int_equal(conn(fx->a, "u", "p"), THZ_EBADAUTH);
+    assert_int_equal(conn(fx->a, NULL, NULL), THZ_OK);
+    assert_true(auth_can_publish(fx->a, "c", "u", "devices/u/1"));
+    assert_false(auth_can_publish(fx->a, "c", "u", "devices/v/1"));
+    assert_false(auth_can_publish(fx->a, "c", NULL, "devices/u/1"));
 }
 
 static void test_acl_rules(void **state)
@@ -497,8 +530,10 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_connect_passwords, setup, teardown),
         cmocka_unit_test_setup_teardown(test_anonymous, setup, teardown),
         cmocka_unit_test_setup_teardown(test_malformed_password_lines, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_duplicate_users, setup, teardown),
         cmocka_unit_test_setup_teardown(test_cache, setup, teardown),
         cmocka_unit_test_setup_teardown(test_no_acl, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_empty_tables, setup, teardown),
         cmocka_unit_test_setup_teardown(test_acl_rules, setup, teardown),
         cmocka_unit_test_setup_teardown(test_acl_coverage, setup, teardown),
         cmocka_unit_test_setup_teardown(test_acl_malformed, setup, teardown),
