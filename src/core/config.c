@@ -84,6 +84,10 @@ static const config_opt opts[] = {
      "Seconds a new connection has to send CONNECT.", false},
     {U32("max-outbuf", max_outbuf, 4096, 1073741824), "8388608",
      "Bytes queued to one slow socket before QoS 0 messages are dropped.", true},
+    {U32("slow-consumer-timeout", slow_consumer_timeout, 1, 86400), "30",
+     "Seconds a client may stay behind on its messages (holding publishers back) before it is "
+     "disconnected.",
+     true},
     {U32("sys-interval", sys_interval, 0, 86400), "10",
      "Seconds between $SYS topic updates; 0 turns them off.", true},
     {BOOL("retain-available", retain_available), "true", "Support retained messages.", false},

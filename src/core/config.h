@@ -34,6 +34,7 @@ typedef struct thz_config {
     uint32_t max_connections;     /* max-connections: 0 = unlimited */
     uint32_t connect_timeout;     /* connect-timeout: seconds to wait for CONNECT */
     uint32_t max_outbuf;          /* max-outbuf: bytes queued to one socket before QoS 0 drops */
+    uint32_t slow_consumer_timeout; /* slow-consumer-timeout: seconds a congested reader lasts */
     uint32_t sys_interval;        /* sys-interval: seconds between $SYS updates; 0 = off */
     bool retain_available;        /* retain-available */
     int fsync;                    /* fsync: THZ_FSYNC_* for the broker state log */

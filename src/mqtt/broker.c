@@ -412,7 +412,12 @@ static bool send_new(worker *w, session *s, delivery *d)
 static void queue_push(worker *w, session *s, delivery *d)
 {
     uint32_t maxq = atomic_load_explicit(&B.max_queued, memory_order_relaxed);
-    if (s->q_len >= maxq) {
+    /* While the session is online, back-pressure pauses publishers once the
+     * queue is half full; what is already on its way from other threads
+     * (globally bounded by INBOX_HIGH per thread) may still arrive, so an
+     * online queue gets that much headroom rather than dropping it. */
+    uint32_t bound = s->conn ? maxq + INBOX_HIGH : maxq;
+    if (s->q_len >= bound) {
         /* Overflow policy: the newest message is dropped and counted. */
         delivery_drop(w, d, true);
         return;
@@ -461,15 +466,9 @@ void deliver(worker *w, delivery *d)
     }
     conn *c = s->conn;
     if (c && c->state == CONN_ACTIVE) {
-        if (d->qos == 0) {
-            send_new(w, s, d);
-            return;
-        }
-        if (s->q_len == 0 && s->inf_used < window(s)) {
-            send_new(w, s, d);
-            return;
-        }
-        queue_push(w, s, d);
+        if (d->qos == 0 || (s->q_len == 0 && s->inf_used < window(s))) send_new(w, s, d);
+        else queue_push(w, s, d);
+        conn_pressure(c);
         return;
     }
     if (d->qos > 0 && s->persistent) {
@@ -551,6 +550,13 @@ typedef struct dbatch {
     delivery d[];
 } dbatch;
 
+static void inbox_check(worker *w, uint32_t left)
+{
+    if (left < INBOX_LOW && atomic_load(&w->inbox_congested) &&
+        atomic_exchange(&w->inbox_congested, false))
+        congestion_release(w);
+}
+
 static void deliver_batch_task(int thread, void *arg)
 {
     dbatch *b = arg;
@@ -559,6 +565,7 @@ static void deliver_batch_task(int thread, void *arg)
         if (w) deliver(w, &b->d[i]);
         else delivery_drop(NULL, &b->d[i], false);
     }
+    if (w) inbox_check(w, atomic_fetch_sub(&w->inbox, b->n) - b->n);
     free(b);
 }
 
@@ -575,6 +582,12 @@ static void outbox_flush(worker *w)
         } else {
             b->n = n;
             memcpy(b->d, w->out[t], n * sizeof(delivery));
+            /* A thread that falls behind on deliveries counts as a congested
+             * consumer, so that publishers cannot outrun it without bound. */
+            worker *to = B.w[t];
+            if (atomic_fetch_add(&to->inbox, n) + n > INBOX_HIGH &&
+                !atomic_exchange(&to->inbox_congested, true))
+                atomic_fetch_add(&B.congested, 1);
             net_post(t, deliver_batch_task, b);
         }
         w->outn[t] = 0;
@@ -957,8 +970,22 @@ static void on_tick(uv_timer_t *t)
     worker *w = t->data;
     int64_t now = now_ms();
     /* keep alive (1.5x) and CONNECT timeout */
+    inbox_check(w, atomic_load(&w->inbox));
+    if (w->npaused && atomic_load(&B.congested) == 0) worker_resume(w);
     for (conn *c = w->conns, *next; c; c = next) {
         next = c->next;
+        if (c->congested && now - c->congested_ms > (int64_t)B.cfg->slow_consumer_timeout * 1000) {
+            /* A consumer that stays stuck would hold every publisher back. */
+            log_warn("mqtt", "client %s: disconnected, not reading for %u s",
+                     c->s ? c->s->cid : c->peer, B.cfg->slow_consumer_timeout);
+            w->dropped += c->s ? c->s->q_len : 0;
+            conn_close(c, MQTT_RC_QUOTA_EXCEEDED);
+            continue;
+        }
+        if (c->paused) {
+            c->last_rx_ms = now; /* not reading is our choice, not the client's silence */
+            continue;
+        }
         if (c->state == CONN_NEW) {
             if (now - c->accepted_ms > (int64_t)B.cfg->connect_timeout * 1000) conn_close(c, -1);
         } else if (c->state == CONN_ACTIVE && c->keepalive &&
@@ -1029,6 +1056,7 @@ static void batch_end(int idx, void *ctx)
         conn *c = w->dirty[i];
         c->dirty = false;
         conn_flush(c);
+        if (c->congested) conn_pressure(c);
     }
     w->ndirty = 0;
 }
@@ -1137,6 +1165,7 @@ void mqtt_stop(void)
         free(w->outcap);
         free(w->mt);
         free(w->dirty);
+        free(w->paused);
         free(w);
     }
     free(B.w);

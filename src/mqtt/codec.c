@@ -648,35 +648,6 @@ static inline size_t add_size(size_t a, size_t b)
     return a == BAD_SIZE || b == BAD_SIZE ? BAD_SIZE : a + b;
 }
 
-/* Typed properties the encoder writes, in identifier order. */
-static const uint8_t typed_ids[] = {
-    MQTT_P_PAYLOAD_FORMAT,
-    MQTT_P_MESSAGE_EXPIRY,
-    MQTT_P_CONTENT_TYPE,
-    MQTT_P_RESPONSE_TOPIC,
-    MQTT_P_CORRELATION_DATA,
-    MQTT_P_SESSION_EXPIRY,
-    MQTT_P_ASSIGNED_CLIENT_ID,
-    MQTT_P_SERVER_KEEP_ALIVE,
-    MQTT_P_AUTH_METHOD,
-    MQTT_P_AUTH_DATA,
-    MQTT_P_REQ_PROBLEM_INFO,
-    MQTT_P_WILL_DELAY,
-    MQTT_P_REQ_RESPONSE_INFO,
-    MQTT_P_RESPONSE_INFO,
-    MQTT_P_SERVER_REF,
-    MQTT_P_REASON_STRING,
-    MQTT_P_RECEIVE_MAX,
-    MQTT_P_TOPIC_ALIAS_MAX,
-    MQTT_P_TOPIC_ALIAS,
-    MQTT_P_MAX_QOS,
-    MQTT_P_RETAIN_AVAILABLE,
-    MQTT_P_MAX_PACKET_SIZE,
-    MQTT_P_WILDCARD_SUB_AVAILABLE,
-    MQTT_P_SUB_ID_AVAILABLE,
-    MQTT_P_SHARED_SUB_AVAILABLE,
-};
-
 #define TYPED_MASK (~(BIT64(MQTT_P_USER_PROPERTY) | BIT64(MQTT_P_SUB_ID) | 1u))
 
 /* Size of the property block without its length prefix; BAD_SIZE when some
@@ -685,21 +656,20 @@ static size_t props_size(const mqtt_props *pr)
 {
     if (!pr) return 0;
     size_t n = 0;
-    if (pr->have & TYPED_MASK) {
-        const uint8_t *base = (const uint8_t *)pr;
-        for (size_t i = 0; i < sizeof typed_ids; i++) {
-            uint8_t id = typed_ids[i];
-            if (!(pr->have & BIT64(id))) continue;
-            switch (pinfo[id].type) {
-            case PT_BYTE: n += 2; break;
-            case PT_U16: n += 3; break;
-            case PT_U32: n += 5; break;
-            default: {
-                mqtt_span s;
-                memcpy(&s, base + pinfo[id].off, sizeof s);
-                n = add_size(n, add_size(1, bin_size(s)));
-            }
-            }
+    const uint8_t *base = (const uint8_t *)pr;
+    /* Set bits in ascending order are the properties in identifier order. */
+    for (uint64_t m = pr->have & TYPED_MASK; m; m &= m - 1) {
+        unsigned id = (unsigned)__builtin_ctzll(m);
+        if (id > MQTT_MAX_PROP_ID || pinfo[id].type == PT_NONE) continue;
+        switch (pinfo[id].type) {
+        case PT_BYTE: n += 2; break;
+        case PT_U16: n += 3; break;
+        case PT_U32: n += 5; break;
+        default: {
+            mqtt_span s;
+            memcpy(&s, base + pinfo[id].off, sizeof s);
+            n = add_size(n, add_size(1, bin_size(s)));
+        }
         }
     }
     if (pr->sub_ids) {
@@ -716,33 +686,31 @@ static size_t props_size(const mqtt_props *pr)
 static uint8_t *put_props(uint8_t *w, const mqtt_props *pr)
 {
     if (!pr) return w;
-    if (pr->have & TYPED_MASK) {
-        const uint8_t *base = (const uint8_t *)pr;
-        for (size_t i = 0; i < sizeof typed_ids; i++) {
-            uint8_t id = typed_ids[i];
-            if (!(pr->have & BIT64(id))) continue;
-            const uint8_t *f = base + pinfo[id].off;
-            *w++ = id;
-            switch (pinfo[id].type) {
-            case PT_BYTE: w = put_u8(w, *f); break;
-            case PT_U16: {
-                uint16_t v;
-                memcpy(&v, f, sizeof v);
-                w = put_u16(w, v);
-                break;
-            }
-            case PT_U32: {
-                uint32_t v;
-                memcpy(&v, f, sizeof v);
-                w = put_u32(w, v);
-                break;
-            }
-            default: {
-                mqtt_span s;
-                memcpy(&s, f, sizeof s);
-                w = put_bin(w, s);
-            }
-            }
+    const uint8_t *base = (const uint8_t *)pr;
+    for (uint64_t m = pr->have & TYPED_MASK; m; m &= m - 1) {
+        unsigned id = (unsigned)__builtin_ctzll(m);
+        if (id > MQTT_MAX_PROP_ID || pinfo[id].type == PT_NONE) continue;
+        const uint8_t *f = base + pinfo[id].off;
+        *w++ = (uint8_t)id;
+        switch (pinfo[id].type) {
+        case PT_BYTE: w = put_u8(w, *f); break;
+        case PT_U16: {
+            uint16_t v;
+            memcpy(&v, f, sizeof v);
+            w = put_u16(w, v);
+            break;
+        }
+        case PT_U32: {
+            uint32_t v;
+            memcpy(&v, f, sizeof v);
+            w = put_u32(w, v);
+            break;
+        }
+        default: {
+            mqtt_span s;
+            memcpy(&s, f, sizeof s);
+            w = put_bin(w, s);
+        }
         }
     }
     if (pr->sub_ids) {

@@ -57,6 +57,75 @@ void conn_mark_dirty(conn *c)
     c->dirty = true;
 }
 
+static void resume_task(int thread, void *arg)
+{
+    if (thread >= 0 && net_self() == thread) worker_resume(B.w[thread]);
+}
+
+void congestion_release(worker *w)
+{
+    if (atomic_fetch_sub(&B.congested, 1) != 1) return;
+    /* the last congested consumer caught up: wake every thread with paused
+     * publishers */
+    for (int t = 0; t < B.nthreads; t++)
+        if (atomic_load_explicit(&B.w[t]->paused_n, memory_order_relaxed)) {
+            if (t == w->idx) worker_resume(w);
+            else net_post(t, resume_task, NULL);
+        }
+}
+
+static void uncongest(conn *c)
+{
+    c->congested = false;
+    congestion_release(c->w);
+}
+
+void conn_pressure(conn *c)
+{
+    if (c->state != CONN_ACTIVE) return;
+    size_t out = c->out.len + c->wbuf.len;
+    uint32_t q = c->s ? c->s->q_len : 0;
+    uint32_t maxo = atomic_load_explicit(&B.max_outbuf, memory_order_relaxed);
+    uint32_t maxq = atomic_load_explicit(&B.max_queued, memory_order_relaxed);
+    if (!c->congested) {
+        if (out > maxo / 2 || (maxq && q > maxq / 2)) {
+            c->congested = true;
+            c->congested_ms = now_ms();
+            atomic_fetch_add(&B.congested, 1);
+        }
+    } else if (out <= maxo / 8 && q <= maxq / 8) {
+        uncongest(c);
+    }
+}
+
+static void pause_reading(conn *c)
+{
+    worker *w = c->w;
+    if (w->npaused == w->pcap) {
+        uint32_t cap = w->pcap ? w->pcap * 2 : 16;
+        conn **a = realloc(w->paused, cap * sizeof *a);
+        if (!a) return; /* keep reading: bounded by the drop policy instead */
+        w->paused = a;
+        w->pcap = cap;
+    }
+    w->paused[w->npaused++] = c;
+    atomic_store_explicit(&w->paused_n, w->npaused, memory_order_relaxed);
+    c->paused = true;
+    uv_read_stop((uv_stream_t *)c->tcp);
+}
+
+static void unpause_remove(conn *c)
+{
+    worker *w = c->w;
+    for (uint32_t i = 0; i < w->npaused; i++)
+        if (w->paused[i] == c) {
+            w->paused[i] = w->paused[--w->npaused];
+            break;
+        }
+    atomic_store_explicit(&w->paused_n, w->npaused, memory_order_relaxed);
+    c->paused = false;
+}
+
 static void on_write(uv_write_t *req, int status)
 {
     conn *c = req->data;
@@ -67,6 +136,7 @@ static void on_write(uv_write_t *req, int status)
         return;
     }
     if (c->out.len) conn_flush(c);
+    if (c->congested) conn_pressure(c);
 }
 
 void conn_flush(conn *c)
@@ -115,6 +185,8 @@ void conn_close(conn *c, int reason)
         conn_flush(c);
     }
     c->state = CONN_CLOSING;
+    if (c->congested) uncongest(c);
+    if (c->paused) unpause_remove(c);
     if (c->prev) c->prev->next = c->next;
     else if (w->conns == c) w->conns = c->next;
     if (c->next) c->next->prev = c->prev;
@@ -759,7 +831,10 @@ static int dispatch(conn *c, const mqtt_packet *pkt, const uint8_t *raw, size_t 
     }
     switch (pkt->type) {
     case MQTT_PUBLISH: handle_publish(c, pkt); break;
-    case MQTT_PUBACK: inflight_ack(c->w, c->s, pkt->u.ack.id, MQTT_PUBACK); break;
+    case MQTT_PUBACK:
+        inflight_ack(c->w, c->s, pkt->u.ack.id, MQTT_PUBACK);
+        if (c->congested) conn_pressure(c);
+        break;
     case MQTT_PUBREC:
         if (inflight_ack(c->w, c->s, pkt->u.ack.id, MQTT_PUBREC)) {
             if (pkt->u.ack.reason >= 0x80) inflight_ack(c->w, c->s, pkt->u.ack.id, MQTT_PUBCOMP);
@@ -769,7 +844,10 @@ static int dispatch(conn *c, const mqtt_packet *pkt, const uint8_t *raw, size_t 
         }
         break;
     case MQTT_PUBREL: handle_pubrel(c, pkt->u.ack.id); break;
-    case MQTT_PUBCOMP: inflight_ack(c->w, c->s, pkt->u.ack.id, MQTT_PUBCOMP); break;
+    case MQTT_PUBCOMP:
+        inflight_ack(c->w, c->s, pkt->u.ack.id, MQTT_PUBCOMP);
+        if (c->congested) conn_pressure(c);
+        break;
     case MQTT_SUBSCRIBE: handle_subscribe(c, pkt); break;
     case MQTT_UNSUBSCRIBE: handle_unsubscribe(c, pkt); break;
     case MQTT_PINGREQ:
@@ -815,6 +893,13 @@ static size_t process(conn *c, const uint8_t *p, size_t n)
         }
         if (dispatch(c, &pkt, p + off, plen, n - off - plen)) return (size_t)-1;
         off += plen;
+        if (pkt.type == MQTT_PUBLISH && !c->congested && c->state == CONN_ACTIVE &&
+            atomic_load_explicit(&B.congested, memory_order_relaxed)) {
+            /* Some consumer is behind: stop reading this publisher; what is
+             * already read waits in c->in. */
+            pause_reading(c);
+            break;
+        }
     }
     return off;
 }
@@ -872,6 +957,31 @@ static void on_read(uv_stream_t *st, ssize_t nread, const uv_buf_t *buf)
         c->last_rx_ms = now_ms();
         feed(c, (const uint8_t *)buf->base, (size_t)nread);
     }
+    net_batch_end(w->idx);
+}
+
+void worker_resume(worker *w)
+{
+    if (atomic_load(&B.congested)) return;
+    /* Resuming may pause some again; work on a snapshot of the list. */
+    uint32_t n = w->npaused;
+    conn **list = malloc(n * sizeof *list);
+    if (!list) return;
+    memcpy(list, w->paused, n * sizeof *list);
+    for (uint32_t i = 0; i < n; i++) {
+        conn *c = list[i];
+        if (!c->paused || c->state == CONN_CLOSING) continue;
+        unpause_remove(c);
+        c->last_rx_ms = now_ms();
+        if (c->in.len) {
+            size_t used = process(c, c->in.p, c->in.len);
+            if (used == (size_t)-1 || c->state == CONN_CLOSING) continue;
+            thz_buf_consume(&c->in, used);
+            if (c->in.len == 0) thz_buf_free(&c->in);
+        }
+        if (!c->paused) uv_read_start((uv_stream_t *)c->tcp, on_alloc, on_read);
+    }
+    free(list);
     net_batch_end(w->idx);
 }
 

@@ -158,6 +158,9 @@ typedef struct conn {
     bool dirty;
     bool writing;
     bool will_publish; /* publish the will when closing */
+    bool paused;       /* reading stopped: back-pressure from slow consumers */
+    bool congested;    /* this consumer is behind: publishers pause */
+    int64_t congested_ms;
     uint16_t keepalive;
     int64_t last_rx_ms;
     int64_t accepted_ms;
@@ -190,6 +193,11 @@ typedef struct worker {
     uint32_t nmt, mtcap;
     session *offline;
     bool store_dirty;
+    conn **paused; /* publishers paused by back-pressure */
+    uint32_t npaused, pcap;
+    atomic_uint paused_n; /* npaused, readable by other threads */
+    atomic_uint inbox;    /* deliveries posted to this thread, not yet handled */
+    atomic_bool inbox_congested;
     /* counters, written by this thread only, read relaxed by $SYS */
     uint64_t n_clients, msgs_in, msgs_out, bytes_in, bytes_out, dropped;
     uint8_t rbuf[65536];
@@ -210,6 +218,7 @@ typedef struct broker {
     pthread_rwlock_t ret_lock;
     hmap retained;
     int64_t started_ms;
+    atomic_int congested; /* consumers over their high-water mark */
     /* limits copied from cfg, updated on reload */
     _Atomic uint32_t max_queued, max_inflight, max_outbuf, max_packet;
 } broker;
@@ -267,5 +276,16 @@ void conn_close(conn *c, int reason);
  * job: id). Returns false if dropped (too big for the client, expired). */
 bool conn_send_publish(conn *c, const delivery *d, uint16_t id, bool dup);
 void conn_send_pubrel(conn *c, uint16_t id);
+/* Re-evaluates whether c is a congested consumer (output or queue above the
+ * high-water mark; clear below the low-water mark). While any consumer is
+ * congested, connections that publish stop being read (TCP back-pressure),
+ * so that saturation loses nothing and memory stays bounded. */
+void conn_pressure(conn *c);
+/* Drops one unit of congestion; the last one resumes paused publishers. */
+void congestion_release(worker *w);
+#define INBOX_HIGH 16384 /* cross-thread deliveries pending before publishers pause */
+#define INBOX_LOW 4096
+/* Resumes this worker's paused publishers once no consumer is congested. */
+void worker_resume(worker *w);
 
 #endif
