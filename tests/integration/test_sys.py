@@ -63,7 +63,8 @@ def test_sys_topics_published(broker_factory):
     assert not missing, "not published within 3.5 s: %s" % missing
     for t in TOPICS:
         assert number(seen[t]) >= 0
-    assert number(seen["$SYS/broker/clients/connected"]) >= 1
+    # The first value may be a retained one from before this client connected.
+    assert wait_value(c, "$SYS/broker/clients/connected", lambda v: v >= 1) >= 1
     c.disconnect()
 
 
@@ -103,7 +104,7 @@ def test_sys_clients_connected_tracks_clients(broker_factory):
 def test_sys_message_and_byte_counters_grow(broker_factory):
     b = broker_factory(sys_interval=1)
     c = sys_client(b)
-    before = {k: number(v) for k, v in latest(c, TOPICS, 3.5).items()}
+    before = {k: number(v) for k, v in latest(c, TOPICS, 3.5).items() if k in TOPICS}
     topic = unique("count")
     sub = r.RawClient(b.port, version=4)
     sub.connect(unique())
@@ -117,7 +118,7 @@ def test_sys_message_and_byte_counters_grow(broker_factory):
     rec = wait_value(c, "$SYS/broker/messages/received",
                      lambda v: v >= before["$SYS/broker/messages/received"] + 20)
     assert rec >= before["$SYS/broker/messages/received"] + 20
-    after = {k: number(v) for k, v in latest(c, TOPICS, 3.5).items()}
+    after = {k: number(v) for k, v in latest(c, TOPICS, 3.5).items() if k in TOPICS}
     assert after["$SYS/broker/messages/sent"] >= before["$SYS/broker/messages/sent"] + 20
     assert after["$SYS/broker/bytes/received"] >= before["$SYS/broker/bytes/received"] + 20000
     assert after["$SYS/broker/bytes/sent"] >= before["$SYS/broker/bytes/sent"] + 20000
@@ -145,8 +146,10 @@ def test_sys_interval_zero_disables(broker_factory):
 
 
 def test_clients_cannot_publish_into_sys(broker_factory):
-    """A client PUBLISH to $SYS/... must not overwrite the broker's values
-    (the broker may drop it or refuse it; MQTT 4.7.2 reserves $ topics)."""
+    """A client PUBLISH to $SYS/... must not reach $SYS subscribers nor
+    overwrite the broker's values (the broker may drop or refuse it). MQTT
+    4.7.2 reserves $ topics for the server; this is hardening (mosquitto does
+    the same) rather than a MUST of the spec."""
     b = broker_factory(sys_interval=1)
     c = sys_client(b)
     assert latest(c, TOPICS, 3.5).keys() >= set(TOPICS)
