@@ -450,6 +450,7 @@ struct store {
     thz_buf wbuf;        /* records being written; a failed write leaves the rest here */
     bool dirty;          /* written since the last fdatasync */
     int64_t werr_logged; /* rate limit for repeated write/rotate errors */
+    bool write_failing;  /* the last write failed: log when writes recover */
 
     /* Owned by the background thread. */
     pthread_t thread;
@@ -591,7 +592,9 @@ static size_t scan_resync(const store *s, const uint8_t *p, size_t n, size_t fro
 static thz_err scan_segment(scan_ctx *c, const uint8_t *p, size_t n, size_t from, size_t *good_end)
 {
     size_t off = from;
-    uint64_t budget = (1u << 20) + 8 * (uint64_t)n;
+    /* Bounds the CRC work of resyncing: a file of garbage costs at most
+     * ~10x its size to scan, plus a fixed allowance for small files. */
+    uint64_t budget = (64u << 20) + 8 * (uint64_t)n;
     while (off < n) {
         size_t len;
         thz_err rc = store_record_decode(p + off, n - off, &len, NULL, NULL, NULL, NULL, NULL);
@@ -724,20 +727,24 @@ static thz_err segs_inspect(store *s, seg_file *v, size_t n)
     char fname[512];
     for (size_t i = 0; i < n; i++) {
         seg_name(fname, sizeof fname, s->name, v[i].seq, "log");
-        v[i].fd = openat(s->dir_fd, fname, O_RDWR | O_CLOEXEC);
+        /* Short-lived fds: a directory of many segments must not exhaust them. */
+        int fd = openat(s->dir_fd, fname, O_RDONLY | O_CLOEXEC);
         struct stat st;
-        if (v[i].fd < 0 || fstat(v[i].fd, &st) != 0) {
+        if (fd < 0 || fstat(fd, &st) != 0) {
             log_error(MOD, "cannot open %s/%s: %s", s->dir, fname, strerror(errno));
+            if (fd >= 0) close(fd);
             return THZ_EIO;
         }
         v[i].size = (uint64_t)st.st_size;
         v[i].base = v[i].seq;
         uint8_t h[SEG_HDR_LEN];
+        ssize_t got = v[i].size < SEG_HDR_LEN ? 0 : pread(fd, h, sizeof h, 0);
+        close(fd);
         if (v[i].size < SEG_HDR_LEN) {
             v[i].hdr = HDR_BAD;
             continue;
         }
-        if (pread(v[i].fd, h, sizeof h, 0) != (ssize_t)sizeof h) {
+        if (got != (ssize_t)sizeof h) {
             log_error(MOD, "cannot read %s/%s: %s", s->dir, fname, strerror(errno));
             return THZ_EIO;
         }
@@ -782,12 +789,25 @@ static thz_err segs_replay(store *s, seg_file *v, size_t n, kv_map *map, size_t 
     for (size_t i = 0; i < n; i++) {
         if (v[i].skip) continue;
         seg_name(fname, sizeof fname, s->name, v[i].seq, "log");
-        void *m = mmap(NULL, v[i].size, PROT_READ, MAP_PRIVATE, v[i].fd, 0);
-        if (m == MAP_FAILED) {
+        /* Only the last segment stays open, to truncate its torn tail. */
+        v[i].fd = openat(s->dir_fd, fname, (i == last ? O_RDWR : O_RDONLY) | O_CLOEXEC);
+        struct stat st;
+        if (v[i].fd < 0 || fstat(v[i].fd, &st) != 0) {
+            log_error(MOD, "cannot open %s/%s: %s", s->dir, fname, strerror(errno));
+            return THZ_EIO;
+        }
+        /* The size read by segs_inspect is kept: nobody else appends (the lock). */
+        if ((uint64_t)st.st_size < v[i].size) v[i].size = (uint64_t)st.st_size;
+        void *m = v[i].size ? mmap(NULL, v[i].size, PROT_READ, MAP_PRIVATE, v[i].fd, 0) : NULL;
+        if (m == MAP_FAILED || !m) {
             log_error(MOD, "cannot map %s/%s: %s", s->dir, fname, strerror(errno));
             return THZ_EIO;
         }
         v[i].map = m;
+        if (i != last) {
+            close(v[i].fd);
+            v[i].fd = -1;
+        }
         scan_ctx c = {s, map, fname, "replay"};
         thz_err rc = scan_segment(&c, v[i].map, v[i].size, SEG_HDR_LEN, &v[i].good_end);
         if (rc) return rc;
@@ -1159,11 +1179,13 @@ static thz_err flush_records(store *s, bool sync)
                           "write to %s/%s.%08" PRIu64 ".log failed: %s; %zu bytes kept for "
                           "retry",
                           s->dir, s->name, s->active_seq, strerror(e), s->wbuf.len);
+            s->write_failing = true;
             rc = THZ_EIO;
             break;
         }
-        if (s->werr_logged) {
+        if (s->write_failing) {
             log_info(MOD, "writes to %s/%s succeed again", s->dir, s->name);
+            s->write_failing = false;
             s->werr_logged = 0;
         }
     }

@@ -11,9 +11,11 @@
 #include <fcntl.h>
 #include <inttypes.h>
 #include <pthread.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
 #include <time.h>
@@ -735,6 +737,50 @@ static void test_pending_quota(void **state)
     remove_dir(dir);
 }
 
+/* A write that fails half way (here EFBIG from RLIMIT_FSIZE, standing in for
+ * ENOSPC) returns EIO and keeps the unwritten bytes; a later flush finishes
+ * them, so the file ends up with every record whole and in order. */
+static void test_write_error_retry(void **state)
+{
+    char *dir = make_dir();
+    coll c = {0};
+    store *s = reopen(dir, NULL, &c);
+    struct rlimit old, lim;
+    assert_int_equal(getrlimit(RLIMIT_FSIZE, &old), 0);
+    void (*old_handler)(int) = signal(SIGXFSZ, SIG_IGN);
+    lim = old;
+    lim.rlim_cur = 4096;
+    assert_int_equal(setrlimit(RLIMIT_FSIZE, &lim), 0);
+    char k[32], v[128];
+    for (int i = 0; i < 100; i++) {
+        snprintf(k, sizeof k, "key-%d", i);
+        snprintf(v, sizeof v, "value-%d-%090d", i, 0);
+        put_str(s, k, v);
+    }
+    assert_int_equal(store_flush(s), THZ_EIO);
+    assert_int_equal(store_flush(s), THZ_EIO); /* still failing, still kept */
+    put_str(s, "queued", "behind the failed ones");
+    store_stats st;
+    store_get_stats(s, &st);
+    assert_true(st.disk_bytes <= 4096);
+    assert_int_equal(setrlimit(RLIMIT_FSIZE, &old), 0);
+    signal(SIGXFSZ, old_handler);
+    assert_int_equal(store_flush(s), THZ_OK);
+    store_close(s);
+
+    s = reopen(dir, NULL, &c);
+    assert_int_equal(c.n, 101);
+    for (int i = 0; i < 100; i++) {
+        snprintf(k, sizeof k, "key-%d", i);
+        snprintf(v, sizeof v, "value-%d-%090d", i, 0);
+        expect_val(&c, k, v);
+    }
+    expect_val(&c, "queued", "behind the failed ones");
+    store_close(s);
+    coll_free(&c);
+    remove_dir(dir);
+}
+
 typedef struct writer {
     store *s;
     int id;
@@ -803,7 +849,8 @@ static void test_concurrent_puts(void **state)
     remove_dir(dir);
 }
 
-/* kill -9: a child puts and flushes, then exits without store_close. */
+/* kill -9: a child puts and flushes, then SIGKILLs itself without
+ * store_close (no exit handlers, no leak checkers, like a real crash). */
 static void test_crash_without_close(void **state)
 {
     char *dir = make_dir();
@@ -823,12 +870,13 @@ static void test_crash_without_close(void **state)
             }
             /* Not flushed: may or may not survive. */
             store_put(s, "unflushed", 9, "?", 1);
-            _exit(0);
+            raise(SIGKILL);
+            _exit(4);
         }
         int status;
         assert_int_equal(waitpid(pid, &status, 0), pid);
-        assert_true(WIFEXITED(status));
-        assert_int_equal(WEXITSTATUS(status), 0);
+        if (WIFEXITED(status)) fail_msg("child exited with %d", WEXITSTATUS(status));
+        assert_true(WIFSIGNALED(status) && WTERMSIG(status) == SIGKILL);
     }
     coll c = {0};
     store *s = reopen(dir, NULL, &c);
@@ -860,6 +908,7 @@ int main(void)
         cmocka_unit_test(test_bad_header_and_version),
         cmocka_unit_test(test_bounds),
         cmocka_unit_test(test_pending_quota),
+        cmocka_unit_test(test_write_error_retry),
         cmocka_unit_test(test_concurrent_puts),
         cmocka_unit_test(test_crash_without_close),
     };
