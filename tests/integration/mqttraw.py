@@ -535,6 +535,21 @@ class RawClient:
             self.ack(p)
         return p
 
+    def recv_publishes(self, timeout, ack=True):
+        """Every PUBLISH arriving within timeout, acknowledged as it comes
+        (so the broker's in-flight window never stalls delivery)."""
+        out = []
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                p = self.recv(max(0.001, deadline - time.monotonic()))
+            except (TimeoutError, Closed):
+                return out
+            if p.type == PUBLISH:
+                if ack:
+                    self.ack(p)
+                out.append(p)
+
     def disconnect(self, rc=0, props=None):
         try:
             self.send(disconnect(self.version, rc, props))
