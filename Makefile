@@ -67,10 +67,10 @@ asan: deps
 # libFuzzer targets, built with clang; each runs FUZZ_SECONDS on its corpus.
 fuzz-build: deps
 	$(MAKE) BUILD=build/fuzz CC=clang OPT=-O1 \
-	  SAN="-fsanitize=fuzzer-no-link,address,undefined -fno-omit-frame-pointer" build/fuzz/libthinghz.a
+	  SAN="-fsanitize=fuzzer-no-link,address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=all" build/fuzz/libthinghz.a
 	@mkdir -p build/fuzz/bin
 	@set -e; for f in $(FUZZ_SRC); do n=$$(basename $$f .c); \
-	  clang -std=gnu11 -O1 -g -Isrc -D_GNU_SOURCE -fsanitize=fuzzer,address,undefined \
+	  clang -std=gnu11 -O1 -g -Isrc -D_GNU_SOURCE -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=all \
 	    $$f -o build/fuzz/bin/$$n build/fuzz/libthinghz.a $(LDLIBS); done
 
 fuzz: SHELL := /bin/bash

@@ -95,6 +95,11 @@ static int load_config(thz_config *cfg, int argc, char **argv)
 static int cmd_serve(int argc, char **argv)
 {
     static thz_config cfg;
+    for (int i = 2; i < argc; i++)
+        if (strcmp(argv[i], "--help") == 0 || strcmp(argv[i], "-h") == 0) {
+            usage(stdout);
+            return 0;
+        }
     if (load_config(&cfg, argc, argv) != 0) return 2;
     thz_log_level = cfg.log_level;
     if (mkdir_p(cfg.data_dir) != 0) {

@@ -642,8 +642,10 @@ static void handle_publish(conn *c, const mqtt_packet *pkt)
             return;
         }
     }
-    if (auth_has_acl(B.auth)) {
-        char *t = strndup(topic, tl);
+    /* $SYS/ belongs to the broker (MQTT 4.7.2): clients may not publish there. */
+    bool sys = tl >= 4 && memcmp(topic, "$SYS", 4) == 0 && (tl == 4 || topic[4] == '/');
+    if (sys || auth_has_acl(B.auth)) {
+        char *t = sys ? NULL : strndup(topic, tl);
         bool ok = t && auth_can_publish(B.auth, s->cid, c->username, t);
         free(t);
         if (!ok) {
@@ -869,6 +871,12 @@ static int dispatch(conn *c, const mqtt_packet *pkt, const uint8_t *raw, size_t 
 static size_t process(conn *c, const uint8_t *p, size_t n)
 {
     size_t off = 0;
+    if (c->state == CONN_NEW && n && p[0] != (MQTT_CONNECT << 4)) {
+        /* Not MQTT at all (an HTTP request, a TLS hello, noise): do not wait
+         * for the connect timeout to find out. */
+        conn_close(c, -1);
+        return 0;
+    }
     while (off < n && c->state != CONN_CLOSING) {
         size_t plen;
         thz_err rc = mqtt_frame(p + off, n - off, atomic_load_explicit(&B.max_packet, memory_order_relaxed), &plen);
