@@ -562,8 +562,14 @@ static void deliver_batch_task(int thread, void *arg)
     dbatch *b = arg;
     worker *w = thread >= 0 && net_self() == thread ? B.w[thread] : NULL;
     for (uint32_t i = 0; i < b->n; i++) {
-        if (w) deliver(w, &b->d[i]);
-        else delivery_drop(NULL, &b->d[i], false);
+        if (w) {
+            deliver(w, &b->d[i]);
+        } else {
+            /* the thread has stopped (shutdown): a persisted message stays in
+             * the log for the next start */
+            msg_unref(b->d[i].m);
+            session_unref(b->d[i].s);
+        }
     }
     if (w) inbox_check(w, atomic_fetch_sub(&w->inbox, b->n) - b->n);
     free(b);
@@ -1033,6 +1039,7 @@ static void worker_start(int idx, uv_loop_t *loop, void *ctx)
 static void worker_stop(int idx, uv_loop_t *loop, void *ctx)
 {
     worker *w = B.w[idx];
+    atomic_store(&B.shutting_down, true);
     uv_timer_stop(&w->tick);
     uv_close((uv_handle_t *)&w->tick, NULL);
     while (w->conns) conn_close(w->conns, MQTT_RC_SERVER_SHUTTING_DOWN);

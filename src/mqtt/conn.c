@@ -195,7 +195,8 @@ void conn_close(conn *c, int reason)
     session *s = c->s;
     c->s = NULL;
     if (s) {
-        if (s->conn == c) session_went_offline(w, s, c->will_publish);
+        if (s->conn == c)
+            session_went_offline(w, s, c->will_publish && !atomic_load(&B.shutting_down));
         session_unref(s);
     }
     uv_read_stop((uv_stream_t *)c->tcp);

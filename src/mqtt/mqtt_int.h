@@ -219,6 +219,7 @@ typedef struct broker {
     hmap retained;
     int64_t started_ms;
     atomic_int congested; /* consumers over their high-water mark */
+    atomic_bool shutting_down; /* wills are not published while stopping */
     /* limits copied from cfg, updated on reload */
     _Atomic uint32_t max_queued, max_inflight, max_outbuf, max_packet;
 } broker;
