@@ -46,7 +46,7 @@ struct lg_opts {
     const char *zHost;
     int port;
     int nPubs, nSubs;
-    bool shared;     /* --topic-mode shared: one topic, every subscriber gets every message */
+    bool shared; /* --topic-mode shared: one topic, every subscriber gets every message */
     int qos;
     double duration; /* measured window, seconds */
     double warmup;   /* publishing before the window, not measured */
@@ -55,7 +55,7 @@ struct lg_opts {
     int inflight;    /* QoS 1 window of unacknowledged PUBLISH per publisher */
     int version;     /* 4 = MQTT 3.1.1, 5 = MQTT 5 */
     int nThreads;
-    int nIdle;       /* > 0 selects idle mode */
+    int nIdle; /* > 0 selects idle mode */
     bool idleSub;
     double hold;
     double drain;    /* stop draining after this long without a new delivery */
@@ -93,7 +93,7 @@ static struct lg_opts g_opt = {
 #define LG_NS 1000000000ull
 /* The payload header: send time, sequence number, publisher index. The rest is filler. */
 #define LG_PAYLOAD_MIN 20
-#define LG_MAX_SEQ (1ull << 36) /* a sequence beyond this is corruption, not a long run */
+#define LG_MAX_SEQ     (1ull << 36) /* a sequence beyond this is corruption, not a long run */
 
 static uint64_t lg_now(void)
 {
@@ -124,7 +124,8 @@ static void *lg_calloc(size_t n, size_t sz)
 static void lg_sleep_until(uint64_t t)
 {
     struct timespec ts = {.tv_sec = (time_t)(t / LG_NS), .tv_nsec = (long)(t % LG_NS)};
-    while (clock_nanosleep(CLOCK_MONOTONIC, TIMER_ABSTIME, &ts, NULL) == EINTR) {}
+    while (clock_nanosleep(CLOCK_MONOTONIC, TIMER_ABSTIME, &ts, NULL) == EINTR) {
+    }
 }
 
 static void put16(uint8_t *p, unsigned v)
@@ -164,8 +165,8 @@ static int get_varint(const uint8_t *p, size_t avail, size_t *pValue)
 /* ---- latency histogram (HDR-style: 64 linear sub-buckets per power of two, < 1.6% error) -- */
 
 #define H_SUB_BITS 7
-#define H_HALF (1u << (H_SUB_BITS - 1))
-#define H_BUCKETS ((64 - H_SUB_BITS + 1) * H_HALF + H_HALF * 2)
+#define H_HALF     (1u << (H_SUB_BITS - 1))
+#define H_BUCKETS  ((64 - H_SUB_BITS + 1) * H_HALF + H_HALF * 2)
 
 static unsigned hist_index(uint64_t v)
 {
@@ -214,7 +215,7 @@ struct lg_conn {
     int fd;
     enum lg_role role;
     enum lg_state state;
-    int idx;        /* index within its role */
+    int idx;         /* index within its role */
     uint32_t events; /* what is registered with epoll now */
     struct lg_thread *pTh;
     char zId[32];
@@ -226,7 +227,7 @@ struct lg_conn {
     size_t iOut, nOut, nOutCap; /* pending bytes are pOut[iOut..nOut) */
 
     /* publisher */
-    uint8_t *pTmpl;  /* a complete PUBLISH packet; copied per message */
+    uint8_t *pTmpl; /* a complete PUBLISH packet; copied per message */
     size_t nTmpl, iPid, iPay;
     uint64_t seq, nRateSent;
     uint64_t nPublished, nPublishedWin;
@@ -267,7 +268,7 @@ static struct lg_conn *g_aConn;
 static int g_nConn;
 static int *g_aSubsPerTopic; /* indexed by publisher: how many subscribers get its messages */
 
-#define LG_COALESCE_BYTES (16 * 1024)
+#define LG_COALESCE_BYTES   (16 * 1024)
 #define MAX_PENDING_CONNECT 256 /* handshakes in flight per thread, to spare the accept queue */
 
 static const char *role_name(enum lg_role r)
@@ -275,8 +276,7 @@ static const char *role_name(enum lg_role r)
     return r == LG_PUB ? "publisher" : r == LG_SUB ? "subscriber" : "idle";
 }
 
-static void conn_die(struct lg_conn *c, const char *zWhat)
-    __attribute__((noreturn));
+static void conn_die(struct lg_conn *c, const char *zWhat) __attribute__((noreturn));
 static void conn_die(struct lg_conn *c, const char *zWhat)
 {
     lg_die("%s %d (%s): %s", role_name(c->role), c->idx, c->zId, zWhat);
@@ -371,7 +371,8 @@ static void send_subscribe(struct lg_conn *c, int qos)
 static void pub_build_template(struct lg_conn *c)
 {
     size_t nTopic = strlen(c->zTopic);
-    size_t rl = 2 + nTopic + (g_opt.qos ? 2 : 0) + (g_opt.version == 5 ? 1 : 0) + (size_t)g_opt.size;
+    size_t rl =
+        2 + nTopic + (g_opt.qos ? 2 : 0) + (g_opt.version == 5 ? 1 : 0) + (size_t)g_opt.size;
     c->pTmpl = lg_calloc(1, 5 + rl);
     uint8_t *p = c->pTmpl;
     *p++ = (uint8_t)(0x30 | (g_opt.qos << 1));
@@ -451,8 +452,8 @@ static void pub_service(struct lg_conn *c, uint64_t now)
              * the publishers' messages evenly over time. */
             unsigned __int128 total =
                 (unsigned __int128)(now - g_tStart) * (uint64_t)g_opt.rate / LG_NS;
-            uint64_t due = (uint64_t)((total + (unsigned)(g_opt.nPubs - 1 - c->idx)) /
-                                      (unsigned)g_opt.nPubs);
+            uint64_t due =
+                (uint64_t)((total + (unsigned)(g_opt.nPubs - 1 - c->idx)) / (unsigned)g_opt.nPubs);
             nBudget = due > c->nRateSent ? due - c->nRateSent : 0;
         }
         uint64_t before = c->nPublished;
@@ -460,9 +461,9 @@ static void pub_service(struct lg_conn *c, uint64_t now)
         c->nRateSent += c->nPublished - before;
     }
     conn_flush(c);
-    bool wantOut = c->nOut > c->iOut ||
-                   (active && g_opt.rate == 0 &&
-                    (g_opt.qos == 0 || c->nInflight < (uint32_t)g_opt.inflight));
+    bool wantOut =
+        c->nOut > c->iOut ||
+        (active && g_opt.rate == 0 && (g_opt.qos == 0 || c->nInflight < (uint32_t)g_opt.inflight));
     conn_set_events(c, EPOLLIN | (wantOut ? EPOLLOUT : 0));
 }
 
@@ -595,15 +596,12 @@ static void conn_packet(struct lg_conn *c, const uint8_t *p, const uint8_t *pBod
         if (rl > 2 && pBody[2] >= 0x80) c->pTh->nPubackErr++;
         break;
     }
-    case 13: /* PINGRESP */
-        break;
+    case 13: /* PINGRESP */ break;
     case 14: /* DISCONNECT (MQTT 5) */
         snprintf(zMsg, sizeof zMsg, "broker sent DISCONNECT, reason code 0x%02x",
                  rl > 0 ? pBody[0] : 0);
         conn_die(c, zMsg);
-    default:
-        snprintf(zMsg, sizeof zMsg, "unexpected packet type %d", p[0] >> 4);
-        conn_die(c, zMsg);
+    default: snprintf(zMsg, sizeof zMsg, "unexpected packet type %d", p[0] >> 4); conn_die(c, zMsg);
     }
 }
 
@@ -838,7 +836,8 @@ static double self_cpu_s(void)
 
 static void usage(FILE *f)
 {
-    fprintf(f,
+    fprintf(
+        f,
         "usage: loadgen [options]\n"
         "MQTT load generator: saturation throughput, fixed-rate latency, or idle connections.\n"
         "\n"
@@ -898,31 +897,54 @@ static double parse_num(const char *zOpt, const char *z, double lo, double hi)
 {
     char *e;
     double v = strtod(z, &e);
-    if (e == z || *e || v < lo || v > hi) lg_die("%s: '%s' is not a number in [%g, %g]", zOpt, z, lo, hi);
+    if (e == z || *e || v < lo || v > hi)
+        lg_die("%s: '%s' is not a number in [%g, %g]", zOpt, z, lo, hi);
     return v;
 }
 
 static void parse_args(int argc, char **argv)
 {
     enum {
-        O_HOST = 256, O_PORT, O_PUBS, O_SUBS, O_TMODE, O_QOS, O_SIZE, O_DUR, O_WARM, O_RATE,
-        O_INFL, O_VER, O_THR, O_IDLE, O_IDLESUB, O_HOLD, O_DRAIN, O_DRAINMAX, O_PID, O_CTO,
-        O_OUTBUF, O_INBUF, O_COAL, O_JSON, O_HELP
+        O_HOST = 256,
+        O_PORT,
+        O_PUBS,
+        O_SUBS,
+        O_TMODE,
+        O_QOS,
+        O_SIZE,
+        O_DUR,
+        O_WARM,
+        O_RATE,
+        O_INFL,
+        O_VER,
+        O_THR,
+        O_IDLE,
+        O_IDLESUB,
+        O_HOLD,
+        O_DRAIN,
+        O_DRAINMAX,
+        O_PID,
+        O_CTO,
+        O_OUTBUF,
+        O_INBUF,
+        O_COAL,
+        O_JSON,
+        O_HELP
     };
     static const struct option aOpt[] = {
-        {"host", 1, 0, O_HOST},         {"port", 1, 0, O_PORT},
-        {"pubs", 1, 0, O_PUBS},         {"subs", 1, 0, O_SUBS},
-        {"topic-mode", 1, 0, O_TMODE},  {"qos", 1, 0, O_QOS},
-        {"size", 1, 0, O_SIZE},         {"duration", 1, 0, O_DUR},
-        {"warmup", 1, 0, O_WARM},       {"rate", 1, 0, O_RATE},
-        {"inflight", 1, 0, O_INFL},     {"mqtt-version", 1, 0, O_VER},
-        {"threads", 1, 0, O_THR},       {"idle", 1, 0, O_IDLE},
-        {"idle-sub", 0, 0, O_IDLESUB},  {"hold", 1, 0, O_HOLD},
-        {"drain", 1, 0, O_DRAIN},       {"drain-max", 1, 0, O_DRAINMAX},
-        {"broker-pid", 1, 0, O_PID},    {"connect-timeout", 1, 0, O_CTO},
-        {"out-buf", 1, 0, O_OUTBUF},    {"in-buf", 1, 0, O_INBUF},
-        {"coalesce", 1, 0, O_COAL},     {"json", 0, 0, O_JSON},         {"help", 0, 0, O_HELP},
-        {0, 0, 0, 0},
+        {"host", 1, 0, O_HOST},        {"port", 1, 0, O_PORT},
+        {"pubs", 1, 0, O_PUBS},        {"subs", 1, 0, O_SUBS},
+        {"topic-mode", 1, 0, O_TMODE}, {"qos", 1, 0, O_QOS},
+        {"size", 1, 0, O_SIZE},        {"duration", 1, 0, O_DUR},
+        {"warmup", 1, 0, O_WARM},      {"rate", 1, 0, O_RATE},
+        {"inflight", 1, 0, O_INFL},    {"mqtt-version", 1, 0, O_VER},
+        {"threads", 1, 0, O_THR},      {"idle", 1, 0, O_IDLE},
+        {"idle-sub", 0, 0, O_IDLESUB}, {"hold", 1, 0, O_HOLD},
+        {"drain", 1, 0, O_DRAIN},      {"drain-max", 1, 0, O_DRAINMAX},
+        {"broker-pid", 1, 0, O_PID},   {"connect-timeout", 1, 0, O_CTO},
+        {"out-buf", 1, 0, O_OUTBUF},   {"in-buf", 1, 0, O_INBUF},
+        {"coalesce", 1, 0, O_COAL},    {"json", 0, 0, O_JSON},
+        {"help", 0, 0, O_HELP},        {0, 0, 0, 0},
     };
     int o;
     while ((o = getopt_long(argc, argv, "h", aOpt, NULL)) != -1) {
@@ -1127,12 +1149,13 @@ static int run_idle(void)
     run_threads();
     double setup = wait_ready(t0);
     if (!g_opt.json)
-        fprintf(stderr, "loadgen: %d idle connections ready in %.2f s, holding %.1f s\n",
-                g_nConn, setup, g_opt.hold);
+        fprintf(stderr, "loadgen: %d idle connections ready in %.2f s, holding %.1f s\n", g_nConn,
+                setup, g_opt.hold);
     lg_sleep_until(lg_now() + (uint64_t)(g_opt.hold * 1e9));
     long rssAfter = proc_rss_kib(g_opt.brokerPid);
     join_threads();
-    double perConn = rssBefore >= 0 && rssAfter >= 0 ? (double)(rssAfter - rssBefore) / g_nConn : -1;
+    double perConn =
+        rssBefore >= 0 && rssAfter >= 0 ? (double)(rssAfter - rssBefore) / g_nConn : -1;
     if (g_opt.json) {
         printf("{\"mode\":\"idle\",\"connections\":%d,\"subscribed\":%s,\"mqtt_version\":%d,"
                "\"setup_s\":%.3f,\"hold_s\":%.3f,\"broker_pid\":%d,\"rss_before_kib\":%ld,"
@@ -1244,23 +1267,25 @@ static int run_traffic(void)
                "\"broker_pid\":%d,\"broker_cpu_s\":%.3f,\"broker_cpu_s_per_m\":%.4f,"
                "\"loadgen_cpu_s\":%.3f,\"machine_cpu_s\":%.3f,\"coalesce_us\":%d}\n",
                g_opt.version, g_opt.nPubs, g_opt.nSubs, g_opt.shared ? "shared" : "distinct",
-               g_opt.qos, g_opt.size, g_opt.rate, g_opt.inflight, g_opt.nThreads, g_opt.warmup,
-               win, setup, drain, nPub, nPubWin, nExp, nDel, nDelWin, nLost, nDup, nOoo,
-               nUnacked, nPubackErr, nDown, pubRate, delRate, nLat, p50, p99, p999, lmax,
-               g_opt.brokerPid, cpuB, cpuPerM, cpuSelf, cpuMachine, g_opt.coalesceUs);
+               g_opt.qos, g_opt.size, g_opt.rate, g_opt.inflight, g_opt.nThreads, g_opt.warmup, win,
+               setup, drain, nPub, nPubWin, nExp, nDel, nDelWin, nLost, nDup, nOoo, nUnacked,
+               nPubackErr, nDown, pubRate, delRate, nLat, p50, p99, p999, lmax, g_opt.brokerPid,
+               cpuB, cpuPerM, cpuSelf, cpuMachine, g_opt.coalesceUs);
     } else {
         printf("setup              %d connections in %.2f s\n", g_nConn, setup);
         printf("window             %.2f s (after %.2f s warm-up), drain %.2f s\n", win,
                g_opt.warmup, drain);
         printf("published          %" PRIu64 " (%.0f msgs/s in the window)\n", nPub, pubRate);
-        printf("delivered          %" PRIu64 " of %" PRIu64 " expected (%.0f msgs/s in the window)\n",
+        printf("delivered          %" PRIu64 " of %" PRIu64
+               " expected (%.0f msgs/s in the window)\n",
                nDel, nExp, delRate);
         printf("lost               %" PRIu64 "\n", nLost);
         printf("duplicates         %" PRIu64 "\n", nDup);
         printf("out of order       %" PRIu64 "\n", nOoo);
         if (g_opt.qos) printf("unacked at end     %" PRIu64 "\n", nUnacked);
         printf("latency us         p50 %.1f  p99 %.1f  p99.9 %.1f  max %.1f  (%" PRIu64
-               " samples)\n", p50, p99, p999, lmax, nLat);
+               " samples)\n",
+               p50, p99, p999, lmax, nLat);
         if (g_opt.brokerPid)
             printf("broker CPU         %.2f s in the window = %.3f CPU-s per million deliveries\n",
                    cpuB, cpuPerM);
