@@ -65,7 +65,6 @@ session *session_ref(session *s)
 void session_unref(session *s)
 {
     if (atomic_fetch_sub_explicit(&s->refs, 1, memory_order_acq_rel) != 1) return;
-    free(s->cid);
     for (uint32_t i = 0; i < s->nfilters; i++) free(s->filters[i]);
     free(s->filters);
     free(s->inf);
@@ -222,7 +221,7 @@ thz_err session_add_filter(session *s, const char *f, size_t fl)
     for (uint32_t i = 0; i < s->nfilters; i++)
         if (strlen(s->filters[i]) == fl && memcmp(s->filters[i], f, fl) == 0) return THZ_OK;
     if (s->nfilters == s->fcap) {
-        uint32_t cap = s->fcap ? s->fcap * 2 : 4;
+        uint32_t cap = s->fcap ? s->fcap * 2 : 1;
         char **a = realloc(s->filters, cap * sizeof *a);
         if (!a) return THZ_ENOMEM;
         s->filters = a;
@@ -252,7 +251,7 @@ static void unsubscribe_all(session *s)
         size_t fl = strlen(f), gl = 0, rfl = fl;
         bool bad;
         if (!topic_share_parse(f, fl, &g, &gl, &rf, &rfl, &bad)) g = NULL, rf = f, rfl = fl;
-        if (trie_remove(&B.root, rf, rfl, g, gl, s)) B.nsubs--;
+        if (trie_remove(B.root, rf, rfl, g, gl, s)) B.nsubs--;
     }
     pthread_rwlock_unlock(&B.trie_lock);
 }
@@ -606,7 +605,7 @@ void route(worker *w, msg *m, const session *origin, uint32_t *nmatched)
 {
     w->nmt = 0;
     pthread_rwlock_rdlock(&B.trie_lock);
-    trie_match(&B.root, m->topic, m->topic_len, w);
+    trie_match(B.root, m->topic, m->topic_len, w);
     pthread_rwlock_unlock(&B.trie_lock);
     uint32_t n = w->nmt;
     *nmatched = n;
@@ -785,13 +784,8 @@ static int loaded_cmp(const void *a, const void *b)
 
 static session *session_new(const char *cid, size_t cidlen, int home)
 {
-    session *s = calloc(1, sizeof *s);
+    session *s = calloc(1, sizeof *s + cidlen + 1);
     if (!s) return NULL;
-    s->cid = malloc(cidlen + 1);
-    if (!s->cid) {
-        free(s);
-        return NULL;
-    }
     memcpy(s->cid, cid, cidlen);
     s->cid[cidlen] = 0;
     s->cidlen = (uint32_t)cidlen;
@@ -872,7 +866,7 @@ static void restore(loadset *ls)
                     size_t gl = 0, fl = rl;
                     bool bad, ex;
                     if (!topic_share_parse(rest, rl, &g, &gl, &f, &fl, &bad)) g = NULL;
-                    if (trie_add(&B.root, f, fl, g, gl, s, l->v[0], id, &ex) == THZ_OK) {
+                    if (trie_add(B.root, f, fl, g, gl, s, l->v[0], id, &ex) == THZ_OK) {
                         session_add_filter(s, rest, rl);
                         if (!ex) B.nsubs++;
                         nsub++;
@@ -1079,6 +1073,8 @@ thz_err mqtt_start(const thz_config *cfg, auth *a)
     pthread_rwlock_init(&B.ret_lock, NULL);
     pthread_mutex_init(&B.sess_lock, NULL);
     mqtt_reload(cfg);
+    B.root = calloc(1, sizeof *B.root);
+    if (!B.root) return THZ_ENOMEM;
     B.w = calloc((size_t)B.nthreads, sizeof *B.w);
     if (!B.w) return THZ_ENOMEM;
     for (int i = 0; i < B.nthreads; i++) {
@@ -1163,7 +1159,7 @@ void mqtt_stop(void)
          e = hmap_next(&B.retained, &pos, e))
         msg_unref(e->val);
     hmap_free(&B.retained);
-    trie_free(&B.root);
+    trie_free(B.root);
     for (int i = 0; i < B.nthreads; i++) {
         worker *w = B.w[i];
         for (int t = 0; t < B.nthreads; t++) free(w->out[t]);

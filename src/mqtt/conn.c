@@ -129,6 +129,8 @@ static void unpause_remove(conn *c)
 static void on_write(uv_write_t *req, int status)
 {
     conn *c = req->data;
+    free(req);
+    c->wreq = NULL;
     c->writing = false;
     c->wbuf.len = 0;
     if (status < 0) {
@@ -163,10 +165,17 @@ void conn_flush(conn *c)
     c->out.len = 0;
     thz_buf_consume(&c->wbuf, (size_t)n);
     c->w->bytes_out += c->wbuf.len;
+    c->wreq = malloc(sizeof *c->wreq);
+    if (!c->wreq) {
+        conn_close(c, -1);
+        return;
+    }
     c->writing = true;
-    c->wreq.data = c;
+    c->wreq->data = c;
     b = uv_buf_init((char *)c->wbuf.p, (unsigned)c->wbuf.len);
-    if (uv_write(&c->wreq, (uv_stream_t *)c->tcp, &b, 1, on_write) != 0) {
+    if (uv_write(c->wreq, (uv_stream_t *)c->tcp, &b, 1, on_write) != 0) {
+        free(c->wreq);
+        c->wreq = NULL;
         c->writing = false;
         conn_close(c, -1);
     }
@@ -750,7 +759,7 @@ static void handle_subscribe(conn *c, const mqtt_packet *pkt)
         }
         bool existed = false;
         pthread_rwlock_wrlock(&B.trie_lock);
-        thz_err rc = trie_add(&B.root, rf, rfl, g, gl, s, opts & 0x3f, subid, &existed);
+        thz_err rc = trie_add(B.root, rf, rfl, g, gl, s, opts & 0x3f, subid, &existed);
         if (rc == THZ_OK && !existed) B.nsubs++;
         pthread_rwlock_unlock(&B.trie_lock);
         if (rc != THZ_OK || session_add_filter(s, f, fl) != THZ_OK) {
@@ -788,7 +797,7 @@ static void handle_unsubscribe(conn *c, const mqtt_packet *pkt)
         bool bad;
         if (!topic_share_parse(f, fl, &g, &gl, &rf, &rfl, &bad)) g = NULL;
         pthread_rwlock_wrlock(&B.trie_lock);
-        bool found = !bad && trie_remove(&B.root, rf, rfl, g, gl, s);
+        bool found = !bad && trie_remove(B.root, rf, rfl, g, gl, s);
         if (found) B.nsubs--;
         pthread_rwlock_unlock(&B.trie_lock);
         if (found) {

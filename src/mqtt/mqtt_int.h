@@ -68,7 +68,6 @@ typedef struct share_group {
 
 typedef struct tnode {
     struct tnode *parent;
-    char *seg;
     uint32_t seglen;
     struct tnode **kids; /* sorted by (seglen, seg); excludes '+' and '#' */
     uint32_t nkids, kcap;
@@ -77,6 +76,7 @@ typedef struct tnode {
     uint32_t nsubs, scap;
     share_group *groups;
     uint32_t ngroups;
+    char seg[]; /* this level's text, NUL-terminated */
 } tnode;
 
 /* A match collected while the trie is read-locked. */
@@ -110,7 +110,6 @@ typedef struct inflight {
  * ever touched by its home thread (except refs and the atomics). */
 typedef struct session {
     atomic_uint refs;
-    char *cid;
     uint32_t cidlen;
     int home;
     bool dead;       /* removed from the table: drop deliveries */
@@ -140,6 +139,7 @@ typedef struct session {
     atomic_ullong seq;
     struct session *off_next, *off_prev; /* worker's offline list */
     bool on_off_list;
+    char cid[]; /* client identifier, NUL-terminated, in the same allocation */
 } session;
 
 session *session_ref(session *s);
@@ -165,7 +165,7 @@ typedef struct conn {
     int64_t last_rx_ms;
     int64_t accepted_ms;
     thz_buf in, out, wbuf;
-    uv_write_t wreq;
+    uv_write_t *wreq; /* allocated only while a write is pending (socket full) */
     uint32_t max_packet_out;
     uint16_t recv_max_out;
     uint16_t alias_max_out;
@@ -173,7 +173,7 @@ typedef struct conn {
     char **alias_in;
     hmap *alias_out;
     struct conn *prev, *next;
-    char peer[64];
+    char peer[56]; /* "[v6 address]:port" */
 } conn;
 
 enum { CONN_NEW = 0, CONN_ACTIVE, CONN_CLOSING };
@@ -211,7 +211,7 @@ typedef struct broker {
     int nthreads;
     worker **w;
     pthread_rwlock_t trie_lock;
-    tnode root;
+    tnode *root;
     uint64_t nsubs;
     pthread_mutex_t sess_lock;
     hmap sessions;

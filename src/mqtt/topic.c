@@ -106,49 +106,39 @@ static tnode *kid_find(const tnode *p, const char *s, size_t n, uint32_t *pos)
     return NULL;
 }
 
+static tnode *node_new(tnode *parent, const char *s, size_t n)
+{
+    /* the level's text lives in the same allocation as the node */
+    tnode *k = calloc(1, sizeof *k + n + 1);
+    if (!k) return NULL;
+    memcpy(k->seg, s, n);
+    k->seglen = (uint32_t)n;
+    k->parent = parent;
+    return k;
+}
+
 static tnode *kid_get(tnode *p, const char *s, size_t n)
 {
     if (n == 1 && s[0] == '+') {
-        if (!p->plus) {
-            p->plus = calloc(1, sizeof(tnode));
-            if (!p->plus) return NULL;
-            p->plus->parent = p;
-            p->plus->seg = strdup("+");
-            p->plus->seglen = 1;
-        }
+        if (!p->plus) p->plus = node_new(p, s, n);
         return p->plus;
     }
     if (n == 1 && s[0] == '#') {
-        if (!p->hash) {
-            p->hash = calloc(1, sizeof(tnode));
-            if (!p->hash) return NULL;
-            p->hash->parent = p;
-            p->hash->seg = strdup("#");
-            p->hash->seglen = 1;
-        }
+        if (!p->hash) p->hash = node_new(p, s, n);
         return p->hash;
     }
     uint32_t pos;
     tnode *k = kid_find(p, s, n, &pos);
     if (k) return k;
     if (p->nkids == p->kcap) {
-        uint32_t cap = p->kcap ? p->kcap * 2 : 4;
+        uint32_t cap = p->kcap ? p->kcap * 2 : 1;
         tnode **kids = realloc(p->kids, cap * sizeof *kids);
         if (!kids) return NULL;
         p->kids = kids;
         p->kcap = cap;
     }
-    k = calloc(1, sizeof *k);
+    k = node_new(p, s, n);
     if (!k) return NULL;
-    k->seg = malloc(n + 1);
-    if (!k->seg) {
-        free(k);
-        return NULL;
-    }
-    memcpy(k->seg, s, n);
-    k->seg[n] = 0;
-    k->seglen = (uint32_t)n;
-    k->parent = p;
     memmove(p->kids + pos + 1, p->kids + pos, (p->nkids - pos) * sizeof *p->kids);
     p->kids[pos] = k;
     p->nkids++;
@@ -188,7 +178,6 @@ static bool node_empty(const tnode *n)
 
 static void node_free_one(tnode *n)
 {
-    free(n->seg);
     free(n->kids);
     free(n->subs);
     free(n->groups);
@@ -227,7 +216,7 @@ static thz_err subs_put(sub **arr, uint32_t *n, uint32_t *cap, session *s, uint8
             return THZ_OK;
         }
     if (*n == *cap) {
-        uint32_t c = *cap ? *cap * 2 : 2;
+        uint32_t c = *cap ? *cap * 2 : 1;
         sub *a = realloc(*arr, c * sizeof *a);
         if (!a) return THZ_ENOMEM;
         *arr = a;
@@ -361,14 +350,23 @@ void trie_match(tnode *root, const char *t, size_t tl, worker *w)
 
 static void free_rec(tnode *n)
 {
-    for (uint32_t i = 0; i < n->nkids; i++) free_rec(n->kids[i]);
-    if (n->plus) free_rec(n->plus);
-    if (n->hash) free_rec(n->hash);
+    /* frees what hangs below n and n's arrays; the caller frees n */
+    for (uint32_t i = 0; i < n->nkids; i++) {
+        free_rec(n->kids[i]);
+        free(n->kids[i]);
+    }
+    if (n->plus) {
+        free_rec(n->plus);
+        free(n->plus);
+    }
+    if (n->hash) {
+        free_rec(n->hash);
+        free(n->hash);
+    }
     for (uint32_t g = 0; g < n->ngroups; g++) {
         free(n->groups[g].name);
         free(n->groups[g].m);
     }
-    free(n->seg);
     free(n->kids);
     free(n->subs);
     free(n->groups);
@@ -376,18 +374,7 @@ static void free_rec(tnode *n)
 
 void trie_free(tnode *root)
 {
-    for (uint32_t i = 0; i < root->nkids; i++) {
-        free_rec(root->kids[i]);
-        free(root->kids[i]);
-    }
-    if (root->plus) {
-        free_rec(root->plus);
-        free(root->plus);
-    }
-    if (root->hash) {
-        free_rec(root->hash);
-        free(root->hash);
-    }
-    free(root->kids);
-    memset(root, 0, sizeof *root);
+    if (!root) return;
+    free_rec(root);
+    free(root);
 }
