@@ -243,17 +243,47 @@ void session_remove_filter(session *s, const char *f, size_t fl)
         }
 }
 
+/* Readers hold the trie's read lock from their first routed message to the
+ * end of their batch (one lock round trip per batch, not per message). A
+ * thread about to write must first drop its own read lock; the lock prefers
+ * writers, so a writer waits at most one batch of each reader. */
+void trie_read_begin(worker *w)
+{
+    if (w->trie_rd) return;
+    pthread_rwlock_rdlock(&B.trie_lock);
+    w->trie_rd = true;
+}
+
+static void trie_read_end(worker *w)
+{
+    if (!w->trie_rd) return;
+    w->trie_rd = false;
+    pthread_rwlock_unlock(&B.trie_lock);
+}
+
+void trie_write_lock(void)
+{
+    int self = net_self();
+    if (self >= 0) trie_read_end(B.w[self]);
+    pthread_rwlock_wrlock(&B.trie_lock);
+}
+
+void trie_write_unlock(void)
+{
+    pthread_rwlock_unlock(&B.trie_lock);
+}
+
 static void unsubscribe_all(session *s)
 {
-    pthread_rwlock_wrlock(&B.trie_lock);
+    trie_write_lock();
     for (uint32_t i = 0; i < s->nfilters; i++) {
         const char *f = s->filters[i], *g = NULL, *rf = f;
         size_t fl = strlen(f), gl = 0, rfl = fl;
         bool bad;
         if (!topic_share_parse(f, fl, &g, &gl, &rf, &rfl, &bad)) g = NULL, rf = f, rfl = fl;
-        if (trie_remove(B.root, rf, rfl, g, gl, s)) B.nsubs--;
+        if (trie_remove(B.root, rf, rfl, g, gl, s)) __atomic_sub_fetch(&B.nsubs, 1, __ATOMIC_RELAXED);
     }
-    pthread_rwlock_unlock(&B.trie_lock);
+    trie_write_unlock();
 }
 
 static void queue_clear(worker *w, session *s)
@@ -604,9 +634,8 @@ static void outbox_flush(worker *w)
 void route(worker *w, msg *m, const session *origin, uint32_t *nmatched)
 {
     w->nmt = 0;
-    pthread_rwlock_rdlock(&B.trie_lock);
+    trie_read_begin(w);
     trie_match(B.root, m->topic, m->topic_len, w);
-    pthread_rwlock_unlock(&B.trie_lock);
     uint32_t n = w->nmt;
     *nmatched = n;
     if (!n) return;
@@ -868,7 +897,7 @@ static void restore(loadset *ls)
                     if (!topic_share_parse(rest, rl, &g, &gl, &f, &fl, &bad)) g = NULL;
                     if (trie_add(B.root, f, fl, g, gl, s, l->v[0], id, &ex) == THZ_OK) {
                         session_add_filter(s, rest, rl);
-                        if (!ex) B.nsubs++;
+                        if (!ex) __atomic_add_fetch(&B.nsubs, 1, __ATOMIC_RELAXED);
                         nsub++;
                     }
                 } else if (pass == 2 && kind == 'm' && rl == 8 && l->vl >= 3) {
@@ -1047,6 +1076,7 @@ static void worker_stop(int idx, uv_loop_t *loop, void *ctx)
 static void batch_end(int idx, void *ctx)
 {
     worker *w = B.w[idx];
+    trie_read_end(w);
     if (w->store_dirty) {
         w->store_dirty = false;
         thz_err rc = store_flush(B.st);
@@ -1069,7 +1099,11 @@ thz_err mqtt_start(const thz_config *cfg, auth *a)
     B.auth = a;
     B.nthreads = net_threads();
     B.started_ms = now_ms();
-    pthread_rwlock_init(&B.trie_lock, NULL);
+    pthread_rwlockattr_t ra;
+    pthread_rwlockattr_init(&ra);
+    pthread_rwlockattr_setkind_np(&ra, PTHREAD_RWLOCK_PREFER_WRITER_NONRECURSIVE_NP);
+    pthread_rwlock_init(&B.trie_lock, &ra);
+    pthread_rwlockattr_destroy(&ra);
     pthread_rwlock_init(&B.ret_lock, NULL);
     pthread_mutex_init(&B.sess_lock, NULL);
     mqtt_reload(cfg);
@@ -1189,9 +1223,7 @@ void mqtt_get_stats(mqtt_stats *st)
     pthread_mutex_lock(&B.sess_lock);
     st->sessions = B.sessions.n;
     pthread_mutex_unlock(&B.sess_lock);
-    pthread_rwlock_rdlock(&B.trie_lock);
-    st->subscriptions = B.nsubs;
-    pthread_rwlock_unlock(&B.trie_lock);
+    st->subscriptions = __atomic_load_n(&B.nsubs, __ATOMIC_RELAXED);
     pthread_rwlock_rdlock(&B.ret_lock);
     st->retained = B.retained.n;
     pthread_rwlock_unlock(&B.ret_lock);

@@ -758,10 +758,10 @@ static void handle_subscribe(conn *c, const mqtt_packet *pkt)
             }
         }
         bool existed = false;
-        pthread_rwlock_wrlock(&B.trie_lock);
+        trie_write_lock();
         thz_err rc = trie_add(B.root, rf, rfl, g, gl, s, opts & 0x3f, subid, &existed);
-        if (rc == THZ_OK && !existed) B.nsubs++;
-        pthread_rwlock_unlock(&B.trie_lock);
+        if (rc == THZ_OK && !existed) __atomic_add_fetch(&B.nsubs, 1, __ATOMIC_RELAXED);
+        trie_write_unlock();
         if (rc != THZ_OK || session_add_filter(s, f, fl) != THZ_OK) {
             codes[i] = v5 ? MQTT_RC_UNSPECIFIED : 0x80;
             continue;
@@ -796,10 +796,10 @@ static void handle_unsubscribe(conn *c, const mqtt_packet *pkt)
         size_t fl = fs.n, gl = 0, rfl = fl;
         bool bad;
         if (!topic_share_parse(f, fl, &g, &gl, &rf, &rfl, &bad)) g = NULL;
-        pthread_rwlock_wrlock(&B.trie_lock);
+        trie_write_lock();
         bool found = !bad && trie_remove(B.root, rf, rfl, g, gl, s);
-        if (found) B.nsubs--;
-        pthread_rwlock_unlock(&B.trie_lock);
+        if (found) __atomic_sub_fetch(&B.nsubs, 1, __ATOMIC_RELAXED);
+        trie_write_unlock();
         if (found) {
             session_remove_filter(s, f, fl);
             session_sub_persist(s, f, fl, 0, 0, true);

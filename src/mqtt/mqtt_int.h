@@ -193,6 +193,7 @@ typedef struct worker {
     uint32_t nmt, mtcap;
     session *offline;
     bool store_dirty;
+    bool trie_rd; /* holds B.trie_lock for reading until the batch ends */
     conn **paused; /* publishers paused by back-pressure */
     uint32_t npaused, pcap;
     atomic_uint paused_n; /* npaused, readable by other threads */
@@ -237,7 +238,12 @@ bool topic_filter_valid(const char *f, size_t n);
 bool topic_share_parse(const char *f, size_t n, const char **group, size_t *glen,
                        const char **filter, size_t *flen, bool *bad);
 bool topic_matches(const char *filter, size_t flen, const char *topic, size_t tlen);
-/* Trie (caller holds B.trie_lock: write for add/remove, read for match). */
+/* Trie (caller holds B.trie_lock: write for add/remove, read for match).
+ * trie_read_begin takes the read lock for the rest of the thread's batch;
+ * trie_write_lock first drops the calling I/O thread's read lock. */
+void trie_read_begin(struct worker *w);
+void trie_write_lock(void);
+void trie_write_unlock(void);
 thz_err trie_add(tnode *root, const char *filter, size_t flen, const char *group, size_t glen,
                  session *s, uint8_t opts, uint32_t id, bool *existed);
 bool trie_remove(tnode *root, const char *filter, size_t flen, const char *group, size_t glen,
