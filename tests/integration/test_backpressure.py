@@ -43,15 +43,17 @@ def test_slow_consumer_loses_nothing(broker_factory):
     sub = r.RawClient(b.port, version=4, timeout=30)
     sub.connect(unique("sub"))
     sub.subscribe([(topic, 1)])
-    n = 3000
+    # More than the queue bound plus the cross-thread headroom (16384), so
+    # that without back-pressure thousands would be dropped.
+    n = 20000
     pub, t, times = pipelined_publisher(b, topic, n)
     got = []
     deadline = time.monotonic() + 30
     while len(got) < n and time.monotonic() < deadline:
         p = sub.recv_publish(timeout=10)
         got.append(int(p.payload))
-        if len(got) % 100 == 0:
-            time.sleep(0.005)  # a consumer slower than the publisher
+        if len(got) % 500 == 0:
+            time.sleep(0.01)  # a consumer slower than the publisher
     t.join(10)
     assert got == list(range(n)), "lost or reordered: %d of %d" % (len(got), n)
     assert len(times) == n
