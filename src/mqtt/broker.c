@@ -1201,6 +1201,7 @@ void mqtt_stop(void)
         free(w->outn);
         free(w->outcap);
         free(w->mt);
+        free(w->ms);
         free(w->dirty);
         free(w->paused);
         free(w);

@@ -60,7 +60,8 @@ typedef struct sub {
 } sub;
 
 typedef struct share_group {
-    char *name;
+    char *name; /* namelen bytes (may hold any byte), NUL-terminated */
+    uint32_t namelen;
     sub *m;
     uint32_t n, cap;
     atomic_uint rr;
@@ -78,6 +79,12 @@ typedef struct tnode {
     uint32_t ngroups;
     char seg[]; /* this level's text, NUL-terminated */
 } tnode;
+
+/* A frame of the trie walk: a node and where its next level starts. */
+typedef struct mframe {
+    struct tnode *n;
+    size_t i;
+} mframe;
 
 /* A match collected while the trie is read-locked. */
 typedef struct match {
@@ -191,6 +198,8 @@ typedef struct worker {
     uint32_t *outn, *outcap;
     match *mt;
     uint32_t nmt, mtcap;
+    mframe *ms; /* trie walk stack */
+    uint32_t msn, mscap;
     session *offline;
     bool store_dirty;
     bool trie_rd; /* holds B.trie_lock for reading until the batch ends */

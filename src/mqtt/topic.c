@@ -237,27 +237,44 @@ static bool subs_del(sub *arr, uint32_t *n, session *s)
     return false;
 }
 
+static share_group *group_find(tnode *n, const char *g, size_t gl)
+{
+    for (uint32_t i = 0; i < n->ngroups; i++)
+        if (n->groups[i].namelen == gl && memcmp(n->groups[i].name, g, gl) == 0)
+            return &n->groups[i];
+    return NULL;
+}
+
+static void group_drop(tnode *n, share_group *grp)
+{
+    free(grp->name);
+    free(grp->m);
+    *grp = n->groups[--n->ngroups];
+}
+
 thz_err trie_add(tnode *root, const char *f, size_t fl, const char *g, size_t gl, session *s,
                  uint8_t opts, uint32_t id, bool *existed)
 {
     tnode *n = node_find(root, f, fl, true);
     if (!n) return THZ_ENOMEM;
     if (!g) return subs_put(&n->subs, &n->nsubs, &n->scap, s, opts, id, existed);
-    share_group *grp = NULL;
-    for (uint32_t i = 0; i < n->ngroups; i++)
-        if (strlen(n->groups[i].name) == gl && memcmp(n->groups[i].name, g, gl) == 0)
-            grp = &n->groups[i];
+    share_group *grp = group_find(n, g, gl);
     if (!grp) {
         share_group *a = realloc(n->groups, (n->ngroups + 1) * sizeof *a);
         if (!a) return THZ_ENOMEM;
         n->groups = a;
         grp = &a[n->ngroups];
         memset(grp, 0, sizeof *grp);
-        grp->name = strndup(g, gl);
+        grp->name = malloc(gl + 1);
         if (!grp->name) return THZ_ENOMEM;
+        memcpy(grp->name, g, gl);
+        grp->name[gl] = 0;
+        grp->namelen = (uint32_t)gl;
         n->ngroups++;
     }
-    return subs_put(&grp->m, &grp->n, &grp->cap, s, opts, id, existed);
+    thz_err rc = subs_put(&grp->m, &grp->n, &grp->cap, s, opts, id, existed);
+    if (rc && grp->n == 0) group_drop(n, grp); /* never leave an empty group */
+    return rc;
 }
 
 bool trie_remove(tnode *root, const char *f, size_t fl, const char *g, size_t gl, session *s)
@@ -268,16 +285,10 @@ bool trie_remove(tnode *root, const char *f, size_t fl, const char *g, size_t gl
     if (!g) {
         found = subs_del(n->subs, &n->nsubs, s);
     } else {
-        for (uint32_t i = 0; i < n->ngroups; i++) {
-            share_group *grp = &n->groups[i];
-            if (strlen(grp->name) != gl || memcmp(grp->name, g, gl) != 0) continue;
+        share_group *grp = group_find(n, g, gl);
+        if (grp) {
             found = subs_del(grp->m, &grp->n, s);
-            if (grp->n == 0) {
-                free(grp->name);
-                free(grp->m);
-                n->groups[i] = n->groups[--n->ngroups];
-            }
-            break;
+            if (grp->n == 0) group_drop(n, grp);
         }
     }
     prune(root, n);
@@ -301,6 +312,7 @@ static void collect(tnode *n, worker *w)
     for (uint32_t i = 0; i < n->nsubs; i++) mt_push(w, n->subs[i].s, n->subs[i].opts, n->subs[i].id);
     for (uint32_t g = 0; g < n->ngroups; g++) {
         share_group *grp = &n->groups[g];
+        if (grp->n == 0) continue;
         /* Round-robin, preferring a member that is connected right now
          * (s->conn is read racily: it is a hint, never dereferenced). */
         uint32_t start = atomic_fetch_add_explicit(&grp->rr, 1, memory_order_relaxed);
@@ -316,65 +328,85 @@ static void collect(tnode *n, worker *w)
     }
 }
 
-static void match_rec(tnode *n, const char *t, size_t tl, size_t i, worker *w, bool first)
+/* Matching walks the trie with an explicit stack (a client chooses how many
+ * levels a topic has: up to 65536, too deep to recurse on a thread stack).
+ * Each frame is a node and the offset in the topic of the level to match
+ * below it. */
+static bool mstack_push(worker *w, tnode *n, size_t i)
 {
-    /* i is the start of the current level in t (i == tl + 1 means past the end). */
-    size_t j = i;
-    while (j < tl && t[j] != '/') j++;
-    bool dollar = first && tl > 0 && t[0] == '$';
-    if (n->hash && !dollar) collect(n->hash, w);
-    tnode *k = kid_find(n, t + i, j - i, NULL);
-    if (k) {
-        if (j >= tl) {
-            collect(k, w);
-            /* "a/#" also matches "a" */
-            if (k->hash) collect(k->hash, w);
-        } else {
-            match_rec(k, t, tl, j + 1, w, false);
-        }
+    if (w->msn == w->mscap) {
+        uint32_t cap = w->mscap ? w->mscap * 2 : 32;
+        mframe *a = realloc(w->ms, cap * sizeof *a);
+        if (!a) return false;
+        w->ms = a;
+        w->mscap = cap;
     }
-    if (n->plus && !dollar) {
-        if (j >= tl) {
-            collect(n->plus, w);
-            if (n->plus->hash) collect(n->plus->hash, w);
-        } else {
-            match_rec(n->plus, t, tl, j + 1, w, false);
-        }
-    }
+    w->ms[w->msn++] = (mframe){n, i};
+    return true;
+}
+
+/* Collects node k reached by the topic's last level, and its '#' child
+ * ("a/#" also matches "a"). */
+static void collect_last(tnode *k, worker *w)
+{
+    collect(k, w);
+    if (k->hash) collect(k->hash, w);
 }
 
 void trie_match(tnode *root, const char *t, size_t tl, worker *w)
 {
-    match_rec(root, t, tl, 0, w, true);
+    /* Wildcards at the first level do not match topics starting with '$'. */
+    bool dollar = tl > 0 && t[0] == '$';
+    w->msn = 0;
+    mstack_push(w, root, 0);
+    while (w->msn) {
+        mframe fr = w->ms[--w->msn];
+        tnode *n = fr.n;
+        size_t i = fr.i, j = i;
+        while (j < tl && t[j] != '/') j++;
+        bool wild = !(dollar && n == root);
+        if (n->hash && wild) collect(n->hash, w);
+        tnode *k = kid_find(n, t + i, j - i, NULL);
+        if (k) {
+            if (j >= tl) collect_last(k, w);
+            else mstack_push(w, k, j + 1);
+        }
+        if (n->plus && wild) {
+            if (j >= tl) collect_last(n->plus, w);
+            else mstack_push(w, n->plus, j + 1);
+        }
+    }
 }
 
-static void free_rec(tnode *n)
-{
-    /* frees what hangs below n and n's arrays; the caller frees n */
-    for (uint32_t i = 0; i < n->nkids; i++) {
-        free_rec(n->kids[i]);
-        free(n->kids[i]);
-    }
-    if (n->plus) {
-        free_rec(n->plus);
-        free(n->plus);
-    }
-    if (n->hash) {
-        free_rec(n->hash);
-        free(n->hash);
-    }
-    for (uint32_t g = 0; g < n->ngroups; g++) {
-        free(n->groups[g].name);
-        free(n->groups[g].m);
-    }
-    free(n->kids);
-    free(n->subs);
-    free(n->groups);
-}
-
+/* Frees the whole trie, root included, without recursion. */
 void trie_free(tnode *root)
 {
     if (!root) return;
-    free_rec(root);
-    free(root);
+    tnode **st = NULL;
+    size_t n = 0, cap = 0;
+    tnode *cur = root;
+    while (cur) {
+        size_t need = n + cur->nkids + 2;
+        if (need > cap) {
+            size_t c = cap ? cap * 2 : 64;
+            while (c < need) c *= 2;
+            tnode **a = realloc(st, c * sizeof *a);
+            if (!a) break; /* out of memory at shutdown: leak the rest */
+            st = a;
+            cap = c;
+        }
+        for (uint32_t i = 0; i < cur->nkids; i++) st[n++] = cur->kids[i];
+        if (cur->plus) st[n++] = cur->plus;
+        if (cur->hash) st[n++] = cur->hash;
+        for (uint32_t g = 0; g < cur->ngroups; g++) {
+            free(cur->groups[g].name);
+            free(cur->groups[g].m);
+        }
+        free(cur->kids);
+        free(cur->subs);
+        free(cur->groups);
+        free(cur);
+        cur = n ? st[--n] : NULL;
+    }
+    free(st);
 }
