@@ -93,7 +93,12 @@ void off_list_del(worker *w, session *s)
     s->on_off_list = false;
 }
 
-/* Store keys: 's' cid | 'u' cid 0 filter | 'm' cid 0 seq(8, big-endian) | 'r' topic */
+/* Store keys: 's' cid | 'u' cid 0 gen(8) filter | 'm' cid 0 gen(8) seq(8) |
+ * 'r' topic; gen and seq big-endian. gen names the session instance, so that
+ * a session replaced by a clean start (whose cleanup may run later, on
+ * another thread) can never touch the records of its successor. */
+static void put_be64(uint8_t *p, uint64_t v);
+
 static size_t key_make(uint8_t *k, char kind, const session *s, const void *rest, size_t rlen)
 {
     k[0] = (uint8_t)kind;
@@ -101,6 +106,8 @@ static size_t key_make(uint8_t *k, char kind, const session *s, const void *rest
     size_t n = 1 + s->cidlen;
     if (kind != 's') {
         k[n++] = 0;
+        put_be64(k + n, s->gen);
+        n += 8;
         memcpy(k + n, rest, rlen);
         n += rlen;
     }
@@ -135,22 +142,54 @@ static void store_del_checked(const void *k, size_t kl)
     if (w) w->store_dirty = true;
 }
 
-void session_persist(session *s, int64_t disconnected)
+/* The 's' record belongs to the session the table holds for its client id;
+ * it is written and deleted under sess_lock so that a replaced session and
+ * its successor keep their order in the log. */
+static void session_record_locked(session *s, bool del, int64_t disconnected)
 {
-    if (!s->persistent) return;
     uint8_t k[1 + 65536];
     size_t kl = key_make(k, 's', s, NULL, 0);
-    uint8_t v[13];
+    if (del) {
+        store_del_checked(k, kl);
+        return;
+    }
+    uint8_t v[21];
     v[0] = s->version;
     memcpy(v + 1, &s->expiry, 4);
     memcpy(v + 5, &disconnected, 8);
+    memcpy(v + 13, &s->gen, 8);
     store_put_checked(k, kl, v, sizeof v);
+}
+
+void session_persist(session *s, int64_t disconnected)
+{
+    if (!s->persistent) return;
+    pthread_mutex_lock(&B.sess_lock);
+    if (hmap_get(&B.sessions, s->cid, s->cidlen) == s) session_record_locked(s, false, disconnected);
+    pthread_mutex_unlock(&B.sess_lock);
+}
+
+void session_unpersist(session *s)
+{
+    for (uint32_t i = 0; i < s->nfilters; i++)
+        session_sub_persist(s, s->filters[i], strlen(s->filters[i]), 0, 0, true);
+    pthread_mutex_lock(&B.sess_lock);
+    if (hmap_get(&B.sessions, s->cid, s->cidlen) == s) session_record_locked(s, true, 0);
+    pthread_mutex_unlock(&B.sess_lock);
+}
+
+void session_record_delete_locked(const char *cid, size_t cidlen)
+{
+    uint8_t k[1 + 65536];
+    k[0] = 's';
+    memcpy(k + 1, cid, cidlen);
+    store_del_checked(k, 1 + cidlen);
 }
 
 void session_sub_persist(session *s, const char *f, size_t fl, uint8_t opts, uint32_t id, bool del)
 {
     if (!s->persistent) return;
-    uint8_t *k = malloc(2 + s->cidlen + fl);
+    uint8_t *k = malloc(10 + s->cidlen + fl);
     if (!k) return;
     size_t kl = key_make(k, 'u', s, f, fl);
     if (del) {
@@ -171,7 +210,7 @@ static void delivery_persist(const delivery *d)
     const msg *m = d->m;
     size_t vl = 3 + 4u * d->nsub + 8 + 4 + m->topic_len + 4 + m->props_len + m->payload_len;
     uint8_t *v = malloc(vl);
-    uint8_t kb[1 + 65535 + 1 + 8];
+    uint8_t kb[1 + 65535 + 1 + 16];
     if (!v) return;
     uint8_t *p = v;
     *p++ = d->qos;
@@ -200,7 +239,7 @@ static void delivery_persist(const delivery *d)
 static void delivery_unpersist(const delivery *d)
 {
     if (!d->seq) return;
-    uint8_t kb[1 + 65535 + 1 + 8];
+    uint8_t kb[1 + 65535 + 1 + 16];
     uint8_t seq[8];
     put_be64(seq, d->seq);
     size_t kl = key_make(kb, 'm', d->s, seq, 8);
@@ -314,20 +353,17 @@ void session_end(worker *w, session *s)
 {
     if (s->dead) return;
     pthread_mutex_lock(&B.sess_lock);
-    hmap_del_if(&B.sessions, s->cid, s->cidlen, s);
+    if (hmap_del_if(&B.sessions, s->cid, s->cidlen, s) && s->persistent)
+        session_record_locked(s, true, 0);
     pthread_mutex_unlock(&B.sess_lock);
     s->dead = true;
     if (s->will && s->will_at_ms) will_publish(w, s);
     msg_unref(s->will);
     s->will = NULL;
     unsubscribe_all(s);
-    if (s->persistent) {
+    if (s->persistent)
         for (uint32_t i = 0; i < s->nfilters; i++)
             session_sub_persist(s, s->filters[i], strlen(s->filters[i]), 0, 0, true);
-        uint8_t k[1 + 65536];
-        size_t kl = key_make(k, 's', s, NULL, 0);
-        store_del_checked(k, kl);
-    }
     queue_clear(w, s);
     off_list_del(w, s);
     session_unref(s); /* the table's reference */
@@ -339,6 +375,8 @@ void will_publish(worker *w, session *s)
     s->will = NULL;
     s->will_at_ms = 0;
     if (!m) return;
+    /* the session held the only reference: the message is still ours to set */
+    if (s->will_expiry) m->expires_at = wall_s() + s->will_expiry - 1;
     if (m->retain) retained_set(m);
     uint32_t n;
     route(w, m, NULL, &n);
@@ -507,6 +545,32 @@ void deliver(worker *w, delivery *d)
     delivery_drop(w, d, false);
 }
 
+/* Ends an in-flight entry (acknowledged, or dropped as if delivered) and
+ * keeps the ring short: leading free slots are popped, and when free slots
+ * in the middle (a client acknowledging out of order, or never the oldest)
+ * outnumber the used ones, the ring is compacted, so it stays O(window). */
+static void inflight_complete(session *s, inflight *f)
+{
+    delivery_unpersist(&f->d);
+    msg_unref(f->d.m);
+    session_unref(f->d.s);
+    f->state = INF_FREE;
+    id_set(s, f->id, false);
+    s->inf_used--;
+    while (s->inf_len && s->inf[s->inf_head].state == INF_FREE) {
+        s->inf_head = (s->inf_head + 1) % s->inf_cap;
+        s->inf_len--;
+    }
+    if (s->inf_len > 2 * s->inf_used + 16) {
+        uint32_t n = 0;
+        for (uint32_t k = 0; k < s->inf_len; k++) {
+            inflight *e = &s->inf[(s->inf_head + k) % s->inf_cap];
+            if (e->state != INF_FREE) s->inf[(s->inf_head + n++) % s->inf_cap] = *e;
+        }
+        s->inf_len = n;
+    }
+}
+
 /* Handles PUBACK (type PUBACK), PUBREC, PUBCOMP for outbound id. */
 bool inflight_ack(worker *w, session *s, uint16_t id, uint8_t type)
 {
@@ -521,32 +585,40 @@ bool inflight_ack(worker *w, session *s, uint16_t id, uint8_t type)
         if ((type == MQTT_PUBACK && f->state != INF_WAIT_ACK) ||
             (type == MQTT_PUBCOMP && f->state != INF_WAIT_COMP))
             return false;
-        delivery_unpersist(&f->d);
-        msg_unref(f->d.m);
-        session_unref(f->d.s);
-        f->state = INF_FREE;
-        id_set(s, id, false);
-        s->inf_used--;
-        while (s->inf_len && s->inf[s->inf_head].state == INF_FREE) {
-            s->inf_head = (s->inf_head + 1) % s->inf_cap;
-            s->inf_len--;
-        }
+        inflight_complete(s, f);
         session_pump(w, s);
         return true;
     }
     return false;
 }
 
-/* After a reconnect: resend the whole window (PUBLISH with DUP, or PUBREL). */
+/* After a reconnect: resend the whole window (PUBLISH with DUP, or PUBREL).
+ * A message the new connection cannot take (expired meanwhile, larger than
+ * its Maximum Packet Size) is completed as if delivered, freeing its slot. */
 void session_resend(worker *w, session *s)
 {
+    uint16_t *gone = NULL;
+    uint32_t ngone = 0;
     for (uint32_t k = 0; k < s->inf_len; k++) {
         inflight *f = &s->inf[(s->inf_head + k) % s->inf_cap];
-        if (f->state == INF_WAIT_ACK || f->state == INF_WAIT_REC)
-            conn_send_publish(s->conn, &f->d, f->id, true);
-        else if (f->state == INF_WAIT_COMP)
+        if (f->state == INF_WAIT_ACK || f->state == INF_WAIT_REC) {
+            if (conn_send_publish(s->conn, &f->d, f->id, true)) continue;
+            if (!gone && !(gone = malloc(s->inf_len * sizeof *gone))) continue;
+            gone[ngone++] = f->id;
+        } else if (f->state == INF_WAIT_COMP) {
             conn_send_pubrel(s->conn, f->id);
+        }
     }
+    /* completed after the walk, which completing would reorder */
+    for (uint32_t i = 0; i < ngone; i++)
+        for (uint32_t k = 0; k < s->inf_len; k++) {
+            inflight *f = &s->inf[(s->inf_head + k) % s->inf_cap];
+            if (f->state != INF_FREE && f->id == gone[i]) {
+                inflight_complete(s, f);
+                break;
+            }
+        }
+    free(gone);
     session_pump(w, s);
 }
 
@@ -686,34 +758,34 @@ void route(worker *w, msg *m, const session *origin, uint32_t *nmatched)
 
 void retained_set(msg *m)
 {
-    uint8_t *k = malloc(1 + m->topic_len);
+    size_t kl = 1 + m->topic_len;
+    size_t vl = m->payload_len ? 13 + m->props_len + m->payload_len : 0;
+    uint8_t *k = malloc(kl + vl);
     if (!k) return;
     k[0] = 'r';
     memcpy(k + 1, m->topic, m->topic_len);
+    uint8_t *v = k + kl;
+    if (vl) {
+        v[0] = m->qos;
+        memcpy(v + 1, &m->expires_at, 8);
+        memcpy(v + 9, &m->props_len, 4);
+        memcpy(v + 13, m->props, m->props_len);
+        memcpy(v + 13 + m->props_len, m->payload, m->payload_len);
+    }
     msg *old = NULL;
+    /* The log record is appended under the same lock as the map changes, so
+     * that two threads setting one topic leave them in the same order. */
     pthread_rwlock_wrlock(&B.ret_lock);
-    if (m->payload_len == 0) {
+    if (!vl) {
         old = hmap_del(&B.retained, m->topic, m->topic_len);
-    } else if (hmap_put(&B.retained, m->topic, m->topic_len, msg_ref(m), (void **)&old) != THZ_OK) {
+        store_del_checked(k, kl);
+    } else if (hmap_put(&B.retained, m->topic, m->topic_len, msg_ref(m), (void **)&old) == THZ_OK) {
+        store_put_checked(k, kl, v, vl);
+    } else {
         msg_unref(m);
     }
     pthread_rwlock_unlock(&B.ret_lock);
     msg_unref(old);
-    if (m->payload_len == 0) {
-        store_del_checked(k, 1 + m->topic_len);
-    } else {
-        size_t vl = 1 + 8 + 4 + m->props_len + m->payload_len;
-        uint8_t *v = malloc(vl);
-        if (v) {
-            v[0] = m->qos;
-            memcpy(v + 1, &m->expires_at, 8);
-            memcpy(v + 9, &m->props_len, 4);
-            memcpy(v + 13, m->props, m->props_len);
-            memcpy(v + 13 + m->props_len, m->payload, m->payload_len);
-            store_put_checked(k, 1 + m->topic_len, v, vl);
-            free(v);
-        }
-    }
     free(k);
 }
 
@@ -818,6 +890,7 @@ static session *session_new(const char *cid, size_t cidlen, int home)
     memcpy(s->cid, cid, cidlen);
     s->cid[cidlen] = 0;
     s->cidlen = (uint32_t)cidlen;
+    s->gen = atomic_fetch_add(&B.next_gen, 1);
     s->home = home;
     atomic_init(&s->refs, 1);
     atomic_init(&s->seq, 0);
@@ -854,11 +927,13 @@ static void restore(loadset *ls)
                 msg *m = msg_new((char *)l->k + 1, l->kl - 1, l->v + 13 + prl, l->vl - 13 - prl,
                                  l->v + 13, prl, l->v[0], true, exp);
                 if (m && hmap_put(&B.retained, m->topic, m->topic_len, m, NULL) == THZ_OK) nret++;
-            } else if (pass == 0 && kind == 's' && l->vl == 13) {
+            } else if (pass == 0 && kind == 's' && l->vl == 21) {
                 uint32_t exp;
                 int64_t disc;
+                uint64_t gen;
                 memcpy(&exp, l->v + 1, 4);
                 memcpy(&disc, l->v + 5, 8);
+                memcpy(&gen, l->v + 13, 8);
                 int64_t gone = disc ? now - disc : 0;
                 if (exp != UINT32_MAX && gone >= (int64_t)exp) {
                     store_del(B.st, l->k, l->kl);
@@ -869,6 +944,8 @@ static void restore(loadset *ls)
                 session *s = session_create_locked((char *)l->k + 1, cl, home);
                 if (!s) continue;
                 s->persistent = true;
+                s->gen = gen;
+                if (gen >= atomic_load(&B.next_gen)) atomic_store(&B.next_gen, gen + 1);
                 s->version = l->v[0];
                 s->expiry = exp;
                 s->expires_at_ms =
@@ -879,15 +956,16 @@ static void restore(loadset *ls)
                 if (!z) continue;
                 size_t cl = (size_t)(z - l->k - 1);
                 session *s = hmap_get(&B.sessions, l->k + 1, cl);
-                const char *rest = (const char *)z + 1;
                 size_t rl = l->kl - cl - 2;
-                if (!s) {
-                    if (pass == 2 || kind == 'u') {
-                        store_del(B.st, l->k, l->kl);
-                        orphans++;
-                    }
+                if ((kind == 'u') != (pass == 1)) continue; /* 'u' in pass 1, 'm' in pass 2 */
+                if (!s || rl < 8 || get_be64(z + 1) != s->gen) {
+                    /* left by a session that ended or was replaced */
+                    store_del(B.st, l->k, l->kl);
+                    orphans++;
                     continue;
                 }
+                const char *rest = (const char *)z + 9;
+                rl -= 8;
                 if (pass == 1 && kind == 'u' && l->vl == 5) {
                     uint32_t id;
                     memcpy(&id, l->v + 1, 4);
@@ -1076,20 +1154,24 @@ static void worker_stop(int idx, uv_loop_t *loop, void *ctx)
 static void batch_end(int idx, void *ctx)
 {
     worker *w = B.w[idx];
-    trie_read_end(w);
-    if (w->store_dirty) {
-        w->store_dirty = false;
-        thz_err rc = store_flush(B.st);
-        if (rc) log_warn("mqtt", "state log flush: %s", thz_strerror(rc));
+    /* Flushing can close a connection (write error), whose will is then
+     * routed, which makes more work of every kind: go round until quiet. */
+    for (int round = 0; round < 16; round++) {
+        trie_read_end(w);
+        if (w->store_dirty) {
+            w->store_dirty = false;
+            thz_err rc = store_flush(B.st);
+            if (rc) log_warn("mqtt", "state log flush: %s", thz_strerror(rc));
+        }
+        outbox_flush(w);
+        if (!w->ndirty) break;
+        while (w->ndirty) {
+            conn *c = w->dirty[--w->ndirty];
+            c->dirty = false;
+            conn_flush(c);
+            conn_pressure(c);
+        }
     }
-    outbox_flush(w);
-    for (uint32_t i = 0; i < w->ndirty; i++) {
-        conn *c = w->dirty[i];
-        c->dirty = false;
-        conn_flush(c);
-        if (c->congested) conn_pressure(c);
-    }
-    w->ndirty = 0;
 }
 
 thz_err mqtt_start(const thz_config *cfg, auth *a)
@@ -1107,6 +1189,7 @@ thz_err mqtt_start(const thz_config *cfg, auth *a)
     pthread_rwlock_init(&B.ret_lock, NULL);
     pthread_mutex_init(&B.sess_lock, NULL);
     mqtt_reload(cfg);
+    atomic_store(&B.next_gen, 1);
     B.root = calloc(1, sizeof *B.root);
     if (!B.root) return THZ_ENOMEM;
     B.w = calloc((size_t)B.nthreads, sizeof *B.w);
@@ -1151,15 +1234,10 @@ void mqtt_reload(const thz_config *cfg)
 
 void mqtt_stop(void)
 {
-    /* Sessions still in the table: persist their offline time so that
-     * their expiry keeps counting across the restart. */
+    /* Every session's record already holds its disconnection time (written
+     * when it went offline, including by worker_stop), so that its expiry
+     * keeps counting across the restart. */
     size_t pos = 0;
-    int64_t now = wall_s();
-    for (hmap_entry *e = hmap_next(&B.sessions, &pos, NULL); e;
-         e = hmap_next(&B.sessions, &pos, e)) {
-        session *s = e->val;
-        if (s->persistent) session_persist(s, now);
-    }
     store_close(B.st);
     B.st = NULL;
     /* Free everything: sessions (their queues), retained, trie. */

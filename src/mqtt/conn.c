@@ -13,6 +13,10 @@
 
 static atomic_uint n_conns;
 
+static void on_alloc(uv_handle_t *h, size_t hint, uv_buf_t *buf);
+static void on_read(uv_stream_t *st, ssize_t nread, const uv_buf_t *buf);
+static void conn_flush_once(conn *c);
+
 static void conn_free(conn *c)
 {
     thz_buf_free(&c->in);
@@ -68,10 +72,11 @@ void congestion_release(worker *w)
     /* the last congested consumer caught up: wake every thread with paused
      * publishers */
     for (int t = 0; t < B.nthreads; t++)
-        if (atomic_load_explicit(&B.w[t]->paused_n, memory_order_relaxed)) {
-            if (t == w->idx) worker_resume(w);
-            else net_post(t, resume_task, NULL);
-        }
+        if (atomic_load_explicit(&B.w[t]->paused_n, memory_order_relaxed))
+            /* Always a task, even for this thread: this runs deep inside
+             * routing (deliver -> conn_pressure), where processing another
+             * connection's input would re-enter route(). */
+            net_post(t, resume_task, NULL);
 }
 
 static void uncongest(conn *c)
@@ -92,6 +97,9 @@ void conn_pressure(conn *c)
             c->congested = true;
             c->congested_ms = now_ms();
             atomic_fetch_add(&B.congested, 1);
+            /* A paused publisher that is now behind as a consumer must be
+             * read again, or its acknowledgements never drain its queue. */
+            if (c->paused) net_post(c->w->idx, resume_task, NULL);
         }
     } else if (out <= maxo / 8 && q <= maxq / 8) {
         uncongest(c);
@@ -133,17 +141,43 @@ static void on_write(uv_write_t *req, int status)
     c->wreq = NULL;
     c->writing = false;
     c->wbuf.len = 0;
+    if (c->state == CONN_CLOSING) return; /* cancelled by uv_close */
     if (status < 0) {
-        if (c->state != CONN_CLOSING) conn_close(c, -1);
-        return;
+        conn_close(c, -1);
+    } else {
+        conn_flush(c);
+        if (c->congested) conn_pressure(c);
     }
-    if (c->out.len) conn_flush(c);
-    if (c->congested) conn_pressure(c);
+    /* closing may have published a will: finish it like any other batch */
+    net_batch_end(c->w->idx);
+}
+
+/* A client that does not read what we send (acknowledgements, PINGRESP,
+ * SUBACK...) is not read either until it catches up, so that it cannot make
+ * us buffer without bound. */
+static void throttle_check(conn *c)
+{
+    size_t pending = c->out.len + c->wbuf.len;
+    uint32_t maxo = atomic_load_explicit(&B.max_outbuf, memory_order_relaxed);
+    if (!c->throttled && pending > maxo) {
+        c->throttled = true;
+        uv_read_stop((uv_stream_t *)c->tcp);
+    } else if (c->throttled && pending <= maxo / 2) {
+        c->throttled = false;
+        if (!c->paused) uv_read_start((uv_stream_t *)c->tcp, on_alloc, on_read);
+    }
 }
 
 void conn_flush(conn *c)
 {
-    if (c->writing || c->out.len == 0 || c->state == CONN_CLOSING) return;
+    if (c->state == CONN_CLOSING) return;
+    conn_flush_once(c);
+    if (c->state != CONN_CLOSING) throttle_check(c);
+}
+
+static void conn_flush_once(conn *c)
+{
+    if (c->writing || c->out.len == 0) return;
     uv_buf_t b = uv_buf_init((char *)c->out.p, (unsigned)c->out.len);
     int n = uv_try_write((uv_stream_t *)c->tcp, &b, 1);
     if (n == UV_EAGAIN) n = 0;
@@ -187,13 +221,25 @@ void conn_close(conn *c, int reason)
     if (c->state == CONN_CLOSING) return;
     worker *w = c->w;
     bool active = c->state == CONN_ACTIVE;
-    if (active && reason >= 0 && c->version == MQTT_V5) {
-        mqtt_encode_reasoned(&c->out, MQTT_V5, MQTT_DISCONNECT, (uint8_t)reason, NULL);
-        conn_flush(c);
-    } else if (c->out.len && !c->writing) {
-        conn_flush(c);
-    }
     c->state = CONN_CLOSING;
+    if (active && reason >= 0 && c->version == MQTT_V5)
+        mqtt_encode_reasoned(&c->out, MQTT_V5, MQTT_DISCONNECT, (uint8_t)reason, NULL);
+    if (c->out.len && !c->writing) {
+        /* Best effort, once: what the socket takes now (a CONNACK refusal,
+         * the DISCONNECT) is all the peer gets. */
+        uv_buf_t b = uv_buf_init((char *)c->out.p, (unsigned)c->out.len);
+        int n = uv_try_write((uv_stream_t *)c->tcp, &b, 1);
+        if (n > 0) w->bytes_out += (uint64_t)n;
+    }
+    if (c->dirty) {
+        /* freed by the close callback: must not stay on the flush list */
+        for (uint32_t i = 0; i < w->ndirty; i++)
+            if (w->dirty[i] == c) {
+                w->dirty[i] = w->dirty[--w->ndirty];
+                break;
+            }
+        c->dirty = false;
+    }
     if (c->congested) uncongest(c);
     if (c->paused) unpause_remove(c);
     if (c->prev) c->prev->next = c->next;
@@ -254,6 +300,7 @@ static conn *conn_new(worker *w, uv_tcp_t *tcp)
 bool conn_send_publish(conn *c, const delivery *d, uint16_t id, bool dup)
 {
     const msg *m = d->m;
+    uint16_t new_alias = 0;
     mqtt_publish pub = {.qos = d->qos, .retain = d->retain, .dup = dup, .id = id};
     pub.topic = (mqtt_span){(const uint8_t *)m->topic, m->topic_len};
     pub.payload = (mqtt_span){m->payload, m->payload_len};
@@ -276,15 +323,11 @@ bool conn_send_publish(conn *c, const delivery *d, uint16_t id, bool dup)
                 MQTT_SET(pr, MQTT_P_TOPIC_ALIAS);
                 pr->topic_alias = (uint16_t)a;
             } else if (c->alias_out && c->alias_next_out < c->alias_max_out) {
-                char *key = strndup(m->topic, m->topic_len);
-                a = (uintptr_t)c->alias_next_out + 1;
-                if (key && hmap_put(c->alias_out, key, m->topic_len, (void *)a, NULL) == THZ_OK) {
-                    c->alias_next_out++;
-                    MQTT_SET(pr, MQTT_P_TOPIC_ALIAS);
-                    pr->topic_alias = (uint16_t)a;
-                } else {
-                    free(key);
-                }
+                /* a new alias, sent with the topic; recorded only once the
+                 * packet is really encoded (below) */
+                new_alias = (uint16_t)(c->alias_next_out + 1);
+                MQTT_SET(pr, MQTT_P_TOPIC_ALIAS);
+                pr->topic_alias = new_alias;
             }
         }
     }
@@ -295,6 +338,15 @@ bool conn_send_publish(conn *c, const delivery *d, uint16_t id, bool dup)
         return false;
     }
     if (mqtt_encode_publish(&c->out, c->version, &pub) != THZ_OK) return false;
+    if (new_alias) {
+        /* If this fails the alias number is simply given to the next new
+         * topic, which re-maps it on the client: still correct. */
+        char *key = strndup(m->topic, m->topic_len);
+        if (key && hmap_put(c->alias_out, key, m->topic_len, (void *)(uintptr_t)new_alias, NULL) == THZ_OK)
+            c->alias_next_out++;
+        else
+            free(key);
+    }
     conn_mark_dirty(c);
     return true;
 }
@@ -383,17 +435,6 @@ static void kick_task(int thread, void *arg)
     free(k);
 }
 
-static void session_clear_store(session *s)
-{
-    /* the session stops being persistent: its stored records go */
-    for (uint32_t i = 0; i < s->nfilters; i++)
-        session_sub_persist(s, s->filters[i], strlen(s->filters[i]), 0, 0, true);
-    uint8_t k[1 + 65536];
-    k[0] = 's';
-    memcpy(k + 1, s->cid, s->cidlen);
-    store_del(B.st, k, 1 + s->cidlen);
-}
-
 /* Returns 1 when the connection was handed to another thread. */
 static int handle_connect(conn *c, const mqtt_packet *pkt, const uint8_t *raw, size_t rawn,
                           size_t rest)
@@ -440,6 +481,7 @@ static int handle_connect(conn *c, const mqtt_packet *pkt, const uint8_t *raw, s
     /* the will */
     msg *will = NULL;
     uint32_t will_delay = 0;
+    int64_t will_expiry = 0;
     if (cn->will_flag) {
         uint8_t reason = 0;
         if (!topic_name_valid((const char *)cn->will_topic.p, cn->will_topic.n))
@@ -456,13 +498,16 @@ static int handle_connect(conn *c, const mqtt_packet *pkt, const uint8_t *raw, s
             connack_refuse(c, ver, reason);
             return 0;
         }
-        uint8_t fwd[cn->will_props.raw.n + 1];
-        size_t fl = ver == MQTT_V5 ? mqtt_props_forwardable(&cn->will_props, fwd) : 0;
-        int64_t exp = MQTT_HAS(&cn->will_props, MQTT_P_MESSAGE_EXPIRY)
-                          ? wall_s() + cn->will_props.message_expiry
-                          : 0;
+        uint8_t fwd_stack[512];
+        uint8_t *fwd = cn->will_props.raw.n <= sizeof fwd_stack ? fwd_stack
+                                                                 : malloc(cn->will_props.raw.n);
+        size_t fl = ver == MQTT_V5 && fwd ? mqtt_props_forwardable(&cn->will_props, fwd) : 0;
+        /* the will's expiry interval starts when it is published (3.1.3.2.4) */
+        if (MQTT_HAS(&cn->will_props, MQTT_P_MESSAGE_EXPIRY))
+            will_expiry = (int64_t)cn->will_props.message_expiry + 1;
         will = msg_new((const char *)cn->will_topic.p, cn->will_topic.n, cn->will_payload.p,
-                       cn->will_payload.n, fwd, fl, cn->will_qos, cn->will_retain, exp);
+                       cn->will_payload.n, fwd, fl, cn->will_qos, cn->will_retain, 0);
+        if (fwd != fwd_stack) free(fwd);
         if (MQTT_HAS(&cn->will_props, MQTT_P_WILL_DELAY)) will_delay = cn->will_props.will_delay;
     }
     /* session expiry */
@@ -494,6 +539,9 @@ static int handle_connect(conn *c, const mqtt_packet *pkt, const uint8_t *raw, s
     }
     if (s && (cn->clean_start || !s->persistent)) {
         hmap_del(&B.sessions, cid, cidlen);
+        /* the replaced session's record goes now, in order before any record
+         * of its successor; its other records carry its own instance number */
+        if (s->persistent) session_record_delete_locked(cid, cidlen);
         old_kick = s; /* the table's reference moves to the kick */
         s = NULL;
     }
@@ -525,12 +573,13 @@ static int handle_connect(conn *c, const mqtt_packet *pkt, const uint8_t *raw, s
     msg_unref(s->will);
     s->will = will;
     s->will_delay = will_delay;
+    s->will_expiry = will_expiry;
     s->will_at_ms = 0;
     bool was_persistent = s->persistent;
     s->version = ver;
     s->expiry = expiry;
     s->persistent = expiry > 0;
-    if (was_persistent && !s->persistent) session_clear_store(s);
+    if (was_persistent && !s->persistent) session_unpersist(s);
     s->conn = c;
     s->expires_at_ms = 0;
     off_list_del(w, s);
@@ -670,12 +719,19 @@ static void handle_publish(conn *c, const mqtt_packet *pkt)
             return;
         }
     }
-    uint8_t fwd[c->version == MQTT_V5 ? pb->props.raw.n + 1 : 1];
+    /* forwardable properties: on the stack unless a peer sent many */
+    uint8_t fwd_stack[512];
+    uint8_t *fwd = pb->props.raw.n <= sizeof fwd_stack ? fwd_stack : malloc(pb->props.raw.n);
+    if (!fwd) {
+        conn_close(c, MQTT_RC_UNSPECIFIED);
+        return;
+    }
     size_t fl = c->version == MQTT_V5 ? mqtt_props_forwardable(&pb->props, fwd) : 0;
     int64_t exp = c->version == MQTT_V5 && MQTT_HAS(&pb->props, MQTT_P_MESSAGE_EXPIRY)
                       ? wall_s() + pb->props.message_expiry
                       : 0;
     msg *m = msg_new(topic, tl, pb->payload.p, pb->payload.n, fwd, fl, pb->qos, pb->retain, exp);
+    if (fwd != fwd_stack) free(fwd);
     if (!m) {
         conn_close(c, MQTT_RC_UNSPECIFIED);
         return;
@@ -762,7 +818,15 @@ static void handle_subscribe(conn *c, const mqtt_packet *pkt)
         thz_err rc = trie_add(B.root, rf, rfl, g, gl, s, opts & 0x3f, subid, &existed);
         if (rc == THZ_OK && !existed) __atomic_add_fetch(&B.nsubs, 1, __ATOMIC_RELAXED);
         trie_write_unlock();
-        if (rc != THZ_OK || session_add_filter(s, f, fl) != THZ_OK) {
+        if (rc == THZ_OK && session_add_filter(s, f, fl) != THZ_OK) {
+            /* the session must know every filter the trie holds for it */
+            trie_write_lock();
+            if (!existed && trie_remove(B.root, rf, rfl, g, gl, s))
+                __atomic_sub_fetch(&B.nsubs, 1, __ATOMIC_RELAXED);
+            trie_write_unlock();
+            rc = THZ_ENOMEM;
+        }
+        if (rc != THZ_OK) {
             codes[i] = v5 ? MQTT_RC_UNSPECIFIED : 0x80;
             continue;
         }
@@ -980,7 +1044,7 @@ static void on_read(uv_stream_t *st, ssize_t nread, const uv_buf_t *buf)
 
 void worker_resume(worker *w)
 {
-    if (atomic_load(&B.congested)) return;
+    bool all = atomic_load(&B.congested) == 0;
     /* Resuming may pause some again; work on a snapshot of the list. */
     uint32_t n = w->npaused;
     conn **list = malloc(n * sizeof *list);
@@ -988,7 +1052,7 @@ void worker_resume(worker *w)
     memcpy(list, w->paused, n * sizeof *list);
     for (uint32_t i = 0; i < n; i++) {
         conn *c = list[i];
-        if (!c->paused || c->state == CONN_CLOSING) continue;
+        if (!c->paused || c->state == CONN_CLOSING || !(all || c->congested)) continue;
         unpause_remove(c);
         c->last_rx_ms = now_ms();
         if (c->in.len) {
@@ -997,7 +1061,7 @@ void worker_resume(worker *w)
             thz_buf_consume(&c->in, used);
             if (c->in.len == 0) thz_buf_free(&c->in);
         }
-        if (!c->paused) uv_read_start((uv_stream_t *)c->tcp, on_alloc, on_read);
+        if (!c->paused && !c->throttled) uv_read_start((uv_stream_t *)c->tcp, on_alloc, on_read);
     }
     free(list);
     net_batch_end(w->idx);

@@ -118,9 +118,10 @@ typedef struct inflight {
 typedef struct session {
     atomic_uint refs;
     uint32_t cidlen;
+    uint64_t gen; /* instance number: part of its state-log keys */
     int home;
     bool dead;       /* removed from the table: drop deliveries */
-    bool persistent; /* survives disconnect (and restart) */
+    atomic_bool persistent; /* survives disconnect (and restart); read by other threads */
     uint8_t version;
     uint32_t expiry; /* session expiry interval, s; UINT32_MAX = never */
     struct conn *conn;
@@ -142,6 +143,7 @@ typedef struct session {
     /* will */
     msg *will;
     uint32_t will_delay;
+    int64_t will_expiry; /* will's message expiry interval + 1, 0 = none */
     int64_t will_at_ms; /* monotonic ms when a delayed will is due, 0 = none */
     atomic_ullong seq;
     struct session *off_next, *off_prev; /* worker's offline list */
@@ -166,6 +168,7 @@ typedef struct conn {
     bool writing;
     bool will_publish; /* publish the will when closing */
     bool paused;       /* reading stopped: back-pressure from slow consumers */
+    bool throttled;    /* reading stopped: our output to it is over max-outbuf */
     bool congested;    /* this consumer is behind: publishers pause */
     int64_t congested_ms;
     uint16_t keepalive;
@@ -230,6 +233,7 @@ typedef struct broker {
     int64_t started_ms;
     atomic_int congested; /* consumers over their high-water mark */
     atomic_bool shutting_down; /* wills are not published while stopping */
+    atomic_ullong next_gen;    /* next session instance number */
     /* limits copied from cfg, updated on reload */
     _Atomic uint32_t max_queued, max_inflight, max_outbuf, max_packet;
 } broker;
@@ -275,6 +279,12 @@ void session_end(worker *w, session *s);
 session *session_create_locked(const char *cid, size_t cidlen, int home);
 void session_went_offline(worker *w, session *s, bool publish_will);
 void session_persist(session *s, int64_t disconnected);
+/* Deletes a session's stored subscriptions and its record (it stops being
+ * persistent). */
+void session_unpersist(session *s);
+/* Deletes the record of client id cid; the caller holds B.sess_lock and has
+ * just removed that client's session from the table. */
+void session_record_delete_locked(const char *cid, size_t cidlen);
 void session_sub_persist(session *s, const char *filter, size_t flen, uint8_t opts, uint32_t id,
                          bool del);
 thz_err session_add_filter(session *s, const char *filter, size_t flen);

@@ -3,9 +3,9 @@
  * The trie has one node per topic level. Children are kept sorted so that a
  * node with thousands of children (devices/{id}/...) is a binary search;
  * '+' and '#' children hang off dedicated pointers so matching never
- * searches for them. The trie is shared by all threads under B.trie_lock:
- * publishers hold the read lock once per routed message, SUBSCRIBE and
- * UNSUBSCRIBE take the write lock. */
+ * searches for them. The trie is shared by all threads under B.trie_lock
+ * (see trie_read_begin in broker.c: readers keep it for a batch, SUBSCRIBE
+ * and UNSUBSCRIBE take it for writing). */
 #include <stdlib.h>
 #include <string.h>
 

@@ -137,9 +137,11 @@ void net_post(int i, net_task_fn fn, void *arg)
     }
     int wake = t->qlen == 0 && !t->stopping;
     t->q[t->qlen++] = (task){fn, arg};
-    pthread_mutex_unlock(&t->mu);
-    /* One wakeup per batch: only the post that made the queue non-empty. */
+    /* One wakeup per batch: only the post that made the queue non-empty.
+     * Sent under the lock, so that it cannot race with shutdown_task closing
+     * the handle (which happens after `stopping` is set under the lock). */
     if (wake) uv_async_send(&t->wake);
+    pthread_mutex_unlock(&t->mu);
 }
 
 static void on_connection(uv_stream_t *server, int status)
@@ -312,14 +314,20 @@ static void shutdown_task(int i, void *arg)
 void net_shutdown(void)
 {
     for (int i = 0; i < nthreads; i++) net_post(i, shutdown_task, NULL);
+    /* Every thread must be gone before any queue is drained: a thread still
+     * stopping may post to the others. */
+    for (int i = 0; i < nthreads; i++) pthread_join(threads[i].tid, NULL);
     for (int i = 0; i < nthreads; i++) {
         thread *t = &threads[i];
-        pthread_join(t->tid, NULL);
         if (uv_loop_close(&t->loop) != 0) log_warn("net", "thread %d: loop had open handles", i);
         /* Tasks posted after the wakeup handle closed never ran; run them
          * here so that their resources are released (they are told by
          * net_self() == -1 that the loop is gone). */
         for (size_t k = 0; k < t->qlen; k++) t->q[k].fn(i, t->q[k].arg);
+        t->qlen = 0;
+    }
+    for (int i = 0; i < nthreads; i++) {
+        thread *t = &threads[i];
         free(t->q);
         free(t->run);
         pthread_mutex_destroy(&t->mu);
