@@ -148,6 +148,10 @@ def test_resume_inside_routing_keeps_topics_apart(broker_factory):
     assert b.running, "broker died (exit %r)" % b.proc.returncode
     assert not missing_second, "paused publisher P not resumed: no SECOND for %r" % (
         missing_second[:10],)
+    # Guard for the scenario itself: the five refusals drained C's queue, so
+    # the sixth message is now in flight to C.
+    c_pubs = [bytes(p.payload) for p in C.recv_all(0.3) if p.type == r.PUBLISH]
+    assert b"fill" in c_pubs, "C's queue was not drained by its PUBREC errors: %r" % c_pubs
 
     # The heap corruption showed when these connections went away.
     for c in zs + As + [C, w, p0, P]:
