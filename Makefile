@@ -80,6 +80,7 @@ fuzz: fuzz-build
 	  dict=""; [ -f tests/fuzz/$$n.dict ] && dict="-dict=tests/fuzz/$$n.dict"; \
 	  echo "== $$n ($(FUZZ_SECONDS)s)"; \
 	  build/fuzz/bin/$$n -max_total_time=$(FUZZ_SECONDS) -print_final_stats=1 $$dict \
+	    -artifact_prefix=build/fuzz/$$n- \
 	    build/fuzz/corpus/$$n tests/fuzz/corpus/$$n 2>&1 | tail -n 12; \
 	  test $${PIPESTATUS[0]} -eq 0; done
 

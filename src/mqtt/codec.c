@@ -282,9 +282,9 @@ size_t mqtt_props_forwardable(const mqtt_props *props, uint8_t *out)
 {
     /* raw was validated by mqtt_decode; the bounds checks below only keep a
      * caller's hand-built props from reading past the block. */
+    if (!props->raw.p) return 0;
     const uint8_t *p = props->raw.p, *end = p + props->raw.n;
     size_t w = 0;
-    if (!p) return 0;
     while (p < end) {
         uint8_t id = *p;
         const uint8_t *q = p + 1;

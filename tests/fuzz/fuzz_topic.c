@@ -178,6 +178,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     trie_free(root);
     for (int i = 0; i < nsubs; i++) free(subs[i].s);
     free(w->mt);
+    free(w->ms);
     free(w);
     return 0;
 }

@@ -1178,6 +1178,21 @@ static void reason_mapping(void **state)
     for (uint8_t c = 1; c <= 5; c++) assert_int_equal(mqtt_v3_connack_code(c), c);
 }
 
+/* Regression (fuzz_mqtt_packet, UBSan): a 3.1.1 CONNECT decodes with empty
+ * properties whose raw span is NULL; forwarding them must not do pointer
+ * arithmetic on NULL. */
+static void forwardable_of_v311_props(void **state)
+{
+    static const uint8_t pkt[] = {0x10, 0x0c, 0x00, 0x04, 'M', 'Q', 'T', 'T', 0x04, 0x00,
+                                  0x00, 0x00, 0x00, 0x00};
+    mqtt_packet p;
+    assert_int_equal(mqtt_decode(pkt, sizeof pkt, 0, &p), THZ_OK);
+    uint8_t out[8];
+    assert_int_equal(mqtt_props_forwardable(&p.u.connect.will_props, out), 0);
+    mqtt_props zero = {0};
+    assert_int_equal(mqtt_props_forwardable(&zero, out), 0);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -1236,6 +1251,7 @@ int main(void)
         cmocka_unit_test(encode_decoded_props_is_safe),
         cmocka_unit_test(encode_rejects_unrepresentable),
         cmocka_unit_test(reason_mapping),
+        cmocka_unit_test(forwardable_of_v311_props),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

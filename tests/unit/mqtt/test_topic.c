@@ -106,6 +106,7 @@ static worker *worker_new(void)
 static void worker_free(worker *w)
 {
     free(w->mt);
+    free(w->ms);
     free(w);
 }
 
@@ -802,7 +803,7 @@ static void *deep_levels_thread(void *arg)
     if (!root_empty(r)) _exit(7);
     if (trie_add(r, t, N, NULL, 0, s, 0, 0, &ex) != THZ_OK) _exit(8);
     trie_free(r);
-    free(w->mt), free(w), free(s), free(t);
+    free(w->mt), free(w->ms), free(w), free(s), free(t);
     return NULL;
 }
 
