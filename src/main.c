@@ -17,12 +17,13 @@
 
 static void usage(FILE *out)
 {
-    fprintf(out, "thinghz %s - a self-hosted IoT cloud in one daemon\n\n"
-                 "usage:\n"
-                 "  thinghz serve [flags]                   run the daemon (flags below)\n"
-                 "  thinghz passwd FILE USERNAME PASSWORD   add or replace a user in a password file\n"
-                 "  thinghz sample-config                   print a commented config file\n"
-                 "  thinghz version                         print the version\n\n",
+    fprintf(out,
+            "thinghz %s - a self-hosted IoT cloud in one daemon\n\n"
+            "usage:\n"
+            "  thinghz serve [flags]                   run the daemon (flags below)\n"
+            "  thinghz passwd FILE USERNAME PASSWORD   add or replace a user in a password file\n"
+            "  thinghz sample-config                   print a commented config file\n"
+            "  thinghz version                         print the version\n\n",
             THINGHZ_VERSION);
     config_print_help(out);
 }

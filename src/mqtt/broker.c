@@ -87,8 +87,10 @@ static void off_list_add(worker *w, session *s)
 void off_list_del(worker *w, session *s)
 {
     if (!s->on_off_list) return;
-    if (s->off_prev) s->off_prev->off_next = s->off_next;
-    else w->offline = s->off_next;
+    if (s->off_prev)
+        s->off_prev->off_next = s->off_next;
+    else
+        w->offline = s->off_next;
     if (s->off_next) s->off_next->off_prev = s->off_prev;
     s->on_off_list = false;
 }
@@ -165,7 +167,8 @@ void session_persist(session *s, int64_t disconnected)
 {
     if (!s->persistent) return;
     pthread_mutex_lock(&B.sess_lock);
-    if (hmap_get(&B.sessions, s->cid, s->cidlen) == s) session_record_locked(s, false, disconnected);
+    if (hmap_get(&B.sessions, s->cid, s->cidlen) == s)
+        session_record_locked(s, false, disconnected);
     pthread_mutex_unlock(&B.sess_lock);
 }
 
@@ -320,7 +323,8 @@ static void unsubscribe_all(session *s)
         size_t fl = strlen(f), gl = 0, rfl = fl;
         bool bad;
         if (!topic_share_parse(f, fl, &g, &gl, &rf, &rfl, &bad)) g = NULL, rf = f, rfl = fl;
-        if (trie_remove(B.root, rf, rfl, g, gl, s)) __atomic_sub_fetch(&B.nsubs, 1, __ATOMIC_RELAXED);
+        if (trie_remove(B.root, rf, rfl, g, gl, s))
+            __atomic_sub_fetch(&B.nsubs, 1, __ATOMIC_RELAXED);
     }
     trie_write_unlock();
 }
@@ -416,8 +420,10 @@ static bool id_used(const session *s, uint16_t id)
 
 static void id_set(session *s, uint16_t id, bool on)
 {
-    if (on) s->ids_out[id >> 3] |= (uint8_t)(1u << (id & 7));
-    else s->ids_out[id >> 3] &= (uint8_t) ~(1u << (id & 7));
+    if (on)
+        s->ids_out[id >> 3] |= (uint8_t)(1u << (id & 7));
+    else
+        s->ids_out[id >> 3] &= (uint8_t) ~(1u << (id & 7));
 }
 
 static uint32_t window(const session *s)
@@ -533,8 +539,10 @@ void deliver(worker *w, delivery *d)
     }
     conn *c = s->conn;
     if (c && c->state == CONN_ACTIVE) {
-        if (d->qos == 0 || (s->q_len == 0 && s->inf_used < window(s))) send_new(w, s, d);
-        else queue_push(w, s, d);
+        if (d->qos == 0 || (s->q_len == 0 && s->inf_used < window(s)))
+            send_new(w, s, d);
+        else
+            queue_push(w, s, d);
         conn_pressure(c);
         return;
     }
@@ -746,8 +754,10 @@ void route(worker *w, msg *m, const session *origin, uint32_t *nmatched)
                 d.seq = atomic_fetch_add_explicit(&s->seq, 1, memory_order_relaxed) + 1;
                 delivery_persist(&d);
             }
-            if (s->home == w->idx) deliver(w, &d);
-            else outbox_push(w, s->home, &d);
+            if (s->home == w->idx)
+                deliver(w, &d);
+            else
+                outbox_push(w, s->home, &d);
         }
         i = j;
     }
@@ -790,8 +800,7 @@ void retained_set(msg *m)
 }
 
 /* Sends the retained messages matching a new subscription to s. */
-void retained_deliver(worker *w, session *s, const char *f, size_t fl, uint8_t opts,
-                      uint32_t subid)
+void retained_deliver(worker *w, session *s, const char *f, size_t fl, uint8_t opts, uint32_t subid)
 {
     msg **found = NULL;
     size_t n = 0, cap = 0;
@@ -948,8 +957,7 @@ static void restore(loadset *ls)
                 if (gen >= atomic_load(&B.next_gen)) atomic_store(&B.next_gen, gen + 1);
                 s->version = l->v[0];
                 s->expiry = exp;
-                s->expires_at_ms =
-                    exp == UINT32_MAX ? 0 : now_ms() + ((int64_t)exp - gone) * 1000;
+                s->expires_at_ms = exp == UINT32_MAX ? 0 : now_ms() + ((int64_t)exp - gone) * 1000;
                 nsess++;
             } else if (pass > 0 && (kind == 'u' || kind == 'm')) {
                 const uint8_t *z = memchr(l->k + 1, 0, l->kl - 1);
@@ -1032,8 +1040,9 @@ static void restore(loadset *ls)
     }
     free(ls->a);
     if (nsess || nret)
-        log_info("mqtt", "restored %zu sessions, %zu subscriptions, %zu queued messages, %zu "
-                         "retained messages (%zu orphan records dropped)",
+        log_info("mqtt",
+                 "restored %zu sessions, %zu subscriptions, %zu queued messages, %zu "
+                 "retained messages (%zu orphan records dropped)",
                  nsess, nsub, nmsg, nret, orphans);
 }
 
@@ -1262,13 +1271,11 @@ void mqtt_stop(void)
         s->will = NULL;
     }
     pos = 0;
-    for (hmap_entry *e = hmap_next(&B.sessions, &pos, NULL); e;
-         e = hmap_next(&B.sessions, &pos, e))
+    for (hmap_entry *e = hmap_next(&B.sessions, &pos, NULL); e; e = hmap_next(&B.sessions, &pos, e))
         session_unref(e->val);
     hmap_free(&B.sessions);
     pos = 0;
-    for (hmap_entry *e = hmap_next(&B.retained, &pos, NULL); e;
-         e = hmap_next(&B.retained, &pos, e))
+    for (hmap_entry *e = hmap_next(&B.retained, &pos, NULL); e; e = hmap_next(&B.retained, &pos, e))
         msg_unref(e->val);
     hmap_free(&B.retained);
     trie_free(B.root);

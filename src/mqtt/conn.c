@@ -242,8 +242,10 @@ void conn_close(conn *c, int reason)
     }
     if (c->congested) uncongest(c);
     if (c->paused) unpause_remove(c);
-    if (c->prev) c->prev->next = c->next;
-    else if (w->conns == c) w->conns = c->next;
+    if (c->prev)
+        c->prev->next = c->next;
+    else if (w->conns == c)
+        w->conns = c->next;
     if (c->next) c->next->prev = c->prev;
     c->prev = c->next = NULL;
     if (active) w->n_clients--;
@@ -317,7 +319,8 @@ bool conn_send_publish(conn *c, const delivery *d, uint16_t id, bool dup)
         pr->extra = (mqtt_span){m->props, m->props_len};
         if (c->alias_max_out) {
             if (!c->alias_out) c->alias_out = calloc(1, sizeof *c->alias_out);
-            uintptr_t a = c->alias_out ? (uintptr_t)hmap_get(c->alias_out, m->topic, m->topic_len) : 0;
+            uintptr_t a =
+                c->alias_out ? (uintptr_t)hmap_get(c->alias_out, m->topic, m->topic_len) : 0;
             if (a) {
                 pub.topic.n = 0;
                 MQTT_SET(pr, MQTT_P_TOPIC_ALIAS);
@@ -333,7 +336,8 @@ bool conn_send_publish(conn *c, const delivery *d, uint16_t id, bool dup)
     }
     if (c->max_packet_out != UINT32_MAX && mqtt_publish_size(c->version, &pub) > c->max_packet_out)
         return false;
-    if (d->qos == 0 && c->out.len + c->wbuf.len > atomic_load_explicit(&B.max_outbuf, memory_order_relaxed)) {
+    if (d->qos == 0 &&
+        c->out.len + c->wbuf.len > atomic_load_explicit(&B.max_outbuf, memory_order_relaxed)) {
         c->w->dropped++;
         return false;
     }
@@ -342,7 +346,8 @@ bool conn_send_publish(conn *c, const delivery *d, uint16_t id, bool dup)
         /* If this fails the alias number is simply given to the next new
          * topic, which re-maps it on the client: still correct. */
         char *key = strndup(m->topic, m->topic_len);
-        if (key && hmap_put(c->alias_out, key, m->topic_len, (void *)(uintptr_t)new_alias, NULL) == THZ_OK)
+        if (key &&
+            hmap_put(c->alias_out, key, m->topic_len, (void *)(uintptr_t)new_alias, NULL) == THZ_OK)
             c->alias_next_out++;
         else
             free(key);
@@ -367,8 +372,10 @@ static void send_ack(conn *c, uint8_t type, uint16_t id, uint8_t reason)
 
 static void connack_refuse(conn *c, uint8_t version, uint8_t reason)
 {
-    if (version == MQTT_V5) mqtt_encode_connack(&c->out, MQTT_V5, false, reason, NULL);
-    else mqtt_encode_connack(&c->out, MQTT_V311, false, mqtt_v3_connack_code(reason), NULL);
+    if (version == MQTT_V5)
+        mqtt_encode_connack(&c->out, MQTT_V5, false, reason, NULL);
+    else
+        mqtt_encode_connack(&c->out, MQTT_V311, false, mqtt_v3_connack_code(reason), NULL);
     c->version = version;
     conn_flush(c);
     conn_close(c, -1);
@@ -394,8 +401,10 @@ typedef struct migration {
 static void adopt_task(int thread, void *arg)
 {
     migration *mg = arg;
-    if (thread >= 0 && net_self() == thread) conn_adopt(B.w[thread], mg->fd, mg->bytes, mg->n, mg->peer);
-    else close(mg->fd);
+    if (thread >= 0 && net_self() == thread)
+        conn_adopt(B.w[thread], mg->fd, mg->bytes, mg->n, mg->peer);
+    else
+        close(mg->fd);
     free(mg);
 }
 
@@ -499,8 +508,8 @@ static int handle_connect(conn *c, const mqtt_packet *pkt, const uint8_t *raw, s
             return 0;
         }
         uint8_t fwd_stack[512];
-        uint8_t *fwd = cn->will_props.raw.n <= sizeof fwd_stack ? fwd_stack
-                                                                 : malloc(cn->will_props.raw.n);
+        uint8_t *fwd =
+            cn->will_props.raw.n <= sizeof fwd_stack ? fwd_stack : malloc(cn->will_props.raw.n);
         size_t fl = ver == MQTT_V5 && fwd ? mqtt_props_forwardable(&cn->will_props, fwd) : 0;
         /* the will's expiry interval starts when it is published (3.1.3.2.4) */
         if (MQTT_HAS(&cn->will_props, MQTT_P_MESSAGE_EXPIRY))
@@ -512,8 +521,10 @@ static int handle_connect(conn *c, const mqtt_packet *pkt, const uint8_t *raw, s
     }
     /* session expiry */
     uint32_t expiry;
-    if (ver == MQTT_V5) expiry = cn->props.session_expiry;
-    else expiry = cn->clean_start ? 0 : UINT32_MAX;
+    if (ver == MQTT_V5)
+        expiry = cn->props.session_expiry;
+    else
+        expiry = cn->clean_start ? 0 : UINT32_MAX;
     bool expiry_capped = false;
     if (expiry > cfg->max_session_expiry) {
         expiry = cfg->max_session_expiry;
@@ -558,8 +569,10 @@ static int handle_connect(conn *c, const mqtt_packet *pkt, const uint8_t *raw, s
         if (k) {
             k->s = session_ref(old_kick);
             k->end = true;
-            if (old_kick->home == w->idx) kick_task(w->idx, k);
-            else net_post(old_kick->home, kick_task, k);
+            if (old_kick->home == w->idx)
+                kick_task(w->idx, k);
+            else
+                net_post(old_kick->home, kick_task, k);
         }
     }
     if (!s) {
@@ -593,7 +606,8 @@ static int handle_connect(conn *c, const mqtt_packet *pkt, const uint8_t *raw, s
         if (MQTT_HAS(&cn->props, MQTT_P_RECEIVE_MAX)) c->recv_max_out = cn->props.receive_max;
         if (MQTT_HAS(&cn->props, MQTT_P_MAX_PACKET_SIZE))
             c->max_packet_out = cn->props.max_packet_size;
-        if (MQTT_HAS(&cn->props, MQTT_P_TOPIC_ALIAS_MAX)) c->alias_max_out = cn->props.topic_alias_max;
+        if (MQTT_HAS(&cn->props, MQTT_P_TOPIC_ALIAS_MAX))
+            c->alias_max_out = cn->props.topic_alias_max;
     }
     /* CONNACK */
     mqtt_props p = {0};
@@ -839,8 +853,7 @@ static void handle_subscribe(conn *c, const mqtt_packet *pkt)
     conn_mark_dirty(c);
     it = sb->list;
     for (i = 0; mqtt_sub_next(&it, &fs, &opts); i++)
-        if (send_retained[i])
-            retained_deliver(c->w, s, (const char *)fs.p, fs.n, opts, subid);
+        if (send_retained[i]) retained_deliver(c->w, s, (const char *)fs.p, fs.n, opts, subid);
     free(codes);
     free(send_retained);
 }
@@ -913,8 +926,10 @@ static int dispatch(conn *c, const mqtt_packet *pkt, const uint8_t *raw, size_t 
         break;
     case MQTT_PUBREC:
         if (inflight_ack(c->w, c->s, pkt->u.ack.id, MQTT_PUBREC)) {
-            if (pkt->u.ack.reason >= 0x80) inflight_ack(c->w, c->s, pkt->u.ack.id, MQTT_PUBCOMP);
-            else conn_send_pubrel(c, pkt->u.ack.id);
+            if (pkt->u.ack.reason >= 0x80)
+                inflight_ack(c->w, c->s, pkt->u.ack.id, MQTT_PUBCOMP);
+            else
+                conn_send_pubrel(c, pkt->u.ack.id);
         } else if (pkt->u.ack.reason < 0x80) {
             send_ack(c, MQTT_PUBREL, pkt->u.ack.id, MQTT_RC_PACKET_ID_NOT_FOUND);
         }
@@ -953,7 +968,8 @@ static size_t process(conn *c, const uint8_t *p, size_t n)
     }
     while (off < n && c->state != CONN_CLOSING) {
         size_t plen;
-        thz_err rc = mqtt_frame(p + off, n - off, atomic_load_explicit(&B.max_packet, memory_order_relaxed), &plen);
+        thz_err rc = mqtt_frame(p + off, n - off,
+                                atomic_load_explicit(&B.max_packet, memory_order_relaxed), &plen);
         if (rc == THZ_EAGAIN) break;
         if (rc) {
             conn_fail(c, rc);

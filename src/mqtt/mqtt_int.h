@@ -32,12 +32,12 @@ typedef struct msg {
     atomic_uint refs;
     uint8_t qos;
     bool retain;
-    int64_t expires_at;   /* wall-clock seconds; 0 = never */
-    const void *origin;   /* publishing session, for No Local; never dereferenced */
+    int64_t expires_at; /* wall-clock seconds; 0 = never */
+    const void *origin; /* publishing session, for No Local; never dereferenced */
     uint32_t topic_len;
     uint32_t payload_len;
-    uint32_t props_len;   /* forwardable v5 properties, already encoded */
-    char *topic;          /* NUL-terminated */
+    uint32_t props_len; /* forwardable v5 properties, already encoded */
+    char *topic;        /* NUL-terminated */
     uint8_t *props;
     uint8_t *payload;
     char data[];
@@ -120,7 +120,7 @@ typedef struct session {
     uint32_t cidlen;
     uint64_t gen; /* instance number: part of its state-log keys */
     int home;
-    bool dead;       /* removed from the table: drop deliveries */
+    bool dead;              /* removed from the table: drop deliveries */
     atomic_bool persistent; /* survives disconnect (and restart); read by other threads */
     uint8_t version;
     uint32_t expiry; /* session expiry interval, s; UINT32_MAX = never */
@@ -144,7 +144,7 @@ typedef struct session {
     msg *will;
     uint32_t will_delay;
     int64_t will_expiry; /* will's message expiry interval + 1, 0 = none */
-    int64_t will_at_ms; /* monotonic ms when a delayed will is due, 0 = none */
+    int64_t will_at_ms;  /* monotonic ms when a delayed will is due, 0 = none */
     atomic_ullong seq;
     struct session *off_next, *off_prev; /* worker's offline list */
     bool on_off_list;
@@ -197,7 +197,7 @@ typedef struct worker {
     uint32_t nconns;
     conn **dirty;
     uint32_t ndirty, dcap;
-    delivery **out;   /* per target thread: batch being built */
+    delivery **out; /* per target thread: batch being built */
     uint32_t *outn, *outcap;
     match *mt;
     uint32_t nmt, mtcap;
@@ -205,7 +205,7 @@ typedef struct worker {
     uint32_t msn, mscap;
     session *offline;
     bool store_dirty;
-    bool trie_rd; /* holds B.trie_lock for reading until the batch ends */
+    bool trie_rd;  /* holds B.trie_lock for reading until the batch ends */
     conn **paused; /* publishers paused by back-pressure */
     uint32_t npaused, pcap;
     atomic_uint paused_n; /* npaused, readable by other threads */
@@ -231,7 +231,7 @@ typedef struct broker {
     pthread_rwlock_t ret_lock;
     hmap retained;
     int64_t started_ms;
-    atomic_int congested; /* consumers over their high-water mark */
+    atomic_int congested;      /* consumers over their high-water mark */
     atomic_bool shutting_down; /* wills are not published while stopping */
     atomic_ullong next_gen;    /* next session instance number */
     /* limits copied from cfg, updated on reload */
@@ -310,7 +310,7 @@ void conn_pressure(conn *c);
 /* Drops one unit of congestion; the last one resumes paused publishers. */
 void congestion_release(worker *w);
 #define INBOX_HIGH 16384 /* cross-thread deliveries pending before publishers pause */
-#define INBOX_LOW 4096
+#define INBOX_LOW  4096
 /* Resumes this worker's paused publishers once no consumer is congested. */
 void worker_resume(worker *w);
 

@@ -99,8 +99,10 @@ static tnode *kid_find(const tnode *p, const char *s, size_t n, uint32_t *pos)
             if (pos) *pos = mid;
             return p->kids[mid];
         }
-        if (c < 0) lo = mid + 1;
-        else hi = mid;
+        if (c < 0)
+            lo = mid + 1;
+        else
+            hi = mid;
     }
     if (pos) *pos = lo;
     return NULL;
@@ -309,7 +311,8 @@ static void mt_push(worker *w, session *s, uint8_t opts, uint32_t id)
 
 static void collect(tnode *n, worker *w)
 {
-    for (uint32_t i = 0; i < n->nsubs; i++) mt_push(w, n->subs[i].s, n->subs[i].opts, n->subs[i].id);
+    for (uint32_t i = 0; i < n->nsubs; i++)
+        mt_push(w, n->subs[i].s, n->subs[i].opts, n->subs[i].id);
     for (uint32_t g = 0; g < n->ngroups; g++) {
         share_group *grp = &n->groups[g];
         if (grp->n == 0) continue;
@@ -368,12 +371,16 @@ void trie_match(tnode *root, const char *t, size_t tl, worker *w)
         if (n->hash && wild) collect(n->hash, w);
         tnode *k = kid_find(n, t + i, j - i, NULL);
         if (k) {
-            if (j >= tl) collect_last(k, w);
-            else mstack_push(w, k, j + 1);
+            if (j >= tl)
+                collect_last(k, w);
+            else
+                mstack_push(w, k, j + 1);
         }
         if (n->plus && wild) {
-            if (j >= tl) collect_last(n->plus, w);
-            else mstack_push(w, n->plus, j + 1);
+            if (j >= tl)
+                collect_last(n->plus, w);
+            else
+                mstack_push(w, n->plus, j + 1);
         }
     }
 }

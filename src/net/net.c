@@ -17,7 +17,7 @@
 #include "core/log.h"
 
 #define NET_MAX_LISTENERS 8
-#define NET_MAX_HOOKS 8
+#define NET_MAX_HOOKS     8
 
 typedef struct task {
     net_task_fn fn;
@@ -278,8 +278,7 @@ thz_err net_init(int n)
 thz_err net_start(void)
 {
     for (int i = 0; i < nthreads; i++)
-        if (pthread_create(&threads[i].tid, NULL, thread_main, &threads[i]) != 0)
-            return THZ_EIO;
+        if (pthread_create(&threads[i].tid, NULL, thread_main, &threads[i]) != 0) return THZ_EIO;
     for (int i = 0; i < nthreads; i++) uv_sem_wait(&threads[i].started);
     return THZ_OK;
 }

@@ -1183,8 +1183,8 @@ static void reason_mapping(void **state)
  * arithmetic on NULL. */
 static void forwardable_of_v311_props(void **state)
 {
-    static const uint8_t pkt[] = {0x10, 0x0c, 0x00, 0x04, 'M', 'Q', 'T', 'T', 0x04, 0x00,
-                                  0x00, 0x00, 0x00, 0x00};
+    static const uint8_t pkt[] = {0x10, 0x0c, 0x00, 0x04, 'M',  'Q',  'T',
+                                  'T',  0x04, 0x00, 0x00, 0x00, 0x00, 0x00};
     mqtt_packet p;
     assert_int_equal(mqtt_decode(pkt, sizeof pkt, 0, &p), THZ_OK);
     uint8_t out[8];
