@@ -1,6 +1,7 @@
 /* auth.c - password file (PBKDF2-SHA256) and mosquitto-style ACL file behind
  * the auth.h questions, with an immutable rule set swapped on reload. */
 #include "auth/auth.h"
+#include "mqtt/topic.h"
 
 #include <ctype.h>
 #include <errno.h>
@@ -305,18 +306,6 @@ static thz_err load_passwords(rules *r, const char *path)
     return THZ_OK;
 }
 
-/* A valid MQTT filter: '+' and '#' fill a whole level, '#' only last. */
-static bool filter_valid(const char *f)
-{
-    if (*f == '\0') return false;
-    for (const char *p = f; *p; p++) {
-        if (*p != '+' && *p != '#') continue;
-        bool alone = (p == f || p[-1] == '/') && (p[1] == '\0' || p[1] == '/');
-        if (!alone || (*p == '#' && p[1] != '\0')) return false;
-    }
-    return true;
-}
-
 static acl_user *acl_user_get(rules *r, const char *name, size_t *cap)
 {
     for (size_t i = 0; i < r->nAclUsers; i++)
@@ -354,7 +343,7 @@ static const char *parse_acl_rule(char *rest, int *access, char **topic)
         }
     }
     if (*rest == '\0') return "missing topic";
-    if (!filter_valid(rest)) return "invalid topic filter";
+    if (!topic_filter_valid(rest, strlen(rest))) return "invalid topic filter";
     *topic = rest;
     return NULL;
 }
@@ -619,67 +608,6 @@ thz_err auth_hash_password(const char *username, const char *password, char *out
 
 /* ---------------------------------------------------------------- ACL */
 
-/* One level of a filter: [p, p + n). */
-typedef struct level {
-    const char *p;
-    size_t n;
-} level;
-
-/* Splits off the next level of *z; returns false past the end. *z is NULL
- * after the last level ("a/" has levels "a" and ""). */
-static bool next_level(const char **z, level *out)
-{
-    if (*z == NULL) return false;
-    const char *slash = strchr(*z, '/');
-    out->p = *z;
-    out->n = slash ? (size_t)(slash - *z) : strlen(*z);
-    *z = slash ? slash + 1 : NULL;
-    return true;
-}
-
-static bool is_lvl(const level *l, char c)
-{
-    return l->n == 1 && l->p[0] == c;
-}
-
-static bool lvl_eq(const level *a, const level *b)
-{
-    return a->n == b->n && memcmp(a->p, b->p, a->n) == 0;
-}
-
-/* Does acl filter A cover request R: is every topic that R matches also
- * matched by A? With R a plain topic this is ordinary MQTT matching. */
-static bool filter_covers(const char *acl, const char *req)
-{
-    /* Wildcards at the first level never match topics starting with '$'. */
-    if (req[0] == '$' && (acl[0] == '+' || acl[0] == '#')) return false;
-    level a, r;
-    for (;;) {
-        bool ha = next_level(&acl, &a), hr = next_level(&req, &r);
-        if (ha && is_lvl(&a, '#')) return true; /* "x/#" also covers "x" */
-        if (!ha || !hr) return ha == hr;
-        if (is_lvl(&r, '#')) return false;
-        if (is_lvl(&a, '+')) continue;
-        if (is_lvl(&r, '+') || !lvl_eq(&a, &r)) return false;
-    }
-}
-
-/* Could some topic match both filters? Used for deny entries, so that a
- * subscription that would receive any denied topic is refused. */
-static bool filters_overlap(const char *x, const char *y)
-{
-    bool xw = x[0] == '+' || x[0] == '#', yw = y[0] == '+' || y[0] == '#';
-    if ((x[0] == '$' && yw) || (y[0] == '$' && xw)) return false;
-    level a, b;
-    for (;;) {
-        bool ha = next_level(&x, &a), hb = next_level(&y, &b);
-        if ((ha && is_lvl(&a, '#')) || (hb && is_lvl(&b, '#'))) return true;
-        if (!ha || !hb) return ha == hb;
-        if (is_lvl(&a, '+') || is_lvl(&b, '+')) continue;
-        if (!lvl_eq(&a, &b)) return false;
-    }
-}
-
 /* Substitution values must not add levels or wildcards, or client id "#"
  * would turn "devices/%c/#" into a grant for every device. */
 static bool subst_ok(const char *z)
@@ -734,10 +662,10 @@ typedef struct check {
 static void check_entry(check *c, const char *topic, int access)
 {
     if (access & ACC_DENY) {
-        bool hit =
-            c->need == ACC_WRITE ? filter_covers(topic, c->zReq) : filters_overlap(topic, c->zReq);
+        bool hit = c->need == ACC_WRITE ? topic_filter_covers(topic, c->zReq)
+                                        : topic_filters_overlap(topic, c->zReq);
         if (hit) c->denied = true;
-    } else if ((access & c->need) && !c->allowed && filter_covers(topic, c->zReq)) {
+    } else if ((access & c->need) && !c->allowed && topic_filter_covers(topic, c->zReq)) {
         c->allowed = true;
     }
 }

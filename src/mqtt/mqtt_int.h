@@ -17,6 +17,7 @@
 #include "core/hmap.h"
 #include "mqtt/codec.h"
 #include "mqtt/mqtt.h"
+#include "mqtt/topic.h"
 #include "store/store.h"
 
 #define MAX_SUBIDS 4 /* subscription identifiers carried per delivery */
@@ -243,14 +244,11 @@ extern broker B;
 int64_t now_ms(void);
 int64_t wall_s(void);
 
-/* topic.c */
-bool topic_name_valid(const char *t, size_t n);
-bool topic_filter_valid(const char *f, size_t n);
+/* topic.c (the topic rules themselves are public: mqtt/topic.h) */
 /* Splits "$share/group/filter": returns true and the parts if shared; false
  * when not shared. *bad set when it starts with $share/ but is malformed. */
 bool topic_share_parse(const char *f, size_t n, const char **group, size_t *glen,
                        const char **filter, size_t *flen, bool *bad);
-bool topic_matches(const char *filter, size_t flen, const char *topic, size_t tlen);
 /* Trie (caller holds B.trie_lock: write for add/remove, read for match).
  * trie_read_begin takes the read lock for the rest of the thread's batch;
  * trie_write_lock first drops the calling I/O thread's read lock. */

@@ -10,6 +10,7 @@
 #include <string.h>
 
 #include "mqtt/mqtt_int.h"
+#include "mqtt/topic.h"
 
 bool topic_name_valid(const char *t, size_t n)
 {
@@ -79,6 +80,67 @@ bool topic_matches(const char *f, size_t fl, const char *t, size_t tl)
         i++, j++;
     }
     return j == tl;
+}
+
+/* One level of a filter: [p, p + n). */
+typedef struct level {
+    const char *p;
+    size_t n;
+} level;
+
+/* Splits off the next level of *z; returns false past the end. *z is NULL
+ * after the last level ("a/" has levels "a" and ""). */
+static bool next_level(const char **z, level *out)
+{
+    if (*z == NULL) return false;
+    const char *slash = strchr(*z, '/');
+    out->p = *z;
+    out->n = slash ? (size_t)(slash - *z) : strlen(*z);
+    *z = slash ? slash + 1 : NULL;
+    return true;
+}
+
+static bool is_lvl(const level *l, char c)
+{
+    return l->n == 1 && l->p[0] == c;
+}
+
+static bool lvl_eq(const level *a, const level *b)
+{
+    return a->n == b->n && memcmp(a->p, b->p, a->n) == 0;
+}
+
+/* Does acl filter A cover request R: is every topic that R matches also
+ * matched by A? With R a plain topic this is ordinary MQTT matching. */
+bool topic_filter_covers(const char *acl, const char *req)
+{
+    /* Wildcards at the first level never match topics starting with '$'. */
+    if (req[0] == '$' && (acl[0] == '+' || acl[0] == '#')) return false;
+    level a, r;
+    for (;;) {
+        bool ha = next_level(&acl, &a), hr = next_level(&req, &r);
+        if (ha && is_lvl(&a, '#')) return true; /* "x/#" also covers "x" */
+        if (!ha || !hr) return ha == hr;
+        if (is_lvl(&r, '#')) return false;
+        if (is_lvl(&a, '+')) continue;
+        if (is_lvl(&r, '+') || !lvl_eq(&a, &r)) return false;
+    }
+}
+
+/* Could some topic match both filters? Used for deny entries, so that a
+ * subscription that would receive any denied topic is refused. */
+bool topic_filters_overlap(const char *x, const char *y)
+{
+    bool xw = x[0] == '+' || x[0] == '#', yw = y[0] == '+' || y[0] == '#';
+    if ((x[0] == '$' && yw) || (y[0] == '$' && xw)) return false;
+    level a, b;
+    for (;;) {
+        bool ha = next_level(&x, &a), hb = next_level(&y, &b);
+        if ((ha && is_lvl(&a, '#')) || (hb && is_lvl(&b, '#'))) return true;
+        if (!ha || !hb) return ha == hb;
+        if (is_lvl(&a, '+') || is_lvl(&b, '+')) continue;
+        if (!lvl_eq(&a, &b)) return false;
+    }
 }
 
 /* ---- trie ---- */
