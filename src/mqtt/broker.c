@@ -252,7 +252,7 @@ static void delivery_unpersist(const delivery *d)
 /* Releases what a delivery holds (its message and session references). */
 static void delivery_drop(worker *w, delivery *d, bool count)
 {
-    if (count && w) w->dropped++;
+    if (count && w) STAT_ADD(w->dropped, 1);
     delivery_unpersist(d);
     msg_unref(d->m);
     session_unref(d->s);
@@ -761,7 +761,7 @@ void route(worker *w, msg *m, const session *origin, uint32_t *nmatched)
         }
         i = j;
     }
-    w->msgs_out += *nmatched;
+    STAT_ADD(w->msgs_out, *nmatched);
 }
 
 /* ---- retained messages ---- */
@@ -840,7 +840,7 @@ void retained_deliver(worker *w, session *s, const char *f, size_t fl, uint8_t o
             delivery_persist(&d);
         }
         deliver(w, &d);
-        w->msgs_out++;
+        STAT_ADD(w->msgs_out, 1);
     }
     free(found);
 }
@@ -1094,7 +1094,7 @@ static void on_tick(uv_timer_t *t)
             /* A consumer that stays stuck would hold every publisher back. */
             log_warn("mqtt", "client %s: disconnected, not reading for %u s",
                      c->s ? c->s->cid : c->peer, B.cfg->slow_consumer_timeout);
-            w->dropped += c->s ? c->s->q_len : 0;
+            STAT_ADD(w->dropped, c->s ? c->s->q_len : 0);
             conn_close(c, MQTT_RC_QUOTA_EXCEEDED);
             continue;
         }

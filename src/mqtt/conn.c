@@ -185,7 +185,7 @@ static void conn_flush_once(conn *c)
         conn_close(c, -1);
         return;
     }
-    c->w->bytes_out += (uint64_t)n;
+    STAT_ADD(c->w->bytes_out, (uint64_t)n);
     if ((size_t)n == c->out.len) {
         /* Idle connections hold no output memory. */
         thz_buf_free(&c->out);
@@ -198,7 +198,7 @@ static void conn_flush_once(conn *c)
     c->out = t;
     c->out.len = 0;
     thz_buf_consume(&c->wbuf, (size_t)n);
-    c->w->bytes_out += c->wbuf.len;
+    STAT_ADD(c->w->bytes_out, c->wbuf.len);
     c->wreq = malloc(sizeof *c->wreq);
     if (!c->wreq) {
         conn_close(c, -1);
@@ -229,7 +229,7 @@ void conn_close(conn *c, int reason)
          * the DISCONNECT) is all the peer gets. */
         uv_buf_t b = uv_buf_init((char *)c->out.p, (unsigned)c->out.len);
         int n = uv_try_write((uv_stream_t *)c->tcp, &b, 1);
-        if (n > 0) w->bytes_out += (uint64_t)n;
+        if (n > 0) STAT_ADD(w->bytes_out, (uint64_t)n);
     }
     if (c->dirty) {
         /* freed by the close callback: must not stay on the flush list */
@@ -248,7 +248,7 @@ void conn_close(conn *c, int reason)
         w->conns = c->next;
     if (c->next) c->next->prev = c->prev;
     c->prev = c->next = NULL;
-    if (active) w->n_clients--;
+    if (active) STAT_ADD(w->n_clients, -1);
     session *s = c->s;
     c->s = NULL;
     if (s) {
@@ -338,7 +338,7 @@ bool conn_send_publish(conn *c, const delivery *d, uint16_t id, bool dup)
         return false;
     if (d->qos == 0 &&
         c->out.len + c->wbuf.len > atomic_load_explicit(&B.max_outbuf, memory_order_relaxed)) {
-        c->w->dropped++;
+        STAT_ADD(c->w->dropped, 1);
         return false;
     }
     if (mqtt_encode_publish(&c->out, c->version, &pub) != THZ_OK) return false;
@@ -649,7 +649,7 @@ static int handle_connect(conn *c, const mqtt_packet *pkt, const uint8_t *raw, s
         mqtt_encode_connack(&c->out, MQTT_V311, present, 0, NULL);
     }
     c->state = CONN_ACTIVE;
-    w->n_clients++;
+    STAT_ADD(w->n_clients, 1);
     conn_mark_dirty(c);
     if (s->persistent) session_persist(s, 0);
     log_debug("mqtt", "client %s connected from %s (v%d, keepalive %u, session %s)", cid, c->peer,
@@ -702,7 +702,7 @@ static void handle_publish(conn *c, const mqtt_packet *pkt)
         conn_close(c, MQTT_RC_RETAIN_NOT_SUPPORTED);
         return;
     }
-    w->msgs_in++;
+    STAT_ADD(w->msgs_in, 1);
     if (pb->qos == 2) {
         if (!s->ids_in && !(s->ids_in = calloc(1, 8192))) return;
         if (s->ids_in[pb->id >> 3] & (1u << (pb->id & 7))) {
@@ -1051,7 +1051,7 @@ static void on_read(uv_stream_t *st, ssize_t nread, const uv_buf_t *buf)
                       uv_strerror((int)nread));
         conn_close(c, -1);
     } else if (nread > 0) {
-        w->bytes_in += (uint64_t)nread;
+        STAT_ADD(w->bytes_in, (uint64_t)nread);
         c->last_rx_ms = now_ms();
         feed(c, (const uint8_t *)buf->base, (size_t)nread);
     }

@@ -212,10 +212,16 @@ typedef struct worker {
     atomic_uint paused_n; /* npaused, readable by other threads */
     atomic_uint inbox;    /* deliveries posted to this thread, not yet handled */
     atomic_bool inbox_congested;
-    /* counters, written by this thread only, read relaxed by $SYS */
+    /* counters, written by this thread only (STAT_ADD), read relaxed by $SYS */
     uint64_t n_clients, msgs_in, msgs_out, bytes_in, bytes_out, dropped;
     uint8_t rbuf[65536];
 } worker;
+
+/* Adds to a worker counter: one writer, so a relaxed load and store (no
+ * locked instruction) are enough for readers on other threads. */
+#define STAT_ADD(field, n)                                                                         \
+    __atomic_store_n(&(field), __atomic_load_n(&(field), __ATOMIC_RELAXED) + (uint64_t)(n),        \
+                     __ATOMIC_RELAXED)
 
 /* Global broker state (broker.c). */
 typedef struct broker {
