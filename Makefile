@@ -4,17 +4,22 @@
 
 BUILD    ?= build
 CC       ?= gcc
-PKGS     := libuv libcrypto
+PKGS     := libuv libcrypto libcjson
+# llhttp's C sources ship in Debian's node-llhttp package; they are compiled
+# from where the package puts them, never copied into the tree.
+LLHTTP_DIR := /usr/share/llhttp
+LLHTTP_INC := /usr/share/include/llhttp
 OPT      ?= -O2
 SAN      ?=
 CFLAGS   += -std=gnu11 $(OPT) -g -Wall -Wextra -Werror -Wno-unused-parameter \
-            -Wshadow -Wstrict-prototypes -pthread -D_GNU_SOURCE -Isrc $(SAN) \
+            -Wshadow -Wstrict-prototypes -pthread -D_GNU_SOURCE -Isrc -I$(LLHTTP_INC) $(SAN) \
             $(shell pkg-config --cflags $(PKGS))
 LDLIBS   += $(shell pkg-config --libs $(PKGS)) -pthread -lm
 LDFLAGS  += $(SAN)
 
 LIB_SRC  := $(sort $(filter-out src/main.c,$(shell find src -name '*.c')))
-LIB_OBJ  := $(LIB_SRC:%.c=$(BUILD)/obj/%.o)
+LIB_OBJ  := $(LIB_SRC:%.c=$(BUILD)/obj/%.o) \
+            $(patsubst $(LLHTTP_DIR)/%.c,$(BUILD)/obj/llhttp/%.o,$(wildcard $(LLHTTP_DIR)/*.c))
 UNIT_SRC := $(sort $(shell find tests/unit -name 'test_*.c' 2>/dev/null))
 UNIT_BIN := $(UNIT_SRC:tests/unit/%.c=$(BUILD)/tests/%)
 FUZZ_SRC := $(sort $(wildcard tests/fuzz/fuzz_*.c))
@@ -28,6 +33,11 @@ all: $(BUILD)/thinghz
 $(BUILD)/obj/%.o: %.c
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) -MMD -MP -c $< -o $@
+
+# Third-party code: its own warnings are not ours to fix, so no -Werror.
+$(BUILD)/obj/llhttp/%.o: $(LLHTTP_DIR)/%.c
+	@mkdir -p $(dir $@)
+	$(CC) -std=gnu11 $(OPT) -g -I$(LLHTTP_INC) $(SAN) -c $< -o $@
 
 $(BUILD)/libthinghz.a: $(LIB_OBJ)
 	@rm -f $@
@@ -43,7 +53,9 @@ $(BUILD)/tests/%: tests/unit/%.c $(BUILD)/libthinghz.a
 deps:
 	@scripts/deps
 
-run: deps all
+# deps first, then a fresh make: the file lists above depend on installed packages.
+run: deps
+	@$(MAKE) --no-print-directory all
 	@mkdir -p data
 	$(BUILD)/thinghz serve --config etc/thinghz.conf
 
@@ -55,7 +67,7 @@ integration: all
 	THINGHZ_BIN=$(abspath $(BUILD)/thinghz) $(PYTEST) -q tests/integration $(PYTEST_ARGS)
 
 test: deps
-	$(MAKE) unit integration
+	@$(MAKE) --no-print-directory unit integration
 
 # The whole suite again with AddressSanitizer and UndefinedBehaviorSanitizer.
 # A small quarantine keeps ASan's own retention of freed memory from looking
@@ -72,7 +84,7 @@ fuzz-build: deps
 	  SAN="-fsanitize=fuzzer-no-link,address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=all" build/fuzz/libthinghz.a
 	@mkdir -p build/fuzz/bin
 	@set -e; for f in $(FUZZ_SRC); do n=$$(basename $$f .c); \
-	  clang -std=gnu11 -O1 -g -Isrc -D_GNU_SOURCE -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=all \
+	  clang -std=gnu11 -O1 -g -Isrc -I$(LLHTTP_INC) -D_GNU_SOURCE -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=all \
 	    $$f -o build/fuzz/bin/$$n build/fuzz/libthinghz.a $(LDLIBS); done
 
 fuzz: SHELL := /bin/bash
@@ -86,7 +98,8 @@ fuzz: fuzz-build
 	    build/fuzz/corpus/$$n tests/fuzz/corpus/$$n 2>&1 | tail -n 12; \
 	  test $${PIPESTATUS[0]} -eq 0; done
 
-bench: deps all
+bench: deps
+	@$(MAKE) --no-print-directory all
 	bench/mqtt/run
 
 format:
