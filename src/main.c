@@ -10,6 +10,7 @@
 #include "auth/auth.h"
 #include "core/config.h"
 #include "core/log.h"
+#include "http/http.h"
 #include "mqtt/mqtt.h"
 #include "net/net.h"
 
@@ -124,13 +125,14 @@ static int cmd_serve(int argc, char **argv)
         return 1;
     }
     if (net_init(config_threads(&cfg)) != THZ_OK || mqtt_start(&cfg, a) != THZ_OK ||
-        net_start() != THZ_OK) {
+        http_start(&cfg, a) != THZ_OK || net_start() != THZ_OK) {
         log_error("main", "startup failed");
         return 1;
     }
-    log_info("main", "thinghz %s serving: MQTT on %s, %d I/O threads, data in %s%s",
-             THINGHZ_VERSION, cfg.mqtt_listen[0] ? cfg.mqtt_listen : "(off)", net_threads(),
-             cfg.data_dir, cfg.allow_anonymous ? ", anonymous access allowed" : "");
+    log_info("main", "thinghz %s serving: MQTT on %s, HTTP on %s, %d I/O threads, data in %s%s",
+             THINGHZ_VERSION, cfg.mqtt_listen[0] ? cfg.mqtt_listen : "(off)",
+             cfg.http_listen[0] ? cfg.http_listen : "(off)", net_threads(), cfg.data_dir,
+             cfg.allow_anonymous ? ", anonymous access allowed" : "");
     for (;;) {
         int sig = 0;
         if (sigwait(&set, &sig) != 0) continue;

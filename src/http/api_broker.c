@@ -1,0 +1,173 @@
+/* api_broker.c - the first endpoints of the REST API: health, broker
+ * statistics and publish over HTTP (as AWS IoT's HTTPS publish). The server
+ * stays generic; these only use http.h, mqtt.h and auth.h. */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <time.h>
+
+#include "http/http_int.h"
+#include "mqtt/mqtt.h"
+#include "mqtt/topic.h"
+
+/* Same as main.c's; one shared version header is an open point. */
+#define API_VERSION "0.1.0"
+
+static auth *A;
+static struct timespec started;
+
+static http_result get_health(http_request *req, http_response *res, void *ctx)
+{
+    struct timespec now;
+    clock_gettime(CLOCK_MONOTONIC, &now);
+    cJSON *j = cJSON_CreateObject();
+    cJSON_AddStringToObject(j, "status", "ok");
+    cJSON_AddStringToObject(j, "version", API_VERSION);
+    cJSON_AddNumberToObject(j, "uptime_s", (double)(now.tv_sec - started.tv_sec));
+    if (http_res_json(res, 200, j) != THZ_OK)
+        http_res_error(res, 503, "out_of_memory", "the server is out of memory");
+    cJSON_Delete(j);
+    return HTTP_DONE;
+}
+
+static http_result get_broker_stats(http_request *req, http_response *res, void *ctx)
+{
+    mqtt_stats st;
+    mqtt_get_stats(&st);
+    cJSON *j = cJSON_CreateObject();
+    cJSON_AddNumberToObject(j, "clients_connected", (double)st.clients_connected);
+    cJSON_AddNumberToObject(j, "sessions", (double)st.sessions);
+    cJSON_AddNumberToObject(j, "subscriptions", (double)st.subscriptions);
+    cJSON_AddNumberToObject(j, "retained", (double)st.retained);
+    cJSON_AddNumberToObject(j, "messages_received", (double)st.msgs_received);
+    cJSON_AddNumberToObject(j, "messages_sent", (double)st.msgs_sent);
+    cJSON_AddNumberToObject(j, "messages_dropped", (double)st.msgs_dropped);
+    cJSON_AddNumberToObject(j, "bytes_received", (double)st.bytes_received);
+    cJSON_AddNumberToObject(j, "bytes_sent", (double)st.bytes_sent);
+    cJSON_AddNumberToObject(j, "uptime_s", (double)st.uptime_s);
+    if (http_res_json(res, 200, j) != THZ_OK)
+        http_res_error(res, 503, "out_of_memory", "the server is out of memory");
+    cJSON_Delete(j);
+    return HTTP_DONE;
+}
+
+static int b64val(int c)
+{
+    if (c >= 'A' && c <= 'Z') return c - 'A';
+    if (c >= 'a' && c <= 'z') return c - 'a' + 26;
+    if (c >= '0' && c <= '9') return c - '0' + 52;
+    if (c == '+') return 62;
+    if (c == '/') return 63;
+    return -1;
+}
+
+/* Decodes padded base64 into out (NUL-terminated). Returns the length or -1. */
+static long b64_decode(const char *s, char *out, size_t outlen)
+{
+    size_t n = strlen(s), o = 0;
+    if (n % 4 || n / 4 * 3 + 1 > outlen) return -1;
+    for (size_t i = 0; i < n; i += 4) {
+        int v[4];
+        for (int k = 0; k < 4; k++) {
+            v[k] = s[i + k] == '=' ? -2 : b64val((unsigned char)s[i + k]);
+            if (v[k] == -1) return -1;
+        }
+        bool last = i + 4 == n;
+        if (v[0] < 0 || v[1] < 0 || (v[2] == -2 && v[3] != -2) || (!last && (v[2] < 0 || v[3] < 0)))
+            return -1;
+        out[o++] = (char)(v[0] << 2 | v[1] >> 4);
+        if (v[2] >= 0) out[o++] = (char)((v[1] & 15) << 4 | v[2] >> 2);
+        if (v[3] >= 0) out[o++] = (char)((v[2] & 3) << 6 | v[3]);
+    }
+    out[o] = 0;
+    return (long)o;
+}
+
+static http_result unauthorized(http_response *res, const char *msg)
+{
+    http_res_error(res, 401, "unauthorized", msg);
+    http_res_header(res, "WWW-Authenticate", "Basic realm=\"thinghz\"");
+    return HTTP_DONE;
+}
+
+/* POST /api/v1/topics/{topic...}?qos=0|1&retain=true|false, body = payload.
+ * Credentials are HTTP Basic, checked like an MQTT CONNECT (client id
+ * "http"), then the ACL like an MQTT PUBLISH. auth_connect may run PBKDF2
+ * on a cache miss (tens of ms on this thread): the registry slice moves
+ * credential checks off the I/O threads. */
+static http_result post_topic(http_request *req, http_response *res, void *ctx)
+{
+    char cred[512];
+    const char *user = NULL, *pass = NULL;
+    const char *h = http_req_header(req, "authorization");
+    if (h) {
+        if (strncasecmp(h, "Basic ", 6) != 0)
+            return unauthorized(res, "only Basic authentication is supported");
+        const char *b = h + 6;
+        while (*b == ' ') b++;
+        if (b64_decode(b, cred, sizeof cred) < 0)
+            return unauthorized(res, "malformed Basic credentials");
+        char *colon = strchr(cred, ':');
+        if (!colon) return unauthorized(res, "malformed Basic credentials");
+        *colon = 0;
+        user = cred;
+        pass = colon + 1;
+    }
+    thz_err rc = auth_connect(A, "http", user, (const uint8_t *)pass, pass ? strlen(pass) : 0);
+    if (rc == THZ_EDENIED) {
+        http_res_error(res, 403, "forbidden", "not authorized");
+        return HTTP_DONE;
+    }
+    if (rc) return unauthorized(res, "missing or bad credentials");
+
+    const char *topic = http_req_param(req, "topic");
+    if (!topic || !topic_name_valid(topic, strlen(topic))) {
+        http_res_error(res, 400, "invalid_topic",
+                       "the topic must be a non-empty MQTT topic name without wildcards");
+        return HTTP_DONE;
+    }
+    char q[8] = "0", r[8] = "false";
+    if (http_req_query(req, "qos", q, sizeof q) < 0) q[0] = 0;
+    if (http_req_query(req, "retain", r, sizeof r) < 0) r[0] = 0;
+    if (strcmp(q, "0") != 0 && strcmp(q, "1") != 0) {
+        http_res_error(res, 400, "invalid_qos", "qos must be 0 or 1");
+        return HTTP_DONE;
+    }
+    if (strcmp(r, "true") != 0 && strcmp(r, "false") != 0) {
+        http_res_error(res, 400, "invalid_retain", "retain must be true or false");
+        return HTTP_DONE;
+    }
+    if (!auth_can_publish(A, "http", user, topic)) {
+        http_res_error(res, 403, "forbidden", "the ACL denies publishing to this topic");
+        return HTTP_DONE;
+    }
+    size_t len;
+    const uint8_t *body = http_req_body(req, &len);
+    int qos = q[0] - '0';
+    rc = mqtt_publish_internal(topic, body, len, qos, strcmp(r, "true") == 0);
+    if (rc == THZ_ETOPIC) {
+        http_res_error(res, 400, "invalid_topic", "the topic is not a valid MQTT topic name");
+        return HTTP_DONE;
+    }
+    if (rc) {
+        http_res_error(res, 503, "unavailable", thz_strerror(rc));
+        return HTTP_DONE;
+    }
+    cJSON *j = cJSON_CreateObject();
+    cJSON_AddStringToObject(j, "topic", topic);
+    cJSON_AddNumberToObject(j, "qos", qos);
+    if (http_res_json(res, 200, j) != THZ_OK)
+        http_res_error(res, 503, "out_of_memory", "the server is out of memory");
+    cJSON_Delete(j);
+    return HTTP_DONE;
+}
+
+void http_api_register(auth *a)
+{
+    A = a;
+    clock_gettime(CLOCK_MONOTONIC, &started);
+    http_route(HTTP_GET, "/api/v1/health", get_health, NULL);
+    http_route(HTTP_GET, "/api/v1/broker/stats", get_broker_stats, NULL);
+    http_route(HTTP_POST, "/api/v1/topics/{topic...}", post_topic, NULL);
+}

@@ -1,0 +1,111 @@
+/* http.h - the HTTP/1.1 server of thinghz: connections on the same I/O
+ * threads and loops as MQTT, requests parsed by llhttp, a router with path
+ * parameters, and a response builder whose reply may come from another thread.
+ *
+ * Lifecycle: net_init, mqtt_start, then http_start (registers the routes of
+ * the built-in API, the listener and the thread hooks), then net_start. The
+ * net on_stop hook closes every HTTP connection at shutdown. */
+#ifndef THZ_HTTP_H
+#define THZ_HTTP_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include <cjson/cJSON.h>
+
+#include "auth/auth.h"
+#include "core/config.h"
+#include "core/err.h"
+
+/* Limits. Not settings yet: they become config entries when a later slice
+ * needs to tune them. Every one is answered with a JSON error, see below. */
+#define HTTP_MAX_HEADER_BYTES     (16 * 1024)   /* request line + headers: 431 */
+#define HTTP_MAX_HEADERS          100           /* header fields: 431 */
+#define HTTP_MAX_URL              8192          /* request target: 414 */
+#define HTTP_MAX_BODY             (1024 * 1024) /* decoded body: 413 */
+#define HTTP_REQUEST_TIMEOUT_MS   30000 /* first byte to last byte of a request: 408, close */
+#define HTTP_IDLE_TIMEOUT_MS      60000 /* keep-alive connection with no request: closed */
+#define HTTP_MAX_CONNS_PER_THREAD 4096  /* more are answered 503 and closed */
+#define HTTP_MAX_OUTBUF           (4 * 1024 * 1024) /* unsent output before reading pauses */
+#define HTTP_MAX_PARAMS           4                 /* path parameters per route */
+
+/* The environment variable THINGHZ_HTTP_REQUEST_TIMEOUT_MS overrides the
+ * request timeout (tests use it to check slow clients are dropped quickly). */
+
+/* Starts the HTTP side: registers the built-in API routes (health, broker
+ * stats, publish), and when cfg->http_listen is non-empty the listeners and
+ * thread hooks. cfg and a must outlive the daemon's I/O threads. */
+thz_err http_start(const thz_config *cfg, auth *a);
+
+/* ---- requests ---- */
+
+typedef struct http_request http_request;
+
+/* The method as llhttp numbers it (llhttp_method_t: HTTP_GET, HTTP_POST...). */
+int http_req_method(const http_request *req);
+/* The path (before '?'), raw (not percent-decoded), NUL-terminated. Owned by
+ * the request; valid until the request is answered. */
+const char *http_req_path(const http_request *req);
+/* The first value of header `name` (case-insensitive), NUL-terminated, or
+ * NULL. Owned by the request, valid until it is answered. */
+const char *http_req_header(const http_request *req, const char *name);
+/* The value of query parameter `name`, percent-decoded into out (NUL-
+ * terminated). Returns 1 if found, 0 if absent (out untouched), -1 if the
+ * value does not fit in outlen or has a bad escape. */
+int http_req_query(const http_request *req, const char *name, char *out, size_t outlen);
+/* The path parameter `name` of the matched route ({name} or {name...}),
+ * percent-decoded and NUL-terminated, or NULL. Owned by the request. */
+const char *http_req_param(const http_request *req, const char *name);
+/* The decoded body (chunked already joined); *len gets its length. Owned by
+ * the request. The bytes are followed by a NUL that is not counted. */
+const uint8_t *http_req_body(const http_request *req, size_t *len);
+
+/* ---- responses ---- */
+
+/* The response of a request; lives inside the request. */
+typedef struct http_response http_response;
+
+void http_res_status(http_response *res, int status);
+/* Adds a header line; name and value are copied. Content-Length, Date,
+ * Server and Connection are written by the server, never by handlers. */
+thz_err http_res_header(http_response *res, const char *name, const char *value);
+/* Appends n bytes to the body (copied). */
+thz_err http_res_body(http_response *res, const void *p, size_t n);
+/* Sets status, Content-Type: application/json and j printed (unformatted) as
+ * the body. j stays owned by the caller. */
+thz_err http_res_json(http_response *res, int status, const cJSON *j);
+/* The error shape of the whole API: status and
+ * {"error": {"code": code, "message": message}}. Strings are copied. */
+void http_res_error(http_response *res, int status, const char *code, const char *message);
+
+/* ---- routes and handlers ---- */
+
+typedef enum http_result {
+    HTTP_DONE,   /* the response is complete; the server sends it */
+    HTTP_PENDING /* the handler keeps req and calls http_reply later */
+} http_result;
+
+/* Runs on the connection's I/O thread and must not block. res belongs to
+ * req. On HTTP_PENDING the handler (or whoever it hands req to, on any thread)
+ * owns req until it calls http_reply(req) exactly once; the I/O thread does
+ * not touch req meanwhile and reads no further request of that connection, so
+ * responses stay in request order. */
+typedef http_result (*http_handler_fn)(http_request *req, http_response *res, void *ctx);
+
+/* Registers a route (before net_start; not thread-safe). method is an
+ * llhttp method number. pattern is a path of literal segments, `{name}`
+ * (one segment) and, only last, `{name...}` (the rest of the path, slashes
+ * included). pattern must stay valid for the process lifetime (a literal). A
+ * GET route also answers HEAD (body omitted). */
+thz_err http_route(int method, const char *pattern, http_handler_fn fn, void *ctx);
+
+/* Completes a request whose handler returned HTTP_PENDING; callable from any
+ * thread. Fill http_req_response(req) first. The response is sent by the
+ * connection's thread (or dropped if the client is gone), and req is freed:
+ * it must not be used after this call. */
+void http_reply(http_request *req);
+/* The response of req (for handlers that answer later). */
+http_response *http_req_response(http_request *req);
+
+#endif

@@ -1,0 +1,489 @@
+/* server.c - HTTP/1.1 connections on the I/O threads: read into the thread's
+ * buffer, parse with http_parse, dispatch in request order, coalesce the
+ * output of a batch and flush it at batch end, enforce the timeouts, and
+ * close gracefully (flush, FIN, drain briefly) after an error. */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "core/log.h"
+#include "http/http_int.h"
+#include "net/net.h"
+
+#define LINGER_MS 2000  /* after an error response: read and discard this long */
+#define DRAIN_MS  10000 /* a closing connection whose output does not drain */
+
+typedef struct hworker hworker;
+
+typedef struct hconn {
+    uv_tcp_t *tcp;
+    hworker *w; /* gone after the thread stops: use idx for posting */
+    int idx;
+    http_parser ps;
+    thz_buf in;   /* input not yet parsed while processing is stopped */
+    thz_buf out;  /* output of this batch */
+    thz_buf wbuf; /* output handed to uv_write */
+    uv_write_t *wreq;
+    http_request *pending; /* answered asynchronously (HTTP_PENDING) */
+    int refs;              /* the handle + one per pending request */
+    bool reading, writing, dirty, closed;
+    bool throttled; /* stopped: too much unsent output */
+    bool draining;  /* no more requests: flush, then linger, then close */
+    bool lingering; /* FIN sent; discarding input until EOF or LINGER_MS */
+    bool in_req;    /* bytes of an unfinished request were read */
+    uint64_t req_start_ms, idle_since_ms, drain_start_ms;
+    struct hconn *prev, *next;
+} hconn;
+
+struct hworker {
+    int idx;
+    uv_loop_t *loop;
+    uv_timer_t tick;
+    hconn *conns;
+    uint32_t nconns;
+    hconn **dirty;
+    uint32_t ndirty, dcap;
+    uint8_t rbuf[65536];
+};
+
+static hworker *W[NET_MAX_THREADS];
+static uint64_t request_timeout_ms = HTTP_REQUEST_TIMEOUT_MS;
+
+static void on_alloc(uv_handle_t *h, size_t hint, uv_buf_t *buf);
+static void on_read(uv_stream_t *st, ssize_t nread, const uv_buf_t *buf);
+static void process(hconn *c, const uint8_t *p, size_t n);
+
+static uint64_t now_ms(hconn *c)
+{
+    return uv_now(c->w->loop);
+}
+
+static void conn_unref(hconn *c)
+{
+    if (--c->refs > 0) return;
+    http_parser_free(&c->ps);
+    thz_buf_free(&c->in);
+    thz_buf_free(&c->out);
+    thz_buf_free(&c->wbuf);
+    free(c);
+}
+
+static void on_closed(uv_handle_t *h)
+{
+    hconn *c = h->data;
+    free(h);
+    conn_unref(c);
+}
+
+static void conn_close(hconn *c)
+{
+    if (c->closed) return;
+    hworker *w = c->w;
+    c->closed = true;
+    if (c->dirty) {
+        for (uint32_t i = 0; i < w->ndirty; i++)
+            if (w->dirty[i] == c) {
+                w->dirty[i] = w->dirty[--w->ndirty];
+                break;
+            }
+        c->dirty = false;
+    }
+    if (c->prev)
+        c->prev->next = c->next;
+    else if (w->conns == c)
+        w->conns = c->next;
+    if (c->next) c->next->prev = c->prev;
+    c->prev = c->next = NULL;
+    w->nconns--;
+    uv_read_stop((uv_stream_t *)c->tcp);
+    uv_close((uv_handle_t *)c->tcp, on_closed);
+}
+
+static void mark_dirty(hconn *c)
+{
+    if (c->dirty || c->closed) return;
+    hworker *w = c->w;
+    if (w->ndirty == w->dcap) {
+        uint32_t cap = w->dcap ? w->dcap * 2 : 64;
+        hconn **a = realloc(w->dirty, cap * sizeof *a);
+        if (!a) return; /* flushed by the next write completion or tick */
+        w->dirty = a;
+        w->dcap = cap;
+    }
+    w->dirty[w->ndirty++] = c;
+    c->dirty = true;
+}
+
+/* Reads when there is room for more work: not waiting for an async reply,
+ * not holding too much output, not closing (except to drain while lingering). */
+static void update_reading(hconn *c)
+{
+    if (c->closed) return;
+    bool want = c->lingering || (!c->pending && !c->throttled && !c->draining);
+    if (want && !c->reading) {
+        if (uv_read_start((uv_stream_t *)c->tcp, on_alloc, on_read) == 0) c->reading = true;
+    } else if (!want && c->reading) {
+        uv_read_stop((uv_stream_t *)c->tcp);
+        c->reading = false;
+    }
+}
+
+static void on_shutdown(uv_shutdown_t *req, int status)
+{
+    hconn *c = req->data;
+    free(req);
+    if (c->closed) return;
+    if (status < 0) {
+        conn_close(c);
+        return;
+    }
+    c->lingering = true;
+    c->drain_start_ms = now_ms(c);
+    update_reading(c);
+}
+
+/* All output is out and no more requests will be read: send FIN and read
+ * (discarding) for a moment, so that a client still sending a body gets our
+ * error response instead of a reset. */
+static void start_linger(hconn *c)
+{
+    uv_shutdown_t *req = malloc(sizeof *req);
+    if (!req) {
+        conn_close(c);
+        return;
+    }
+    req->data = c;
+    if (uv_shutdown(req, (uv_stream_t *)c->tcp, on_shutdown) != 0) {
+        free(req);
+        conn_close(c);
+    }
+}
+
+static void flush(hconn *c);
+
+static void on_write(uv_write_t *req, int status)
+{
+    hconn *c = req->data;
+    free(req);
+    c->wreq = NULL;
+    c->writing = false;
+    c->wbuf.len = 0;
+    if (c->closed) return; /* cancelled by uv_close */
+    if (status < 0) {
+        conn_close(c);
+        return;
+    }
+    c->idle_since_ms = now_ms(c);
+    flush(c);
+    net_batch_end(c->w->idx);
+}
+
+/* Resumes processing when the connection may take more work: parses what
+ * waited in c->in, then reads again. */
+static void resume(hconn *c)
+{
+    if (c->closed || c->pending || c->draining) return;
+    if (c->throttled) {
+        if (c->out.len + c->wbuf.len > HTTP_MAX_OUTBUF / 2) return;
+        c->throttled = false;
+    }
+    if (c->in.len) {
+        thz_buf t = c->in;
+        memset(&c->in, 0, sizeof c->in);
+        if (!c->in_req) {
+            c->in_req = true;
+            c->req_start_ms = now_ms(c);
+        }
+        process(c, t.p, t.len);
+        thz_buf_free(&t);
+    }
+    update_reading(c);
+}
+
+static void flush(hconn *c)
+{
+    if (c->closed) return;
+    if (!c->writing && c->out.len) {
+        uv_buf_t b = uv_buf_init((char *)c->out.p, (unsigned)c->out.len);
+        int n = uv_try_write((uv_stream_t *)c->tcp, &b, 1);
+        if (n == UV_EAGAIN) n = 0;
+        if (n < 0) {
+            conn_close(c);
+            return;
+        }
+        if ((size_t)n == c->out.len) {
+            thz_buf_free(&c->out); /* idle connections hold no output memory */
+        } else {
+            /* The socket is full: hand the rest to libuv, collect new output
+             * in c->out meanwhile. */
+            thz_buf t = c->wbuf;
+            c->wbuf = c->out;
+            c->out = t;
+            c->out.len = 0;
+            thz_buf_consume(&c->wbuf, (size_t)n);
+            c->wreq = malloc(sizeof *c->wreq);
+            if (!c->wreq) {
+                conn_close(c);
+                return;
+            }
+            c->writing = true;
+            c->wreq->data = c;
+            b = uv_buf_init((char *)c->wbuf.p, (unsigned)c->wbuf.len);
+            if (uv_write(c->wreq, (uv_stream_t *)c->tcp, &b, 1, on_write) != 0) {
+                free(c->wreq);
+                c->wreq = NULL;
+                c->writing = false;
+                conn_close(c);
+                return;
+            }
+        }
+    }
+    if (c->draining && !c->lingering && !c->writing && c->out.len == 0) {
+        if (!c->drain_start_ms) { /* only once: start_linger is asynchronous */
+            c->drain_start_ms = now_ms(c);
+            start_linger(c);
+        }
+        return;
+    }
+    if (c->throttled) resume(c);
+}
+
+/* No further request is read: what is queued goes out, then the close. */
+static void begin_drain(hconn *c)
+{
+    c->draining = true;
+    c->in_req = false;
+    thz_buf_free(&c->in);
+    update_reading(c);
+    mark_dirty(c);
+}
+
+static void send_error(hconn *c, int status, const char *code, const char *msg)
+{
+    if (http_serialize_error(status, code, msg, &c->out) != THZ_OK) {
+        conn_close(c);
+        return;
+    }
+    begin_drain(c);
+}
+
+/* Sends req's response (in order: nothing else is in flight) and frees req. */
+static void finish(hconn *c, http_request *req)
+{
+    bool ka = req->keep_alive;
+    thz_err rc = http_serialize(req, ka, &c->out);
+    http_request_free(req);
+    if (rc) {
+        conn_close(c);
+        return;
+    }
+    mark_dirty(c);
+    if (!ka) begin_drain(c);
+}
+
+static void process(hconn *c, const uint8_t *p, size_t n)
+{
+    while (!c->closed && !c->draining) {
+        if (c->pending || c->out.len + c->wbuf.len > HTTP_MAX_OUTBUF) {
+            /* Keep the rest (at most one read) until the reply is sent or
+             * the client has read enough of our output. */
+            if (!c->pending) c->throttled = true;
+            if (n && thz_buf_append(&c->in, p, n) != THZ_OK) conn_close(c);
+            update_reading(c);
+            return;
+        }
+        size_t used = 0;
+        http_request *req = NULL;
+        thz_err rc = http_parse(&c->ps, p, n, &used, &req);
+        if (c->ps.want_continue) {
+            c->ps.want_continue = false;
+            thz_buf_append(&c->out, "HTTP/1.1 100 Continue\r\n\r\n", 25);
+            mark_dirty(c);
+        }
+        p += used;
+        n -= used;
+        if (rc == THZ_EAGAIN) break;
+        if (rc != THZ_OK) {
+            log_debug("http", "thread %d: bad request: %d %s", c->w->idx, c->ps.err_status,
+                      c->ps.err_msg);
+            send_error(c, c->ps.err_status, c->ps.err_code, c->ps.err_msg);
+            return;
+        }
+        req->conn = c;
+        http_result r = http_dispatch(req);
+        if (r == HTTP_PENDING) {
+            c->pending = req;
+            c->refs++;
+            continue; /* stashes the rest and stops reading */
+        }
+        finish(c, req);
+    }
+    if (!c->ps.in_message && !c->pending) {
+        c->in_req = false;
+        c->idle_since_ms = now_ms(c);
+    }
+}
+
+static void reply_task(int thread, void *arg)
+{
+    http_request *req = arg;
+    hconn *c = req->conn;
+    if (net_self() != thread || c->closed) {
+        /* the client is gone (or the loop is): drop the response */
+        http_request_free(req);
+        conn_unref(c);
+        return;
+    }
+    c->pending = NULL;
+    c->refs--; /* the handle still holds one */
+    c->idle_since_ms = now_ms(c);
+    finish(c, req);
+    resume(c);
+}
+
+void http_reply(http_request *req)
+{
+    hconn *c = req->conn;
+    net_post(c->idx, reply_task, req);
+}
+
+static void on_alloc(uv_handle_t *h, size_t hint, uv_buf_t *buf)
+{
+    hconn *c = h->data;
+    *buf = uv_buf_init((char *)c->w->rbuf, sizeof c->w->rbuf);
+}
+
+static void on_read(uv_stream_t *st, ssize_t nread, const uv_buf_t *buf)
+{
+    hconn *c = st->data;
+    int idx = c->w->idx;
+    if (nread < 0) {
+        /* EOF: a half-closed client still gets the answers already due */
+        if (nread == UV_EOF && !c->lingering && (c->out.len || c->writing)) {
+            begin_drain(c);
+        } else {
+            conn_close(c);
+        }
+    } else if (nread > 0 && !c->lingering) {
+        if (!c->in_req) {
+            c->in_req = true;
+            c->req_start_ms = now_ms(c);
+        }
+        process(c, (const uint8_t *)buf->base, (size_t)nread);
+    }
+    net_batch_end(idx);
+}
+
+/* Request and idle timeouts; closing connections that do not drain. */
+static void on_tick(uv_timer_t *t)
+{
+    hworker *w = t->data;
+    uint64_t now = uv_now(w->loop);
+    for (hconn *c = w->conns, *next; c; c = next) {
+        next = c->next;
+        if (c->lingering) {
+            if (now - c->drain_start_ms > LINGER_MS) conn_close(c);
+        } else if (c->draining) {
+            if (c->drain_start_ms && now - c->drain_start_ms > DRAIN_MS) conn_close(c);
+            if (!c->drain_start_ms && now - c->idle_since_ms > DRAIN_MS) conn_close(c);
+        } else if (c->pending) {
+            continue; /* the server's turn, not the client's */
+        } else if (c->in_req && now - c->req_start_ms > request_timeout_ms) {
+            log_debug("http", "thread %d: request timeout", w->idx);
+            send_error(c, 408, "request_timeout", "the request was not completed in time");
+        } else if (!c->in_req && now - c->idle_since_ms > HTTP_IDLE_TIMEOUT_MS) {
+            conn_close(c);
+        }
+    }
+    net_batch_end(w->idx);
+}
+
+static void on_accept(int thread, uv_tcp_t *tcp, void *ctx)
+{
+    hworker *w = W[thread];
+    if (!w || w->nconns >= HTTP_MAX_CONNS_PER_THREAD) {
+        thz_buf b = {0};
+        if (http_serialize_error(503, "too_many_connections", "the server is at its limit", &b) ==
+            THZ_OK) {
+            uv_buf_t ub = uv_buf_init((char *)b.p, (unsigned)b.len);
+            uv_try_write((uv_stream_t *)tcp, &ub, 1);
+        }
+        thz_buf_free(&b);
+        uv_close((uv_handle_t *)tcp, (uv_close_cb)free);
+        return;
+    }
+    hconn *c = calloc(1, sizeof *c);
+    if (!c) {
+        uv_close((uv_handle_t *)tcp, (uv_close_cb)free);
+        return;
+    }
+    c->tcp = tcp;
+    tcp->data = c;
+    c->w = w;
+    c->idx = thread;
+    c->refs = 1;
+    http_parser_init(&c->ps);
+    c->idle_since_ms = now_ms(c);
+    c->next = w->conns;
+    if (w->conns) w->conns->prev = c;
+    w->conns = c;
+    w->nconns++;
+    uv_tcp_nodelay(tcp, 1);
+    update_reading(c);
+}
+
+static void on_batch_end(int thread, void *ctx)
+{
+    hworker *w = thread >= 0 ? W[thread] : NULL;
+    if (!w) return;
+    while (w->ndirty) {
+        hconn *c = w->dirty[--w->ndirty];
+        c->dirty = false;
+        flush(c);
+    }
+}
+
+static void on_thread_start(int thread, uv_loop_t *loop, void *ctx)
+{
+    hworker *w = calloc(1, sizeof *w);
+    if (!w) {
+        log_error("http", "thread %d: out of memory", thread);
+        return;
+    }
+    w->idx = thread;
+    w->loop = loop;
+    uv_timer_init(loop, &w->tick);
+    w->tick.data = w;
+    uint64_t period = request_timeout_ms / 4 < 1000 ? request_timeout_ms / 4 : 1000;
+    uv_timer_start(&w->tick, on_tick, period ? period : 1, period ? period : 1);
+    W[thread] = w;
+}
+
+static void on_tick_closed(uv_handle_t *h)
+{
+    hworker *w = h->data;
+    free(w->dirty);
+    free(w);
+}
+
+static void on_thread_stop(int thread, uv_loop_t *loop, void *ctx)
+{
+    hworker *w = W[thread];
+    if (!w) return;
+    while (w->conns) conn_close(w->conns);
+    W[thread] = NULL;
+    uv_close((uv_handle_t *)&w->tick, on_tick_closed);
+}
+
+thz_err http_start(const thz_config *cfg, auth *a)
+{
+    http_api_register(a);
+    if (!cfg->http_listen[0]) return THZ_OK;
+    const char *env = getenv("THINGHZ_HTTP_REQUEST_TIMEOUT_MS");
+    if (env && atol(env) > 0) request_timeout_ms = (uint64_t)atol(env);
+    net_on_thread(on_thread_start, on_thread_stop, NULL);
+    net_on_batch_end(on_batch_end, NULL);
+    thz_err rc = net_listen(cfg->http_listen, on_accept, NULL);
+    if (rc) log_error("http", "cannot listen on %s: %s", cfg->http_listen, thz_strerror(rc));
+    return rc;
+}
