@@ -26,7 +26,7 @@ FUZZ_SRC := $(sort $(wildcard tests/fuzz/fuzz_*.c))
 PYTEST   := /usr/bin/python3 -m pytest
 FUZZ_SECONDS ?= 60
 
-.PHONY: all run test unit integration asan fuzz fuzz-build bench deps clean format
+.PHONY: all run test unit integration asan tsan fuzz fuzz-build bench deps clean format
 
 all: $(BUILD)/thinghz
 
@@ -77,6 +77,12 @@ asan: deps
 	$(MAKE) BUILD=build/asan OPT=-O1 \
 	  SAN="-fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=all" \
 	  unit integration
+
+# The integration suite against a ThreadSanitizer build of the daemon: the
+# broker shares state between I/O threads, and this is where races show.
+tsan: deps
+	TSAN_OPTIONS=halt_on_error=1:exitcode=66 \
+	$(MAKE) BUILD=build/tsan OPT=-O1 SAN="-fsanitize=thread -fno-omit-frame-pointer" integration
 
 # libFuzzer targets, built with clang; each runs FUZZ_SECONDS on its corpus.
 fuzz-build: deps

@@ -7,7 +7,7 @@
 #include <time.h>
 #include <unistd.h>
 
-int thz_log_level = THZ_LOG_INFO;
+_Atomic int thz_log_level = THZ_LOG_INFO;
 
 static const char *const level_names[] = {"error", "warn", "info", "debug"};
 

@@ -4,7 +4,8 @@
 
 enum { THZ_LOG_ERROR = 0, THZ_LOG_WARN, THZ_LOG_INFO, THZ_LOG_DEBUG };
 
-extern int thz_log_level;
+/* Read on every log call from any thread; set by main (SIGHUP). */
+extern _Atomic int thz_log_level;
 
 /* Parses "error", "warn", "info" or "debug"; returns -1 for anything else. */
 int thz_log_level_parse(const char *name);

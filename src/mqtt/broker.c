@@ -1090,10 +1090,10 @@ static void on_tick(uv_timer_t *t)
     if (w->npaused && atomic_load(&B.congested) == 0) worker_resume(w);
     for (conn *c = w->conns, *next; c; c = next) {
         next = c->next;
-        if (c->congested && now - c->congested_ms > (int64_t)B.cfg->slow_consumer_timeout * 1000) {
+        if (c->congested && now - c->congested_ms > (int64_t)LIMIT(slow_consumer_timeout) * 1000) {
             /* A consumer that stays stuck would hold every publisher back. */
             log_warn("mqtt", "client %s: disconnected, not reading for %u s",
-                     c->s ? c->s->cid : c->peer, B.cfg->slow_consumer_timeout);
+                     c->s ? c->s->cid : c->peer, LIMIT(slow_consumer_timeout));
             STAT_ADD(w->dropped, c->s ? c->s->q_len : 0);
             conn_close(c, MQTT_RC_QUOTA_EXCEEDED);
             continue;
@@ -1120,7 +1120,7 @@ static void on_tick(uv_timer_t *t)
         }
     }
     static __thread int64_t last_sys;
-    uint32_t iv = B.cfg->sys_interval;
+    uint32_t iv = LIMIT(sys_interval);
     if (w->idx == 0 && iv && now - last_sys >= (int64_t)iv * 1000) {
         last_sys = now;
         sys_publish(w);
@@ -1239,6 +1239,11 @@ void mqtt_reload(const thz_config *cfg)
     atomic_store(&B.max_inflight, cfg->max_inflight);
     atomic_store(&B.max_outbuf, cfg->max_outbuf);
     atomic_store(&B.max_packet, cfg->max_packet_size);
+    atomic_store(&B.max_keepalive, cfg->max_keepalive);
+    atomic_store(&B.max_session_expiry, cfg->max_session_expiry);
+    atomic_store(&B.max_connections, cfg->max_connections);
+    atomic_store(&B.slow_consumer_timeout, cfg->slow_consumer_timeout);
+    atomic_store(&B.sys_interval, cfg->sys_interval);
 }
 
 void mqtt_stop(void)

@@ -451,7 +451,8 @@ static int handle_connect(conn *c, const mqtt_packet *pkt, const uint8_t *raw, s
     const mqtt_connect *cn = &pkt->u.connect;
     uint8_t ver = cn->version == MQTT_V31 ? MQTT_V311 : cn->version;
     const thz_config *cfg = B.cfg;
-    if (cfg->max_connections && atomic_load(&n_conns) > cfg->max_connections) {
+    uint32_t max_conns = LIMIT(max_connections);
+    if (max_conns && atomic_load(&n_conns) > max_conns) {
         connack_refuse(c, ver, MQTT_RC_SERVER_BUSY);
         return 0;
     }
@@ -526,8 +527,8 @@ static int handle_connect(conn *c, const mqtt_packet *pkt, const uint8_t *raw, s
     else
         expiry = cn->clean_start ? 0 : UINT32_MAX;
     bool expiry_capped = false;
-    if (expiry > cfg->max_session_expiry) {
-        expiry = cfg->max_session_expiry;
+    if (expiry > LIMIT(max_session_expiry)) {
+        expiry = LIMIT(max_session_expiry);
         expiry_capped = ver == MQTT_V5;
     }
     /* find, take over or create the session */
@@ -616,7 +617,7 @@ static int handle_connect(conn *c, const mqtt_packet *pkt, const uint8_t *raw, s
         MQTT_SET(&p, MQTT_P_RECEIVE_MAX);
         p.receive_max = (uint16_t)cfg->receive_maximum;
         MQTT_SET(&p, MQTT_P_MAX_PACKET_SIZE);
-        p.max_packet_size = cfg->max_packet_size;
+        p.max_packet_size = LIMIT(max_packet);
         MQTT_SET(&p, MQTT_P_TOPIC_ALIAS_MAX);
         p.topic_alias_max = (uint16_t)cfg->topic_alias_maximum;
         MQTT_SET(&p, MQTT_P_RETAIN_AVAILABLE);
@@ -631,8 +632,9 @@ static int handle_connect(conn *c, const mqtt_packet *pkt, const uint8_t *raw, s
             MQTT_SET(&p, MQTT_P_ASSIGNED_CLIENT_ID);
             p.assigned_client_id = (mqtt_span){(const uint8_t *)cid, (uint32_t)cidlen};
         }
-        if (cfg->max_keepalive && (cn->keep_alive == 0 || cn->keep_alive > cfg->max_keepalive)) {
-            c->keepalive = (uint16_t)cfg->max_keepalive;
+        uint32_t max_ka = LIMIT(max_keepalive);
+        if (max_ka && (cn->keep_alive == 0 || cn->keep_alive > max_ka)) {
+            c->keepalive = (uint16_t)max_ka;
             MQTT_SET(&p, MQTT_P_SERVER_KEEP_ALIVE);
             p.server_keep_alive = c->keepalive;
         }
@@ -644,8 +646,8 @@ static int handle_connect(conn *c, const mqtt_packet *pkt, const uint8_t *raw, s
         }
         mqtt_encode_connack(&c->out, MQTT_V5, present, 0, &p);
     } else {
-        if (cfg->max_keepalive && cn->keep_alive > cfg->max_keepalive)
-            c->keepalive = (uint16_t)cfg->max_keepalive;
+        uint32_t max_ka = LIMIT(max_keepalive);
+        if (max_ka && cn->keep_alive > max_ka) c->keepalive = (uint16_t)max_ka;
         mqtt_encode_connack(&c->out, MQTT_V311, present, 0, NULL);
     }
     c->state = CONN_ACTIVE;
@@ -899,7 +901,7 @@ static void handle_disconnect(conn *c, const mqtt_packet *pkt)
                 return;
             }
             uint32_t e = d->props.session_expiry;
-            s->expiry = e > B.cfg->max_session_expiry ? B.cfg->max_session_expiry : e;
+            s->expiry = e > LIMIT(max_session_expiry) ? LIMIT(max_session_expiry) : e;
         }
         c->will_publish = d->reason == MQTT_RC_DISCONNECT_WITH_WILL;
     } else {

@@ -223,6 +223,8 @@ typedef struct worker {
     __atomic_store_n(&(field), __atomic_load_n(&(field), __ATOMIC_RELAXED) + (uint64_t)(n),        \
                      __ATOMIC_RELAXED)
 
+#define LIMIT(name) atomic_load_explicit(&B.name, memory_order_relaxed)
+
 /* Global broker state (broker.c). */
 typedef struct broker {
     const thz_config *cfg;
@@ -241,8 +243,10 @@ typedef struct broker {
     atomic_int congested;      /* consumers over their high-water mark */
     atomic_bool shutting_down; /* wills are not published while stopping */
     atomic_ullong next_gen;    /* next session instance number */
-    /* limits copied from cfg, updated on reload */
-    _Atomic uint32_t max_queued, max_inflight, max_outbuf, max_packet;
+    /* The settings SIGHUP may change, copied by mqtt_reload: I/O threads
+     * read these (LIMIT), never the live config the main thread rewrites. */
+    _Atomic uint32_t max_queued, max_inflight, max_outbuf, max_packet, max_keepalive,
+        max_session_expiry, max_connections, slow_consumer_timeout, sys_interval;
 } broker;
 
 extern broker B;
