@@ -121,6 +121,9 @@ class Broker:
         self.opts = {"allow_anonymous": True, "log_level": "debug"}
         self.opts.update(opts)
         self.port = free_port()
+        # The HTTP port (test_http.py); fixed for the broker's life so that
+        # it survives restarts. Unused when http_listen is given in opts.
+        self.http_port = free_port()
         self.host = "127.0.0.1"
         self.proc = None
         self.exit_codes = []
@@ -144,7 +147,7 @@ class Broker:
         if "http_listen" not in self.opts and _thinghz_has_flag("--http-listen"):
             # Keep a later HTTP listener off the fixed default port so that
             # test brokers never collide with each other or a running daemon.
-            cmd += ["--http-listen", "127.0.0.1:%d" % free_port()]
+            cmd += ["--http-listen", "127.0.0.1:%d" % self.http_port]
         cmd += [str(a) for a in self.opts.get("args", [])]
         return cmd
 
