@@ -1,6 +1,7 @@
 /* api_broker.c - the first endpoints of the REST API: health, broker
  * statistics and publish over HTTP (as AWS IoT's HTTPS publish). The server
  * stays generic; these only use http.h, mqtt.h and auth.h. */
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -163,6 +164,35 @@ static http_result post_topic(http_request *req, http_response *res, void *ctx)
     return HTTP_DONE;
 }
 
+/* GET /api/v1/_test/async?ms=N (only with THINGHZ_HTTP_TEST_ROUTES=1): answers
+ * from another thread after N ms, so the tests exercise HTTP_PENDING and
+ * http_reply (ordering behind pipelined requests, clients that leave). */
+static void *async_worker(void *arg)
+{
+    http_request *req = arg;
+    char ms[16] = "0";
+    http_req_query(req, "ms", ms, sizeof ms);
+    struct timespec ts = {0, (long)(atoi(ms) % 1000) * 1000000L};
+    nanosleep(&ts, NULL);
+    http_response *res = http_req_response(req);
+    http_res_status(res, 200);
+    http_res_header(res, "Content-Type", "application/json");
+    http_res_body(res, "{\"async\":true}", 14);
+    http_reply(req);
+    return NULL;
+}
+
+static http_result get_test_async(http_request *req, http_response *res, void *ctx)
+{
+    pthread_t t;
+    if (pthread_create(&t, NULL, async_worker, req) != 0) {
+        http_res_error(res, 503, "unavailable", "cannot start a thread");
+        return HTTP_DONE;
+    }
+    pthread_detach(t);
+    return HTTP_PENDING;
+}
+
 void http_api_register(auth *a)
 {
     A = a;
@@ -170,4 +200,6 @@ void http_api_register(auth *a)
     http_route(HTTP_GET, "/api/v1/health", get_health, NULL);
     http_route(HTTP_GET, "/api/v1/broker/stats", get_broker_stats, NULL);
     http_route(HTTP_POST, "/api/v1/topics/{topic...}", post_topic, NULL);
+    const char *t = getenv("THINGHZ_HTTP_TEST_ROUTES");
+    if (t && strcmp(t, "1") == 0) http_route(HTTP_GET, "/api/v1/_test/async", get_test_async, NULL);
 }

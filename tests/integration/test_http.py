@@ -381,3 +381,29 @@ def test_publish_auth(auth_broker):
     sub.close()
     assert wait_until(lambda: requests.get(url(b, "/api/v1/broker/stats")).json()
                       ["messages_received"] >= before)
+
+
+def test_async_reply_order(broker_factory, monkeypatch):
+    """A handler answering from another thread (HTTP_PENDING + http_reply):
+    pipelined responses stay in order; a client leaving first is harmless."""
+    monkeypatch.setenv("THINGHZ_HTTP_TEST_ROUTES", "1")
+    b = broker_factory()
+    c = Raw(b)
+    c.send(b"GET /api/v1/_test/async?ms=200 HTTP/1.1\r\n\r\n"
+           b"GET /api/v1/health HTTP/1.1\r\n\r\n"
+           b"GET /api/v1/_test/async?ms=10 HTTP/1.1\r\n\r\n"
+           b"GET /nope HTTP/1.1\r\n\r\n")
+    st, _, body = c.response()
+    assert st == 200 and json.loads(body) == {"async": True}
+    st, _, body = c.response()
+    assert st == 200 and json.loads(body)["status"] == "ok"
+    st, _, body = c.response()
+    assert st == 200 and json.loads(body) == {"async": True}
+    assert c.response()[0] == 404
+    c.close()
+    for _ in range(5):
+        c = Raw(b)
+        c.send(b"GET /api/v1/_test/async?ms=100 HTTP/1.1\r\n\r\n")
+        c.close()
+    time.sleep(0.3)
+    assert requests.get(url(b, "/api/v1/health")).status_code == 200
