@@ -10,11 +10,10 @@
 #include "auth/auth.h"
 #include "core/config.h"
 #include "core/log.h"
+#include "core/version.h"
 #include "http/http.h"
 #include "mqtt/mqtt.h"
 #include "net/net.h"
-
-#define THINGHZ_VERSION "0.1.0"
 
 static void usage(FILE *out)
 {

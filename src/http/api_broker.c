@@ -8,12 +8,12 @@
 #include <strings.h>
 #include <time.h>
 
+#include "core/version.h"
 #include "http/http_int.h"
 #include "mqtt/mqtt.h"
 #include "mqtt/topic.h"
 
 /* Same as main.c's; one shared version header is an open point. */
-#define API_VERSION "0.1.0"
 
 static auth *A;
 static struct timespec started;
@@ -24,7 +24,7 @@ static http_result get_health(http_request *req, http_response *res, void *ctx)
     clock_gettime(CLOCK_MONOTONIC, &now);
     cJSON *j = cJSON_CreateObject();
     cJSON_AddStringToObject(j, "status", "ok");
-    cJSON_AddStringToObject(j, "version", API_VERSION);
+    cJSON_AddStringToObject(j, "version", THINGHZ_VERSION);
     cJSON_AddNumberToObject(j, "uptime_s", (double)(now.tv_sec - started.tv_sec));
     if (http_res_json(res, 200, j) != THZ_OK)
         http_res_error(res, 503, "out_of_memory", "the server is out of memory");
