@@ -2,6 +2,7 @@
  * versions, Content-Length vs chunked, header tokens, keep-alive rules); this
  * file collects each request into an http_request and enforces our limits.
  * Pure: bytes in, requests out, no socket behind it. */
+#include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
@@ -177,27 +178,32 @@ static int on_message_complete(llhttp_t *p)
     return HPE_PAUSED;
 }
 
+static llhttp_settings_t parser_settings;
+static pthread_once_t parser_settings_once = PTHREAD_ONCE_INIT;
+
+static void settings_init(void)
+{
+    llhttp_settings_t *s = &parser_settings;
+    llhttp_settings_init(s);
+    s->on_message_begin = on_message_begin;
+    s->on_url = on_url;
+    s->on_url_complete = on_url_complete;
+    s->on_method = on_span;
+    s->on_version = on_span;
+    s->on_header_field = on_header_field;
+    s->on_header_field_complete = on_header_field_complete;
+    s->on_header_value = on_header_value;
+    s->on_header_value_complete = on_header_value_complete;
+    s->on_headers_complete = on_headers_complete;
+    s->on_body = on_body;
+    s->on_message_complete = on_message_complete;
+}
+
+/* Shared by every parser on every thread, filled exactly once. */
 static const llhttp_settings_t *settings(void)
 {
-    static llhttp_settings_t s;
-    static int done;
-    if (!done) {
-        llhttp_settings_init(&s);
-        s.on_message_begin = on_message_begin;
-        s.on_url = on_url;
-        s.on_url_complete = on_url_complete;
-        s.on_method = on_span;
-        s.on_version = on_span;
-        s.on_header_field = on_header_field;
-        s.on_header_field_complete = on_header_field_complete;
-        s.on_header_value = on_header_value;
-        s.on_header_value_complete = on_header_value_complete;
-        s.on_headers_complete = on_headers_complete;
-        s.on_body = on_body;
-        s.on_message_complete = on_message_complete;
-        done = 1; /* idempotent: a race between threads writes the same values */
-    }
-    return &s;
+    pthread_once(&parser_settings_once, settings_init);
+    return &parser_settings;
 }
 
 void http_parser_init(http_parser *ps)
