@@ -32,6 +32,7 @@ msg *msg_new(const char *topic, size_t tlen, const void *payload, size_t plen, c
     msg *m = malloc(sizeof *m + tlen + 1 + prlen + plen);
     if (!m) return NULL;
     atomic_init(&m->refs, 1);
+    m->home = (int16_t)net_self();
     m->qos = qos;
     m->retain = retain;
     m->expires_at = expires_at;
@@ -49,9 +50,63 @@ msg *msg_new(const char *topic, size_t tlen, const void *payload, size_t plen, c
     return m;
 }
 
+/* A message is usually allocated by the publisher's thread and released by a
+ * subscriber's. Freeing it there would make both threads fight over the
+ * allocator arena of the first (a profile of 1 -> 1 across threads showed a
+ * quarter of the CPU in malloc, free and their lock), so the releasing thread
+ * collects such messages and hands them home once per batch, where free()
+ * is a cheap thread-local one. */
 void msg_unref(msg *m)
 {
-    if (m && atomic_fetch_sub_explicit(&m->refs, 1, memory_order_acq_rel) == 1) free(m);
+    if (!m || atomic_fetch_sub_explicit(&m->refs, 1, memory_order_acq_rel) != 1) return;
+    int self = net_self();
+    if (m->home < 0 || self < 0 || m->home == self) {
+        free(m);
+        return;
+    }
+    worker *w = B.w[self];
+    int h = m->home;
+    if (w->gbn[h] == w->gbcap[h]) {
+        uint32_t cap = w->gbcap[h] ? w->gbcap[h] * 2 : 256;
+        msg **a = realloc(w->gb[h], cap * sizeof *a);
+        if (!a) {
+            free(m);
+            return;
+        }
+        w->gb[h] = a;
+        w->gbcap[h] = cap;
+    }
+    w->gb[h][w->gbn[h]++] = m;
+}
+
+typedef struct mbatch {
+    uint32_t n;
+    msg *m[];
+} mbatch;
+
+static void free_batch_task(int thread, void *arg)
+{
+    mbatch *b = arg;
+    for (uint32_t i = 0; i < b->n; i++) free(b->m[i]);
+    free(b);
+}
+
+/* Sends the messages collected by msg_unref to their home threads. */
+static void garbage_flush(worker *w)
+{
+    for (int t = 0; t < B.nthreads; t++) {
+        uint32_t n = w->gbn[t];
+        if (!n) continue;
+        w->gbn[t] = 0;
+        mbatch *b = malloc(sizeof *b + n * sizeof(msg *));
+        if (!b) {
+            for (uint32_t i = 0; i < n; i++) free(w->gb[t][i]);
+            continue;
+        }
+        b->n = n;
+        memcpy(b->m, w->gb[t], n * sizeof(msg *));
+        net_post(t, free_batch_task, b);
+    }
 }
 
 /* ---- sessions ---- */
@@ -1154,6 +1209,7 @@ static void worker_stop(int idx, uv_loop_t *loop, void *ctx)
     uv_close((uv_handle_t *)&w->tick, NULL);
     while (w->conns) conn_close(w->conns, MQTT_RC_SERVER_SHUTTING_DOWN);
     outbox_flush(w);
+    garbage_flush(w);
     store_flush(B.st);
 }
 
@@ -1173,6 +1229,7 @@ static void batch_end(int idx, void *ctx)
             if (rc) log_warn("mqtt", "state log flush: %s", thz_strerror(rc));
         }
         outbox_flush(w);
+        garbage_flush(w);
         if (!w->ndirty) break;
         while (w->ndirty) {
             conn *c = w->dirty[--w->ndirty];
@@ -1210,7 +1267,11 @@ thz_err mqtt_start(const thz_config *cfg, auth *a)
         w->out = calloc((size_t)B.nthreads, sizeof *w->out);
         w->outn = calloc((size_t)B.nthreads, sizeof *w->outn);
         w->outcap = calloc((size_t)B.nthreads, sizeof *w->outcap);
-        if (!w->out || !w->outn || !w->outcap) return THZ_ENOMEM;
+        w->gb = calloc((size_t)B.nthreads, sizeof *w->gb);
+        w->gbn = calloc((size_t)B.nthreads, sizeof *w->gbn);
+        w->gbcap = calloc((size_t)B.nthreads, sizeof *w->gbcap);
+        if (!w->out || !w->outn || !w->outcap || !w->gb || !w->gbn || !w->gbcap)
+            return THZ_ENOMEM;
         B.w[i] = w;
     }
     store_options so = {.fsync = cfg->fsync,
@@ -1286,7 +1347,14 @@ void mqtt_stop(void)
     trie_free(B.root);
     for (int i = 0; i < B.nthreads; i++) {
         worker *w = B.w[i];
-        for (int t = 0; t < B.nthreads; t++) free(w->out[t]);
+        for (int t = 0; t < B.nthreads; t++) {
+            free(w->out[t]);
+            for (uint32_t k = 0; k < w->gbn[t]; k++) free(w->gb[t][k]);
+            free(w->gb[t]);
+        }
+        free(w->gb);
+        free(w->gbn);
+        free(w->gbcap);
         free(w->out);
         free(w->outn);
         free(w->outcap);

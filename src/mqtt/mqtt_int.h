@@ -33,6 +33,7 @@ typedef struct msg {
     atomic_uint refs;
     uint8_t qos;
     bool retain;
+    int16_t home;       /* I/O thread that allocated it (-1: none); freed there */
     int64_t expires_at; /* wall-clock seconds; 0 = never */
     const void *origin; /* publishing session, for No Local; never dereferenced */
     uint32_t topic_len;
@@ -200,6 +201,8 @@ typedef struct worker {
     uint32_t ndirty, dcap;
     delivery **out; /* per target thread: batch being built */
     uint32_t *outn, *outcap;
+    msg ***gb; /* per home thread: messages to free there (see msg_unref) */
+    uint32_t *gbn, *gbcap;
     match *mt;
     uint32_t nmt, mtcap;
     mframe *ms; /* trie walk stack */
