@@ -502,8 +502,8 @@ static bool pbkdf2(const uint8_t *pw, size_t pwlen, const uint8_t *salt, size_t 
                              (int)iterations, EVP_sha256(), PW_HASH_LEN, out) == 1;
 }
 
-thz_err auth_connect(auth *a, const char *client_id, const char *username, const uint8_t *password,
-                     size_t password_len)
+static thz_err auth_check(auth *a, const char *client_id, const char *username,
+                          const uint8_t *password, size_t password_len, bool may_block)
 {
     if (client_id == NULL) client_id = ""; /* only used in log lines */
     pthread_rwlock_rdlock(&a->lock);
@@ -557,6 +557,11 @@ thz_err auth_connect(auth *a, const char *client_id, const char *username, const
         }
     }
 
+    if (!may_block) {
+        /* the caller moves the slow part off its thread and asks again */
+        OPENSSL_cleanse(&u, sizeof u);
+        return THZ_EAGAIN;
+    }
     uint8_t calc[PW_HASH_LEN];
     bool ok = pbkdf2(password, password_len, u.salt, u.nSalt, u.iterations, calc) &&
               CRYPTO_memcmp(calc, u.hash, PW_HASH_LEN) == 0;
@@ -579,6 +584,18 @@ thz_err auth_connect(auth *a, const char *client_id, const char *username, const
         pthread_rwlock_unlock(&a->lock);
     }
     return THZ_OK;
+}
+
+thz_err auth_connect(auth *a, const char *client_id, const char *username, const uint8_t *password,
+                     size_t password_len)
+{
+    return auth_check(a, client_id, username, password, password_len, true);
+}
+
+thz_err auth_connect_quick(auth *a, const char *client_id, const char *username,
+                           const uint8_t *password, size_t password_len)
+{
+    return auth_check(a, client_id, username, password, password_len, false);
 }
 
 thz_err auth_hash_password_iter(const char *username, const char *password, unsigned iterations,

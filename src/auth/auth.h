@@ -28,6 +28,12 @@ void auth_close(auth *a);
  * credentials and anonymous access is off. THZ_EDENIED: not authorized. */
 thz_err auth_connect(auth *a, const char *client_id, const char *username, const uint8_t *password,
                      size_t password_len);
+/* auth_connect without the slow part: THZ_EAGAIN when the answer needs a
+ * password hash to be computed (a user not verified recently, or a wrong
+ * password), which an I/O thread must not do itself; it then calls
+ * auth_connect from a worker thread. */
+thz_err auth_connect_quick(auth *a, const char *client_id, const char *username,
+                           const uint8_t *password, size_t password_len);
 
 /* Topic checks for a connected client. username may be NULL (anonymous).
  * Without an ACL file everything is allowed. ACL patterns may use %u

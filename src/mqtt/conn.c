@@ -7,6 +7,8 @@
 #include <string.h>
 #include <unistd.h>
 
+#include <openssl/crypto.h>
+
 #include "core/log.h"
 #include "net/net.h"
 #include "mqtt/mqtt_int.h"
@@ -42,8 +44,10 @@ static void on_closed(uv_handle_t *h)
 {
     conn *c = h->data;
     free(h);
-    conn_free(c);
     atomic_fetch_sub(&n_conns, 1);
+    /* a password check still running on a worker holds c: it frees it */
+    if (c->authing) c->tcp = NULL;
+    else conn_free(c);
 }
 
 void conn_mark_dirty(conn *c)
@@ -444,7 +448,85 @@ static void kick_task(int thread, void *arg)
     free(k);
 }
 
-/* Returns 1 when the connection was handed to another thread. */
+/* A password that needs hashing (PBKDF2, tens of milliseconds) is checked
+ * on libuv's worker pool, never on the I/O thread: the connection stops
+ * reading, its CONNECT and whatever followed it are kept, and when the answer
+ * is back they are processed again with the answer in hand. */
+typedef struct auth_work {
+    uv_work_t req;
+    conn *c;
+    char *user;
+    uint8_t *pass;
+    size_t passlen;
+    thz_err rc;
+    size_t n;
+    uint8_t bytes[]; /* the CONNECT and the bytes behind it */
+} auth_work;
+
+static void auth_work_run(uv_work_t *req)
+{
+    auth_work *aw = req->data;
+    aw->rc = auth_connect(B.auth, aw->c->peer, aw->user, aw->pass, aw->passlen);
+}
+
+static size_t process(conn *c, const uint8_t *p, size_t n);
+
+static void auth_work_done(uv_work_t *req, int status)
+{
+    auth_work *aw = req->data;
+    conn *c = aw->c;
+    c->authing = false;
+    if (!c->tcp) {
+        conn_free(c); /* closed while the check ran */
+    } else if (c->state != CONN_CLOSING) {
+        c->auth_done = true;
+        c->auth_result = status == 0 ? aw->rc : THZ_EIO;
+        size_t used = process(c, aw->bytes, aw->n);
+        if (used != (size_t)-1 && c->state != CONN_CLOSING) {
+            if (used < aw->n) thz_buf_append(&c->in, aw->bytes + used, aw->n - used);
+            if (!c->paused && !c->throttled)
+                uv_read_start((uv_stream_t *)c->tcp, on_alloc, on_read);
+        }
+        net_batch_end(c->w->idx);
+    }
+    if (aw->pass) OPENSSL_cleanse(aw->pass, aw->passlen);
+    free(aw->pass);
+    free(aw->user);
+    free(aw);
+}
+
+static void auth_suspend(conn *c, const char *user, const mqtt_connect *cn, const uint8_t *raw,
+                         size_t n)
+{
+    auth_work *aw = calloc(1, sizeof *aw + n);
+    if (!aw || (user && !(aw->user = strdup(user))) ||
+        (cn->has_password && !(aw->pass = malloc(cn->password.n + 1)))) {
+        if (aw) free(aw->user);
+        free(aw);
+        conn_close(c, -1);
+        return;
+    }
+    aw->req.data = aw;
+    aw->c = c;
+    if (cn->has_password) {
+        memcpy(aw->pass, cn->password.p, cn->password.n);
+        aw->passlen = cn->password.n;
+    }
+    aw->n = n;
+    memcpy(aw->bytes, raw, n);
+    if (uv_queue_work(c->w->loop, &aw->req, auth_work_run, auth_work_done) != 0) {
+        free(aw->pass);
+        free(aw->user);
+        free(aw);
+        conn_close(c, -1);
+        return;
+    }
+    c->authing = true;
+    uv_read_stop((uv_stream_t *)c->tcp);
+}
+
+/* Returns 1 when the connection was handed to another thread, 2 when it
+ * waits for its password check. */
 static int handle_connect(conn *c, const mqtt_packet *pkt, const uint8_t *raw, size_t rawn,
                           size_t rest)
 {
@@ -480,8 +562,18 @@ static int handle_connect(conn *c, const mqtt_packet *pkt, const uint8_t *raw, s
         cid[cidlen] = 0;
     }
     char *user = cn->has_username ? span_dup(cn->username) : NULL;
-    thz_err rc = auth_connect(B.auth, cid, user, cn->has_password ? cn->password.p : NULL,
-                              cn->has_password ? cn->password.n : 0);
+    thz_err rc;
+    if (c->auth_done) {
+        rc = c->auth_result; /* verified on a worker thread, see auth_suspend */
+    } else {
+        rc = auth_connect_quick(B.auth, cid, user, cn->has_password ? cn->password.p : NULL,
+                                cn->has_password ? cn->password.n : 0);
+        if (rc == THZ_EAGAIN) {
+            auth_suspend(c, user, cn, raw, rawn + rest);
+            free(user);
+            return 2;
+        }
+    }
     if (rc) {
         log_info("mqtt", "refused client %s from %s: %s", cid, c->peer, thz_strerror(rc));
         free(user);
@@ -1034,7 +1126,13 @@ static void feed(conn *c, const uint8_t *base, size_t nread)
         n = nread;
     }
     size_t used = process(c, p, n);
-    if (used == (size_t)-1 || c->state == CONN_CLOSING) return;
+    if (used == (size_t)-1) {
+        /* moved to another thread, or waiting for its password check with
+         * every byte read so far kept aside */
+        if (in_own && c->state != CONN_CLOSING) thz_buf_free(&c->in);
+        return;
+    }
+    if (c->state == CONN_CLOSING) return;
     if (in_own) {
         thz_buf_consume(&c->in, used);
         if (c->in.len == 0) thz_buf_free(&c->in);

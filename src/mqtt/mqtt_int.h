@@ -171,6 +171,9 @@ typedef struct conn {
     bool will_publish; /* publish the will when closing */
     bool paused;       /* reading stopped: back-pressure from slow consumers */
     bool throttled;    /* reading stopped: our output to it is over max-outbuf */
+    bool authing;      /* its password is being checked on a worker thread */
+    bool auth_done;    /* ... and auth_result is the answer */
+    thz_err auth_result;
     bool congested;    /* this consumer is behind: publishers pause */
     int64_t congested_ms;
     uint16_t keepalive;

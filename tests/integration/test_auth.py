@@ -319,3 +319,40 @@ def test_anonymous_allowed_with_acl_anonymous_section(broker_factory, tmp_path):
         return  # (MOSQ_SUBACK)
     assert c.subscribe([("public/x", 0), ("anon/y", 1), ("other/z", 0)]).codes == [0, 1, 0x87]
     c.disconnect()
+
+
+def test_password_checks_do_not_stall_the_io_thread(broker_factory, tmp_path):
+    """PBKDF2 takes tens of milliseconds; it runs on worker threads, so a
+    burst of CONNECTs with wrong passwords (never cached) does not hold up
+    the one I/O thread that also serves an established client."""
+    skip_on_mosquitto("thinghz worker-pool password checks")
+    pw = make_password_file(tmp_path / "passwd", {"alice": "right"})
+    b = broker_factory(threads=1, password_file=pw)
+    c = r.RawClient(b.port, version=4)
+    c.connect(unique("rt"), username="alice", password=b"right")
+    topic = unique("auth/rt")
+    c.subscribe([(topic, 0)])
+    # 24 wrong-password CONNECTs at once: at ~50 ms of hashing each, about a
+    # second of CPU that must not run on the I/O thread.
+    bad = []
+    for i in range(24):
+        s = r.RawClient(b.port, version=4)
+        s.send(r.connect(unique("bad"), username="alice", password=b"wrong%d" % i))
+        bad.append(s)
+    worst = 0.0
+    deadline = time.monotonic() + 3
+    while time.monotonic() < deadline:
+        t0 = time.monotonic()
+        c.publish(topic, b"x", qos=0)
+        c.recv_publish(timeout=5)
+        worst = max(worst, time.monotonic() - t0)
+        time.sleep(0.02)
+    refused = 0
+    for s in bad:
+        ack = s.recv(timeout=10)
+        assert ack.type == r.CONNACK
+        refused += ack.rc == 4
+        s.close()
+    assert refused == len(bad)
+    assert worst < 0.2, "a round trip took %.0f ms while passwords were checked" % (worst * 1000)
+    c.disconnect()
