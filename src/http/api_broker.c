@@ -8,6 +8,9 @@
 #include <strings.h>
 #include <time.h>
 
+#include <openssl/crypto.h>
+#include "net/net.h"
+#include <uv.h>
 #include "core/version.h"
 #include "http/http_int.h"
 #include "mqtt/mqtt.h"
@@ -92,11 +95,88 @@ static http_result unauthorized(http_response *res, const char *msg)
     return HTTP_DONE;
 }
 
+/* The publish itself, once the credentials are known to be good or bad. */
+static void post_topic_finish(http_request *req, http_response *res, thz_err rc, const char *user)
+{
+    if (rc == THZ_EDENIED) {
+        http_res_error(res, 403, "forbidden", "not authorized");
+        return;
+    }
+    if (rc) {
+        unauthorized(res, "missing or bad credentials");
+        return;
+    }
+    const char *topic = http_req_param(req, "topic");
+    if (!topic || !topic_name_valid(topic, strlen(topic))) {
+        http_res_error(res, 400, "invalid_topic",
+                       "the topic must be a non-empty MQTT topic name without wildcards");
+        return;
+    }
+    char q[8] = "0", r[8] = "false";
+    if (http_req_query(req, "qos", q, sizeof q) < 0) q[0] = 0;
+    if (http_req_query(req, "retain", r, sizeof r) < 0) r[0] = 0;
+    if (strcmp(q, "0") != 0 && strcmp(q, "1") != 0) {
+        http_res_error(res, 400, "invalid_qos", "qos must be 0 or 1");
+        return;
+    }
+    if (strcmp(r, "true") != 0 && strcmp(r, "false") != 0) {
+        http_res_error(res, 400, "invalid_retain", "retain must be true or false");
+        return;
+    }
+    if (!auth_can_publish(A, "http", user, topic)) {
+        http_res_error(res, 403, "forbidden", "the ACL denies publishing to this topic");
+        return;
+    }
+    size_t len;
+    const uint8_t *body = http_req_body(req, &len);
+    int qos = q[0] - '0';
+    rc = mqtt_publish_internal(topic, body, len, qos, strcmp(r, "true") == 0);
+    if (rc == THZ_ETOPIC) {
+        http_res_error(res, 400, "invalid_topic", "the topic is not a valid MQTT topic name");
+        return;
+    }
+    if (rc) {
+        http_res_error(res, 503, "unavailable", thz_strerror(rc));
+        return;
+    }
+    cJSON *j = cJSON_CreateObject();
+    cJSON_AddStringToObject(j, "topic", topic);
+    cJSON_AddNumberToObject(j, "qos", qos);
+    if (http_res_json(res, 200, j) != THZ_OK)
+        http_res_error(res, 503, "out_of_memory", "the server is out of memory");
+    cJSON_Delete(j);
+}
+
+/* A password that needs hashing is checked on libuv's worker pool; the
+ * request is answered later (HTTP_PENDING) from this loop's thread. */
+typedef struct cred_work {
+    uv_work_t req;
+    http_request *hreq;
+    thz_err rc;
+    char *user, *pass;
+} cred_work;
+
+static void cred_work_run(uv_work_t *w)
+{
+    cred_work *cw = w->data;
+    cw->rc = auth_connect(A, "http", cw->user, (const uint8_t *)cw->pass, strlen(cw->pass));
+}
+
+static void cred_work_done(uv_work_t *w, int status)
+{
+    cred_work *cw = w->data;
+    post_topic_finish(cw->hreq, http_req_response(cw->hreq), status == 0 ? cw->rc : THZ_EIO,
+                      cw->user);
+    http_reply(cw->hreq);
+    OPENSSL_cleanse(cw->pass, strlen(cw->pass));
+    free(cw->user);
+    free(cw->pass);
+    free(cw);
+}
+
 /* POST /api/v1/topics/{topic...}?qos=0|1&retain=true|false, body = payload.
  * Credentials are HTTP Basic, checked like an MQTT CONNECT (client id
- * "http"), then the ACL like an MQTT PUBLISH. auth_connect may run PBKDF2
- * on a cache miss (tens of ms on this thread): the registry slice moves
- * credential checks off the I/O threads. */
+ * "http"), then the ACL like an MQTT PUBLISH. */
 static http_result post_topic(http_request *req, http_response *res, void *ctx)
 {
     char cred[512];
@@ -115,52 +195,27 @@ static http_result post_topic(http_request *req, http_response *res, void *ctx)
         user = cred;
         pass = colon + 1;
     }
-    thz_err rc = auth_connect(A, "http", user, (const uint8_t *)pass, pass ? strlen(pass) : 0);
-    if (rc == THZ_EDENIED) {
-        http_res_error(res, 403, "forbidden", "not authorized");
-        return HTTP_DONE;
-    }
-    if (rc) return unauthorized(res, "missing or bad credentials");
-
-    const char *topic = http_req_param(req, "topic");
-    if (!topic || !topic_name_valid(topic, strlen(topic))) {
-        http_res_error(res, 400, "invalid_topic",
-                       "the topic must be a non-empty MQTT topic name without wildcards");
-        return HTTP_DONE;
-    }
-    char q[8] = "0", r[8] = "false";
-    if (http_req_query(req, "qos", q, sizeof q) < 0) q[0] = 0;
-    if (http_req_query(req, "retain", r, sizeof r) < 0) r[0] = 0;
-    if (strcmp(q, "0") != 0 && strcmp(q, "1") != 0) {
-        http_res_error(res, 400, "invalid_qos", "qos must be 0 or 1");
-        return HTTP_DONE;
-    }
-    if (strcmp(r, "true") != 0 && strcmp(r, "false") != 0) {
-        http_res_error(res, 400, "invalid_retain", "retain must be true or false");
-        return HTTP_DONE;
-    }
-    if (!auth_can_publish(A, "http", user, topic)) {
-        http_res_error(res, 403, "forbidden", "the ACL denies publishing to this topic");
-        return HTTP_DONE;
-    }
-    size_t len;
-    const uint8_t *body = http_req_body(req, &len);
-    int qos = q[0] - '0';
-    rc = mqtt_publish_internal(topic, body, len, qos, strcmp(r, "true") == 0);
-    if (rc == THZ_ETOPIC) {
-        http_res_error(res, 400, "invalid_topic", "the topic is not a valid MQTT topic name");
-        return HTTP_DONE;
-    }
-    if (rc) {
-        http_res_error(res, 503, "unavailable", thz_strerror(rc));
-        return HTTP_DONE;
-    }
-    cJSON *j = cJSON_CreateObject();
-    cJSON_AddStringToObject(j, "topic", topic);
-    cJSON_AddNumberToObject(j, "qos", qos);
-    if (http_res_json(res, 200, j) != THZ_OK)
+    thz_err rc =
+        auth_connect_quick(A, "http", user, (const uint8_t *)pass, pass ? strlen(pass) : 0);
+    if (rc == THZ_EAGAIN) {
+        cred_work *cw = calloc(1, sizeof *cw);
+        if (cw && (cw->user = strdup(user)) && (cw->pass = strdup(pass))) {
+            cw->req.data = cw;
+            cw->hreq = req;
+            if (uv_queue_work(net_loop(net_self()), &cw->req, cred_work_run, cred_work_done) == 0)
+                return HTTP_PENDING;
+        }
+        if (cw) {
+            free(cw->user);
+            free(cw->pass);
+        }
+        free(cw);
+        OPENSSL_cleanse(cred, sizeof cred);
         http_res_error(res, 503, "out_of_memory", "the server is out of memory");
-    cJSON_Delete(j);
+        return HTTP_DONE;
+    }
+    post_topic_finish(req, res, rc, user);
+    OPENSSL_cleanse(cred, sizeof cred);
     return HTTP_DONE;
 }
 

@@ -407,3 +407,38 @@ def test_async_reply_order(broker_factory, monkeypatch):
         c.close()
     time.sleep(0.3)
     assert requests.get(url(b, "/api/v1/health")).status_code == 200
+
+
+def test_publish_password_checks_do_not_stall(broker_factory, tmp_path):
+    """Basic credentials that need hashing are checked on worker threads
+    (HTTP_PENDING): wrong passwords (never cached) arriving together do not
+    hold up other requests on the one I/O thread, and each gets its 401."""
+    if IS_MOSQUITTO:
+        pytest.skip("thinghz HTTP API")
+    pw = make_password_file(tmp_path / "passwd", {"alice": "alice-pw"})
+    b = broker_factory(threads=1, password_file=pw)
+    u = url(b, "/api/v1/topics/allowed/x")
+    socks = []
+    for i in range(24):
+        s = socket.create_connection(("127.0.0.1", b.http_port), timeout=10)
+        hdr = base64.b64encode(b"alice:wrong%d" % i).decode()
+        s.sendall(("POST /api/v1/topics/allowed/x HTTP/1.1\r\nHost: x\r\n"
+                   "Authorization: Basic %s\r\nContent-Length: 1\r\n\r\nx" % hdr).encode())
+        socks.append(s)
+    worst = 0.0
+    with requests.Session() as sess:
+        for _ in range(40):
+            t0 = time.monotonic()
+            assert sess.get(url(b, "/api/v1/health"), timeout=5).status_code == 200
+            worst = max(worst, time.monotonic() - t0)
+            time.sleep(0.02)
+    for s in socks:
+        data = b""
+        while b"\r\n\r\n" not in data:
+            chunk = s.recv(4096)
+            assert chunk, "connection closed without a response"
+            data += chunk
+        assert data.startswith(b"HTTP/1.1 401"), data[:40]
+        s.close()
+    assert worst < 0.2, "a health request took %.0f ms during password checks" % (worst * 1000)
+    assert requests.post(u, data=b"x", auth=("alice", "alice-pw")).status_code == 200
