@@ -183,10 +183,19 @@ static uint64_t get_be64(const uint8_t *p)
     return v;
 }
 
+/* A failing state log fails for every message: say so once a second. */
+static void store_warn(const char *what, thz_err rc)
+{
+    static _Atomic int64_t last;
+    int64_t now = now_ms(), prev = atomic_load_explicit(&last, memory_order_relaxed);
+    if (now - prev < 1000 || !atomic_compare_exchange_strong(&last, &prev, now)) return;
+    log_warn("mqtt", "state log %s failed: %s", what, thz_strerror(rc));
+}
+
 static void store_put_checked(const void *k, size_t kl, const void *v, size_t vl)
 {
     thz_err rc = store_put(B.st, k, kl, v, vl);
-    if (rc) log_warn("mqtt", "state log put failed: %s", thz_strerror(rc));
+    if (rc) store_warn("put", rc);
     worker *w = net_self() >= 0 ? B.w[net_self()] : NULL;
     if (w) w->store_dirty = true;
 }
@@ -194,7 +203,7 @@ static void store_put_checked(const void *k, size_t kl, const void *v, size_t vl
 static void store_del_checked(const void *k, size_t kl)
 {
     thz_err rc = store_del(B.st, k, kl);
-    if (rc) log_warn("mqtt", "state log delete failed: %s", thz_strerror(rc));
+    if (rc) store_warn("delete", rc);
     worker *w = net_self() >= 0 ? B.w[net_self()] : NULL;
     if (w) w->store_dirty = true;
 }
@@ -1226,7 +1235,7 @@ static void batch_end(int idx, void *ctx)
         if (w->store_dirty) {
             w->store_dirty = false;
             thz_err rc = store_flush(B.st);
-            if (rc) log_warn("mqtt", "state log flush: %s", thz_strerror(rc));
+            if (rc) store_warn("flush", rc);
         }
         outbox_flush(w);
         garbage_flush(w);

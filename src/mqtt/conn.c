@@ -816,7 +816,7 @@ static void handle_publish(conn *c, const mqtt_packet *pkt)
         bool ok = t && auth_can_publish(B.auth, s->cid, c->username, t);
         free(t);
         if (!ok) {
-            log_info("mqtt", "client %s: publish to '%.*s' denied", s->cid, (int)tl, topic);
+            log_debug("mqtt", "client %s: publish to '%.*s' denied", s->cid, (int)tl, topic);
             if (c->version != MQTT_V5) {
                 conn_close(c, -1);
             } else if (pb->qos == 1) {
