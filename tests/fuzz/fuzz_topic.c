@@ -12,6 +12,7 @@
 #include <string.h>
 
 #include "mqtt/mqtt_int.h"
+#include "mqtt/topic.h"
 
 #define MAX_FILTERS 64
 #define MAX_TOPICS  64
@@ -68,6 +69,14 @@ static void check_topic(tnode *root, worker *w, const char *t, size_t tl, int ns
             continue;
         }
         bool want = topic_matches(subs[i].f, subs[i].fl, t, tl);
+        /* the ACL's filter-covers-filter must agree with plain matching when
+         * the covered "filter" is a topic name (C strings: no NUL inside) */
+        if (!memchr(subs[i].f, 0, subs[i].fl) && !memchr(t, 0, tl)) {
+            char *fz = strndup(subs[i].f, subs[i].fl), *tz = strndup(t, tl);
+            if (fz && tz && topic_filter_covers(fz, tz) != want) abort();
+            free(fz);
+            free(tz);
+        }
         /* a plain subscription, or exactly one member of a group */
         if (hit[i] != (want ? 1u : 0u)) abort();
     }
