@@ -219,6 +219,40 @@ static void conn_flush_once(conn *c)
     }
 }
 
+/* A Reason String for a v5 CONNACK refusal or server DISCONNECT, which the
+ * spec lets a server send whatever Request Problem Information says. The
+ * returned properties point at static text. */
+static const mqtt_props *reason_props(uint8_t reason)
+{
+    static __thread mqtt_props p;
+    const char *t;
+    switch (reason) {
+    case MQTT_RC_MALFORMED: t = "malformed packet"; break;
+    case MQTT_RC_PROTOCOL_ERROR: t = "protocol error"; break;
+    case MQTT_RC_UNSUPPORTED_VERSION: t = "unsupported protocol version"; break;
+    case MQTT_RC_CLIENT_ID_INVALID: t = "client identifier not valid"; break;
+    case MQTT_RC_BAD_USER_OR_PASSWORD: t = "bad user name or password"; break;
+    case MQTT_RC_NOT_AUTHORIZED: t = "not authorized"; break;
+    case MQTT_RC_SERVER_UNAVAILABLE: t = "server unavailable"; break;
+    case MQTT_RC_SERVER_BUSY: t = "too many connections"; break;
+    case MQTT_RC_SERVER_SHUTTING_DOWN: t = "server shutting down"; break;
+    case MQTT_RC_BAD_AUTH_METHOD: t = "no enhanced authentication method is supported"; break;
+    case MQTT_RC_KEEP_ALIVE_TIMEOUT: t = "keep alive timeout"; break;
+    case MQTT_RC_SESSION_TAKEN_OVER: t = "session taken over by a new connection"; break;
+    case MQTT_RC_TOPIC_NAME_INVALID: t = "topic name invalid"; break;
+    case MQTT_RC_RECEIVE_MAX_EXCEEDED: t = "receive maximum exceeded"; break;
+    case MQTT_RC_TOPIC_ALIAS_INVALID: t = "topic alias invalid"; break;
+    case MQTT_RC_PACKET_TOO_LARGE: t = "packet too large"; break;
+    case MQTT_RC_QUOTA_EXCEEDED: t = "not reading: slow consumer timeout"; break;
+    case MQTT_RC_RETAIN_NOT_SUPPORTED: t = "retain not supported"; break;
+    default: return NULL;
+    }
+    memset(&p, 0, sizeof p);
+    MQTT_SET(&p, MQTT_P_REASON_STRING);
+    p.reason_string = (mqtt_span){(const uint8_t *)t, (uint32_t)strlen(t)};
+    return &p;
+}
+
 /* Closes c. reason >= 0: a v5 client gets DISCONNECT with that reason first. */
 void conn_close(conn *c, int reason)
 {
@@ -227,7 +261,10 @@ void conn_close(conn *c, int reason)
     bool active = c->state == CONN_ACTIVE;
     c->state = CONN_CLOSING;
     if (active && reason >= 0 && c->version == MQTT_V5)
-        mqtt_encode_reasoned(&c->out, MQTT_V5, MQTT_DISCONNECT, (uint8_t)reason, NULL);
+        /* no Reason String where it could push the DISCONNECT past the
+         * client's Maximum Packet Size */
+        mqtt_encode_reasoned(&c->out, MQTT_V5, MQTT_DISCONNECT, (uint8_t)reason,
+                             c->max_packet_out >= 128 ? reason_props((uint8_t)reason) : NULL);
     if (c->out.len && !c->writing) {
         /* Best effort, once: what the socket takes now (a CONNACK refusal,
          * the DISCONNECT) is all the peer gets. */
@@ -377,7 +414,7 @@ static void send_ack(conn *c, uint8_t type, uint16_t id, uint8_t reason)
 static void connack_refuse(conn *c, uint8_t version, uint8_t reason)
 {
     if (version == MQTT_V5)
-        mqtt_encode_connack(&c->out, MQTT_V5, false, reason, NULL);
+        mqtt_encode_connack(&c->out, MQTT_V5, false, reason, reason_props(reason));
     else
         mqtt_encode_connack(&c->out, MQTT_V311, false, mqtt_v3_connack_code(reason), NULL);
     c->version = version;

@@ -352,3 +352,23 @@ def test_v5_puback_reason_success_and_reason_string_optional(broker):
     if r.REASON_STRING in ack.props:
         assert isinstance(ack.props[r.REASON_STRING], str)
     c.disconnect()
+
+
+def test_reason_strings_on_refusal_and_disconnect(broker_factory):
+    """v5: a refused CONNECT and a server DISCONNECT say why in a Reason
+    String (allowed on CONNACK and DISCONNECT whatever Request Problem
+    Information says)."""
+    skip_on_mosquitto("thinghz reason strings")
+    b = broker_factory(allow_anonymous=False)
+    c = r.RawClient(b.port, version=5)
+    ack = c.connect(unique("refused"), expect_rc=None)
+    assert ack.rc in (0x86, 0x87)
+    assert ack.props.get(r.REASON_STRING), ack
+    c.close()
+    b2 = broker_factory()
+    c = r.RawClient(b2.port, version=5)
+    c.connect(unique("ka"), keepalive=1)
+    pkts = c.recv_all(4)
+    disc = [p for p in pkts if p.type == r.DISCONNECT]
+    assert disc and disc[0].rc == 0x8D
+    assert disc[0].props.get(r.REASON_STRING) == "keep alive timeout"
