@@ -1192,6 +1192,12 @@ static void on_tick(uv_timer_t *t)
     net_batch_end(w->idx);
 }
 
+static void on_prepare(uv_prepare_t *p)
+{
+    worker *w = p->data;
+    if (w->nyield) worker_yield_resume(w);
+}
+
 static void worker_start(int idx, uv_loop_t *loop, void *ctx)
 {
     worker *w = B.w[idx];
@@ -1199,6 +1205,9 @@ static void worker_start(int idx, uv_loop_t *loop, void *ctx)
     uv_timer_init(loop, &w->tick);
     w->tick.data = w;
     uv_timer_start(&w->tick, on_tick, 250, 250);
+    uv_prepare_init(loop, &w->prep);
+    w->prep.data = w;
+    uv_prepare_start(&w->prep, on_prepare);
     /* restored sessions homed here start offline */
     pthread_mutex_lock(&B.sess_lock);
     size_t pos = 0;
@@ -1216,6 +1225,8 @@ static void worker_stop(int idx, uv_loop_t *loop, void *ctx)
     atomic_store(&B.shutting_down, true);
     uv_timer_stop(&w->tick);
     uv_close((uv_handle_t *)&w->tick, NULL);
+    uv_prepare_stop(&w->prep);
+    uv_close((uv_handle_t *)&w->prep, NULL);
     while (w->conns) conn_close(w->conns, MQTT_RC_SERVER_SHUTTING_DOWN);
     outbox_flush(w);
     garbage_flush(w);
@@ -1279,8 +1290,7 @@ thz_err mqtt_start(const thz_config *cfg, auth *a)
         w->gb = calloc((size_t)B.nthreads, sizeof *w->gb);
         w->gbn = calloc((size_t)B.nthreads, sizeof *w->gbn);
         w->gbcap = calloc((size_t)B.nthreads, sizeof *w->gbcap);
-        if (!w->out || !w->outn || !w->outcap || !w->gb || !w->gbn || !w->gbcap)
-            return THZ_ENOMEM;
+        if (!w->out || !w->outn || !w->outcap || !w->gb || !w->gbn || !w->gbcap) return THZ_ENOMEM;
         B.w[i] = w;
     }
     store_options so = {.fsync = cfg->fsync,
@@ -1370,6 +1380,7 @@ void mqtt_stop(void)
         free(w->mt);
         free(w->ms);
         free(w->dirty);
+        free(w->yield);
         free(w->paused);
         free(w);
     }

@@ -18,6 +18,7 @@ static atomic_uint n_conns;
 static void on_alloc(uv_handle_t *h, size_t hint, uv_buf_t *buf);
 static void on_read(uv_stream_t *st, ssize_t nread, const uv_buf_t *buf);
 static void conn_flush_once(conn *c);
+static void read_budget(conn *c, size_t n);
 
 static void conn_free(conn *c)
 {
@@ -46,8 +47,10 @@ static void on_closed(uv_handle_t *h)
     free(h);
     atomic_fetch_sub(&n_conns, 1);
     /* a password check still running on a worker holds c: it frees it */
-    if (c->authing) c->tcp = NULL;
-    else conn_free(c);
+    if (c->authing)
+        c->tcp = NULL;
+    else
+        conn_free(c);
 }
 
 void conn_mark_dirty(conn *c)
@@ -168,7 +171,7 @@ static void throttle_check(conn *c)
         uv_read_stop((uv_stream_t *)c->tcp);
     } else if (c->throttled && pending <= maxo / 2) {
         c->throttled = false;
-        if (!c->paused) uv_read_start((uv_stream_t *)c->tcp, on_alloc, on_read);
+        if (!c->paused && !c->yielded) uv_read_start((uv_stream_t *)c->tcp, on_alloc, on_read);
     }
 }
 
@@ -283,6 +286,14 @@ void conn_close(conn *c, int reason)
     }
     if (c->congested) uncongest(c);
     if (c->paused) unpause_remove(c);
+    if (c->yielded) {
+        for (uint32_t i = 0; i < w->nyield; i++)
+            if (w->yield[i] == c) {
+                w->yield[i] = w->yield[--w->nyield];
+                break;
+            }
+        c->yielded = false;
+    }
     if (c->prev)
         c->prev->next = c->next;
     else if (w->conns == c)
@@ -1191,8 +1202,52 @@ static void on_read(uv_stream_t *st, ssize_t nread, const uv_buf_t *buf)
         STAT_ADD(w->bytes_in, (uint64_t)nread);
         c->last_rx_ms = now_ms();
         feed(c, (const uint8_t *)buf->base, (size_t)nread);
+        read_budget(c, (size_t)nread);
     }
     net_batch_end(w->idx);
+}
+
+/* Fairness: libuv keeps calling on_read for one socket while it has data (up
+ * to 32 reads), so a client sending at line rate could hold its thread for
+ * many milliseconds. Past READ_BUDGET bytes within one loop tick a
+ * connection stops reading until the next loop iteration (worker_yield_resume,
+ * from a prepare handle), letting every other connection have its turn. */
+#define READ_BUDGET (512 * 1024)
+
+static void read_budget(conn *c, size_t n)
+{
+    if (c->state != CONN_ACTIVE || c->paused || c->throttled || c->authing || c->yielded) return;
+    uint64_t now = uv_now(c->w->loop);
+    if (c->budget_ms != now) {
+        c->budget_ms = now;
+        c->budget_used = 0;
+    }
+    c->budget_used += n;
+    if (c->budget_used <= READ_BUDGET) return;
+    worker *w = c->w;
+    if (w->nyield == w->ycap) {
+        uint32_t cap = w->ycap ? w->ycap * 2 : 16;
+        conn **a = realloc(w->yield, cap * sizeof *a);
+        if (!a) return;
+        w->yield = a;
+        w->ycap = cap;
+    }
+    w->yield[w->nyield++] = c;
+    c->yielded = true;
+    c->budget_used = 0;
+    uv_read_stop((uv_stream_t *)c->tcp);
+}
+
+void worker_yield_resume(worker *w)
+{
+    uint32_t n = w->nyield;
+    w->nyield = 0;
+    for (uint32_t i = 0; i < n; i++) {
+        conn *c = w->yield[i];
+        c->yielded = false;
+        if (!c->paused && !c->throttled && !c->authing)
+            uv_read_start((uv_stream_t *)c->tcp, on_alloc, on_read);
+    }
 }
 
 void worker_resume(worker *w)
@@ -1214,7 +1269,8 @@ void worker_resume(worker *w)
             thz_buf_consume(&c->in, used);
             if (c->in.len == 0) thz_buf_free(&c->in);
         }
-        if (!c->paused && !c->throttled) uv_read_start((uv_stream_t *)c->tcp, on_alloc, on_read);
+        if (!c->paused && !c->throttled && !c->yielded)
+            uv_read_start((uv_stream_t *)c->tcp, on_alloc, on_read);
     }
     free(list);
     net_batch_end(w->idx);

@@ -172,9 +172,12 @@ typedef struct conn {
     bool paused;       /* reading stopped: back-pressure from slow consumers */
     bool throttled;    /* reading stopped: our output to it is over max-outbuf */
     bool authing;      /* its password is being checked on a worker thread */
-    bool auth_done;    /* ... and auth_result is the answer */
+    bool yielded;      /* read its budget this loop tick; resumes next iteration */
+    uint64_t budget_ms;
+    uint32_t budget_used;
+    bool auth_done; /* ... and auth_result is the answer */
     thz_err auth_result;
-    bool congested;    /* this consumer is behind: publishers pause */
+    bool congested; /* this consumer is behind: publishers pause */
     int64_t congested_ms;
     uint16_t keepalive;
     int64_t last_rx_ms;
@@ -212,7 +215,10 @@ typedef struct worker {
     uint32_t msn, mscap;
     session *offline;
     bool store_dirty;
-    bool trie_rd;  /* holds B.trie_lock for reading until the batch ends */
+    bool trie_rd;      /* holds B.trie_lock for reading until the batch ends */
+    uv_prepare_t prep; /* resumes yielded connections each loop iteration */
+    conn **yield;
+    uint32_t nyield, ycap;
     conn **paused; /* publishers paused by back-pressure */
     uint32_t npaused, pcap;
     atomic_uint paused_n; /* npaused, readable by other threads */
@@ -327,5 +333,7 @@ void congestion_release(worker *w);
 #define INBOX_LOW  4096
 /* Resumes this worker's paused publishers once no consumer is congested. */
 void worker_resume(worker *w);
+/* Restarts reading on connections that used their read budget last tick. */
+void worker_yield_resume(worker *w);
 
 #endif
