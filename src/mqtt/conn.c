@@ -129,14 +129,20 @@ static void pause_reading(conn *c)
     uv_read_stop((uv_stream_t *)c->tcp);
 }
 
+/* Removes c from one of its worker's unordered connection lists. */
+static void list_remove(conn **a, uint32_t *n, const conn *c)
+{
+    for (uint32_t i = 0; i < *n; i++)
+        if (a[i] == c) {
+            a[i] = a[--*n];
+            return;
+        }
+}
+
 static void unpause_remove(conn *c)
 {
     worker *w = c->w;
-    for (uint32_t i = 0; i < w->npaused; i++)
-        if (w->paused[i] == c) {
-            w->paused[i] = w->paused[--w->npaused];
-            break;
-        }
+    list_remove(w->paused, &w->npaused, c);
     atomic_store_explicit(&w->paused_n, w->npaused, memory_order_relaxed);
     c->paused = false;
 }
@@ -277,21 +283,13 @@ void conn_close(conn *c, int reason)
     }
     if (c->dirty) {
         /* freed by the close callback: must not stay on the flush list */
-        for (uint32_t i = 0; i < w->ndirty; i++)
-            if (w->dirty[i] == c) {
-                w->dirty[i] = w->dirty[--w->ndirty];
-                break;
-            }
+        list_remove(w->dirty, &w->ndirty, c);
         c->dirty = false;
     }
     if (c->congested) uncongest(c);
     if (c->paused) unpause_remove(c);
     if (c->yielded) {
-        for (uint32_t i = 0; i < w->nyield; i++)
-            if (w->yield[i] == c) {
-                w->yield[i] = w->yield[--w->nyield];
-                break;
-            }
+        list_remove(w->yield, &w->nyield, c);
         c->yielded = false;
     }
     if (c->prev)
