@@ -550,10 +550,12 @@ static void queue_push(worker *w, session *s, delivery *d)
 {
     uint32_t maxq = atomic_load_explicit(&B.max_queued, memory_order_relaxed);
     /* While the session is online, back-pressure pauses publishers once the
-     * queue is half full; what is already on its way from other threads
-     * (globally bounded by INBOX_HIGH per thread) may still arrive, so an
-     * online queue gets that much headroom rather than dropping it. */
-    uint32_t bound = s->conn ? maxq + INBOX_HIGH : maxq;
+     * queue is half full; what is already on its way from other threads may
+     * still arrive: up to INBOX_HIGH in this thread's inbox, plus one read's
+     * worth of messages (INBOX_BURST) from each thread that crossed the mark
+     * in the same instant. An online queue gets that much headroom rather
+     * than dropping it; the bound stays finite. */
+    uint32_t bound = s->conn ? maxq + INBOX_HIGH + (uint32_t)B.nthreads * INBOX_BURST : maxq;
     if (s->q_len >= bound) {
         /* Overflow policy: the newest message is dropped and counted. */
         delivery_drop(w, d, true);
