@@ -331,6 +331,8 @@ void conn_pressure(conn *c);
 void congestion_release(worker *w);
 #define INBOX_HIGH 16384 /* cross-thread deliveries pending before publishers pause */
 #define INBOX_LOW  4096
+/* Messages one 64 KiB read can carry (a 7-byte QoS 1 PUBLISH is the least). */
+#define INBOX_BURST (65536 / 7)
 /* Resumes this worker's paused publishers once no consumer is congested. */
 void worker_resume(worker *w);
 /* Restarts reading on connections that used their read budget last tick. */
