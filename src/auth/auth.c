@@ -231,18 +231,29 @@ static int acl_user_cmp(const void *a, const void *b)
     return strcmp(((const acl_user *)a)->zName, ((const acl_user *)b)->zName);
 }
 
-static thz_err load_passwords(rules *r, const char *path)
+/* Opens a rules file and a line buffer for it (AUTH_LINE_MAX + 1 bytes);
+ * the caller frees *line and closes *f. setting names the file in errors. */
+static thz_err open_rules_file(const char *setting, const char *path, FILE **f, char **line)
 {
-    FILE *f = fopen(path, "r");
-    if (f == NULL) {
-        log_error("auth", "password-file %s: %s", path, strerror(errno));
+    *f = fopen(path, "r");
+    if (*f == NULL) {
+        log_error("auth", "%s %s: %s", setting, path, strerror(errno));
         return THZ_EIO;
     }
-    char *line = malloc(AUTH_LINE_MAX + 1);
-    if (line == NULL) {
-        fclose(f);
+    *line = malloc(AUTH_LINE_MAX + 1);
+    if (*line == NULL) {
+        fclose(*f);
         return THZ_ENOMEM;
     }
+    return THZ_OK;
+}
+
+static thz_err load_passwords(rules *r, const char *path)
+{
+    FILE *f = NULL;
+    char *line = NULL;
+    thz_err orc = open_rules_file("password-file", path, &f, &line);
+    if (orc) return orc;
     thz_err rc = THZ_OK;
     size_t cap = 0, len;
     unsigned lineno = 0;
@@ -350,16 +361,10 @@ static const char *parse_acl_rule(char *rest, int *access, char **topic)
 
 static thz_err load_acl(rules *r, const char *path)
 {
-    FILE *f = fopen(path, "r");
-    if (f == NULL) {
-        log_error("auth", "acl-file %s: %s", path, strerror(errno));
-        return THZ_EIO;
-    }
-    char *line = malloc(AUTH_LINE_MAX + 1);
-    if (line == NULL) {
-        fclose(f);
-        return THZ_ENOMEM;
-    }
+    FILE *f = NULL;
+    char *line = NULL;
+    thz_err orc = open_rules_file("acl-file", path, &f, &line);
+    if (orc) return orc;
     thz_err rc = THZ_OK;
     size_t ucap = 0, len;
     unsigned lineno = 0;
