@@ -2,6 +2,7 @@
  * parses many packets, one write flushes many) and one handler per packet
  * type, dispatched from a single switch. Errors become reason codes only
  * through mqtt_reason_from_err (codec.c). */
+#include <fcntl.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -464,7 +465,12 @@ static void conn_migrate(conn *c, int target, const uint8_t *p, size_t n)
 {
     uv_os_fd_t fd;
     migration *mg = malloc(sizeof *mg + n);
-    if (!mg || uv_fileno((uv_handle_t *)c->tcp, &fd) != 0 || (mg->fd = dup(fd)) < 0) {
+    /* F_DUPFD_CLOEXEC rather than dup(): the copy must not leak into a
+     * child, and libuv closes descriptors with a raw close syscall that
+     * ThreadSanitizer cannot see, so its dup() hook mistakes a recycled
+     * descriptor number for a race with the previous owner's reads. */
+    if (!mg || uv_fileno((uv_handle_t *)c->tcp, &fd) != 0 ||
+        (mg->fd = fcntl(fd, F_DUPFD_CLOEXEC, 0)) < 0) {
         free(mg);
         conn_close(c, -1);
         return;
