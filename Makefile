@@ -4,7 +4,7 @@
 
 BUILD    ?= build
 CC       ?= gcc
-PKGS     := libuv libcrypto libcjson
+PKGS     := libuv libcrypto libcjson sqlite3 libargon2 zlib libwslay
 # llhttp's C sources ship in Debian's node-llhttp package; they are compiled
 # from where the package puts them, never copied into the tree.
 LLHTTP_DIR := /usr/share/llhttp

@@ -1,0 +1,210 @@
+/* registry.h - tenants, users, API tokens, devices, groups and device
+ * credentials (the part of thinghz that replaces DynamoDB and IoT Core's
+ * registry), kept in SQLite (WAL mode) at DATA_DIR/registry.db, plus an
+ * in-memory mirror of what the hot paths read (token and device-secret
+ * lookups, device records, presence).
+ *
+ * Threads. Every function is thread-safe. Functions marked [fast] touch only
+ * memory (a read lock, a SHA-256 of a short string) and may run on an I/O
+ * thread. All others run SQL or hash a password with argon2id: call them from
+ * a worker thread (uv_queue_work), never from an I/O thread. Writes go to
+ * SQLite first and update the mirror after the commit, so a [fast] read never
+ * sees an object the database does not have.
+ *
+ * Objects cross this interface as cJSON: the registry owns the JSON shape of
+ * its objects (documented in docs/API.md and the OpenAPI file) and validates
+ * request bodies: unknown fields are ignored; a wrong type, a missing required
+ * field or an out-of-range value is THZ_EINVAL with err naming the field.
+ * Every *out is a new cJSON the caller deletes; it is set only on THZ_OK.
+ *
+ * Errors: THZ_EINVAL (bad input; err says what), THZ_ENOTFOUND (no such
+ * object *in this tenant*: another tenant's objects are never visible),
+ * THZ_EEXIST (id or email taken), THZ_EBADAUTH (login or token refused),
+ * THZ_EDENIED (the role may not do this), THZ_EQUOTA (a limit), THZ_EIO /
+ * THZ_ECORRUPT (database trouble, logged). */
+#ifndef THZ_REGISTRY_H
+#define THZ_REGISTRY_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include <cjson/cJSON.h>
+
+#include "core/err.h"
+
+#define REG_ERR_LEN 200 /* size of the err buffers below */
+#define REG_DEFAULT_TENANT 1 /* created on first start; password-file and anonymous clients live here */
+#define REG_ID_MAX 128       /* device, group ids: 1..128 bytes of [A-Za-z0-9_.:-] */
+
+typedef struct registry registry;
+
+typedef enum reg_role { REG_VIEWER = 1, REG_OPERATOR = 2, REG_ADMIN = 3 } reg_role;
+
+/* Who is calling, from a bearer token. */
+typedef struct reg_principal {
+    int64_t tenant;
+    int64_t user;
+    int64_t token;   /* the id of the token (login session or API token) */
+    reg_role role;   /* the token's role: never above its user's */
+    bool superuser;  /* an admin of the default tenant: may manage tenants */
+} reg_principal;
+
+/* ---- lifecycle ---- */
+
+/* Opens (creating) DATA_DIR/registry.db in WAL mode and runs the schema
+ * migrations not yet applied (each in a transaction; the applied version is
+ * kept in PRAGMA user_version). On the first start it creates the default
+ * tenant and an admin user: email from THINGHZ_ADMIN_EMAIL (else
+ * "admin@localhost"), password from THINGHZ_ADMIN_PASSWORD, else a random one
+ * printed once to stderr. There is never a default password. Then loads the
+ * mirror. Starts one background thread that persists presence and token
+ * last-used times every few seconds. */
+thz_err reg_open(const char *data_dir, registry **out, char err[REG_ERR_LEN]);
+/* Persists presence, stops the thread, closes the database. */
+void reg_close(registry *r);
+
+/* An online, consistent copy of the database into DIR/registry.db (SQLite's
+ * backup API), callable while the daemon serves. */
+thz_err reg_backup(registry *r, const char *dir, char err[REG_ERR_LEN]);
+/* Offline forms for the CLI: back up a stopped daemon's data dir, and restore
+ * DIR/registry.db into a data dir (refused while a daemon holds it). */
+thz_err reg_backup_offline(const char *data_dir, const char *dir, char err[REG_ERR_LEN]);
+thz_err reg_restore_offline(const char *data_dir, const char *dir, char err[REG_ERR_LEN]);
+
+/* Called (on the registry's caller thread) when a device's credentials stop
+ * being valid: rotated, disabled or deleted. The broker disconnects it. */
+typedef void (*reg_revoke_fn)(int64_t tenant, const char *device_id, void *ctx);
+void reg_on_revoke(registry *r, reg_revoke_fn fn, void *ctx);
+
+/* ---- sessions and tokens ---- */
+
+/* {"email","password"} → {"token","expires_at","user":{...}}. A login token
+ * lasts 24 h and has the user's role. THZ_EBADAUTH for a wrong password, an
+ * unknown or disabled user (same answer, same time spent). */
+thz_err reg_login(registry *r, const cJSON *body, cJSON **out, char err[REG_ERR_LEN]);
+/* [fast] Resolves a bearer token. THZ_EBADAUTH when unknown, expired, revoked
+ * or its user disabled. Records the last-used time (persisted later). */
+thz_err reg_token_check(registry *r, const char *token, reg_principal *p);
+/* Revokes the calling token (logout). */
+thz_err reg_logout(registry *r, const reg_principal *p);
+/* The calling user and tenant: {"user":{...},"tenant":{...},"role"}. */
+thz_err reg_whoami(registry *r, const reg_principal *p, cJSON **out);
+/* API tokens of the calling user. create: {"name", "expires_in_s"?,
+ * "role"? (<= caller's)} → {"id","name","token" (shown once),"role",
+ * "expires_at","created_at"}. list: [{... without "token", "last_used_at"}].
+ * An admin sees and revokes every token of the tenant. */
+thz_err reg_token_create(registry *r, const reg_principal *p, const cJSON *body, cJSON **out,
+                         char err[REG_ERR_LEN]);
+thz_err reg_token_list(registry *r, const reg_principal *p, cJSON **out);
+thz_err reg_token_revoke(registry *r, const reg_principal *p, int64_t id);
+
+/* ---- tenants (superuser) ---- */
+
+/* {"name","admin_email","admin_password"} → {"id","name","created_at"}. */
+thz_err reg_tenant_create(registry *r, const cJSON *body, cJSON **out, char err[REG_ERR_LEN]);
+thz_err reg_tenant_list(registry *r, cJSON **out);
+
+/* ---- users (admin of the tenant) ---- */
+
+/* {"email","password" (>= 8 chars),"role"} → user object
+ * {"id","email","role","disabled","created_at"} (never a hash). */
+thz_err reg_user_create(registry *r, int64_t tenant, const cJSON *body, cJSON **out,
+                        char err[REG_ERR_LEN]);
+thz_err reg_user_list(registry *r, int64_t tenant, cJSON **out);
+/* {"role"?, "disabled"?, "password"?}. Disabling a user revokes its tokens. */
+thz_err reg_user_update(registry *r, int64_t tenant, int64_t id, const cJSON *body, cJSON **out,
+                        char err[REG_ERR_LEN]);
+thz_err reg_user_delete(registry *r, int64_t tenant, int64_t id);
+
+/* ---- devices ---- */
+
+/* {"id","name"?,"type"?,"tags"? (object of strings),"attributes"? (object),
+ * "groups"? (array of group ids),"enabled"?} → the device object plus
+ * "secret" (shown only here and by rotate). The device object:
+ * {"id","name","type","tags","attributes","groups","enabled","created_at",
+ *  "updated_at", presence fields (see reg_device_get)}. */
+thz_err reg_device_create(registry *r, int64_t tenant, const cJSON *body, cJSON **out,
+                          char err[REG_ERR_LEN]);
+/* [fast] The device object with its presence: "online" (bool),
+ * "connected_since", "last_seen" (RFC 3339 or null), "client_address",
+ * "protocol_version", "keep_alive", "messages_in","messages_out","bytes_in",
+ * "bytes_out" (since connect), "messages_in_total", ..., "bytes_out_total",
+ * "last_disconnect_reason". */
+thz_err reg_device_get(registry *r, int64_t tenant, const char *id, cJSON **out);
+/* [fast] Lists devices by id order: tag "k=v" or "k" (NULL: any), group id
+ * (NULL: any; static or dynamic membership), online (-1 any, 0, 1); at most
+ * limit (1..1000) after cursor (NULL: from the start). out:
+ * {"items":[...],"next_cursor": string or null}. */
+thz_err reg_device_list(registry *r, int64_t tenant, const char *tag, const char *group,
+                        int online, int limit, const char *cursor, cJSON **out,
+                        char err[REG_ERR_LEN]);
+/* {"name"?,"type"?,"tags"?,"attributes"?,"groups"?,"enabled"?}: fields given
+ * replace the stored ones. Disabling revokes (see reg_on_revoke). */
+thz_err reg_device_update(registry *r, int64_t tenant, const char *id, const cJSON *body,
+                          cJSON **out, char err[REG_ERR_LEN]);
+thz_err reg_device_delete(registry *r, int64_t tenant, const char *id);
+/* A new secret; the old one stops working at once. out: {"id","secret"}. */
+thz_err reg_device_rotate(registry *r, int64_t tenant, const char *id, cJSON **out);
+/* [fast] {"devices","online","offline","messages_in_per_s","messages_out_per_s"}. */
+thz_err reg_fleet_summary(registry *r, int64_t tenant, cJSON **out);
+
+/* ---- groups ---- */
+
+/* {"id","name"?,"query"? (object of tag → value: dynamic membership, every
+ * pair must match), "policy"? {"publish":[filters],"subscribe":[filters]}}
+ * → {"id","name","query","policy","devices":[ids of static members]}.
+ * Policy filters may use ${device} for the member's id. */
+thz_err reg_group_create(registry *r, int64_t tenant, const cJSON *body, cJSON **out,
+                         char err[REG_ERR_LEN]);
+thz_err reg_group_get(registry *r, int64_t tenant, const char *id, cJSON **out);
+thz_err reg_group_list(registry *r, int64_t tenant, cJSON **out);
+thz_err reg_group_update(registry *r, int64_t tenant, const char *id, const cJSON *body,
+                         cJSON **out, char err[REG_ERR_LEN]);
+thz_err reg_group_delete(registry *r, int64_t tenant, const char *id);
+/* Static membership. */
+thz_err reg_group_add(registry *r, int64_t tenant, const char *group, const char *device);
+thz_err reg_group_remove(registry *r, int64_t tenant, const char *group, const char *device);
+
+/* ---- the broker's side ---- */
+
+/* A device as the broker holds it while connected: reference counted, so a
+ * device deleted meanwhile stays valid memory until released. */
+typedef struct reg_dev reg_dev;
+
+/* What a CONNECT's credentials resolved to. */
+typedef struct reg_identity {
+    int64_t tenant;
+    reg_dev *dev;   /* a device (release with reg_dev_release), or NULL */
+    reg_role role;  /* for an API token (dev NULL): its role */
+} reg_identity;
+
+/* [fast] username = device id, password = its secret; or any username and
+ * password = an API token. THZ_EBADAUTH when neither matches or the device is
+ * disabled. A secret is 32 random bytes, so one SHA-256 checks it. */
+thz_err reg_mqtt_auth(registry *r, const char *username, const uint8_t *password, size_t plen,
+                      reg_identity *out);
+void reg_dev_release(reg_dev *d);
+const char *reg_dev_id(const reg_dev *d);
+int64_t reg_dev_tenant(const reg_dev *d);
+/* [fast] May device d publish to topic / subscribe to filter? Own topics
+ * (devices/{id}/#, $aws/things/{id}/#) plus its groups' policies. */
+bool reg_dev_can_publish(registry *r, reg_dev *d, const char *topic);
+bool reg_dev_can_subscribe(registry *r, reg_dev *d, const char *filter);
+
+/* [fast] Presence, kept in memory and persisted by the background thread.
+ * connect and disconnect return the event's version number, which grows per
+ * device (and across restarts) so consumers can order events. */
+typedef struct reg_conn_info {
+    const char *client_id;
+    const char *address;   /* "ip:port" */
+    int protocol_version;  /* 3, 4 or 5 */
+    int keep_alive;
+} reg_conn_info;
+uint64_t reg_presence_connect(registry *r, reg_dev *d, const reg_conn_info *ci);
+uint64_t reg_presence_disconnect(registry *r, reg_dev *d, const char *reason);
+/* [fast] Counters, relaxed atomics; call as traffic flows. */
+void reg_presence_count(reg_dev *d, uint64_t msgs_in, uint64_t bytes_in, uint64_t msgs_out,
+                        uint64_t bytes_out);
+
+#endif
