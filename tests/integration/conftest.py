@@ -125,6 +125,11 @@ class Broker:
         # it survives restarts. Unused when http_listen is given in opts.
         self.http_port = free_port()
         self.host = "127.0.0.1"
+        # The first start of an empty data dir creates the admin from these.
+        self.admin_email = "admin@example.com"
+        self.admin_password = "admin-test-password"
+        self.env = dict(os.environ, THINGHZ_ADMIN_EMAIL=self.admin_email,
+                        THINGHZ_ADMIN_PASSWORD=self.admin_password)
         self.proc = None
         self.exit_codes = []
 
@@ -186,7 +191,7 @@ class Broker:
             log.write(("==== start: %s\n" % " ".join(self.command())).encode())
             log.flush()
             self.proc = subprocess.Popen(self.command(), stdout=log, stderr=log,
-                                         stdin=subprocess.DEVNULL)
+                                         stdin=subprocess.DEVNULL, env=self.env)
         if wait:
             deadline = time.monotonic() + START_TIMEOUT
             while not port_open(self.port):
