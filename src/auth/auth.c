@@ -80,6 +80,7 @@ struct auth {
     /* The cache keys on HMAC(key, user, password) rather than a plain
      * SHA-256 so that a memory dump does not hand out cheap-to-crack hashes. */
     uint8_t key[AUTH_KEY_LEN];
+    registry *reg; /* asked first when set */
 };
 
 /* ---------------------------------------------------------------- rules */
@@ -591,16 +592,61 @@ static thz_err auth_check(auth *a, const char *client_id, const char *username,
     return THZ_OK;
 }
 
-thz_err auth_connect(auth *a, const char *client_id, const char *username, const uint8_t *password,
-                     size_t password_len)
+void auth_set_registry(auth *a, registry *r)
 {
-    return auth_check(a, client_id, username, password, password_len, true);
+    a->reg = r;
+}
+
+void auth_identity_clear(auth_identity *id)
+{
+    if (id->dev) reg_dev_release(id->dev);
+    *id = (auth_identity){.tenant = REG_DEFAULT_TENANT};
+}
+
+/* The registry first (a device secret or an API token is one SHA-256 away),
+ * then the password file. */
+static thz_err connect_check(auth *a, const char *client_id, const char *username,
+                             const uint8_t *password, size_t password_len, auth_identity *id,
+                             bool slow)
+{
+    if (id) *id = (auth_identity){.tenant = REG_DEFAULT_TENANT};
+    if (a->reg && password && password_len) {
+        reg_identity ri;
+        if (reg_mqtt_auth(a->reg, username ? username : "", password, password_len, &ri) ==
+            THZ_OK) {
+            if (!id) {
+                if (ri.dev) reg_dev_release(ri.dev);
+                return THZ_OK;
+            }
+            id->tenant = ri.tenant;
+            id->dev = ri.dev;
+            id->token_role = ri.dev ? 0 : ri.role;
+            return THZ_OK;
+        }
+    }
+    return auth_check(a, client_id, username, password, password_len, slow);
+}
+
+thz_err auth_bearer(auth *a, const char *token, auth_identity *id)
+{
+    *id = (auth_identity){.tenant = REG_DEFAULT_TENANT};
+    reg_principal p;
+    if (!a->reg || reg_token_check(a->reg, token, &p) != THZ_OK) return THZ_EBADAUTH;
+    id->tenant = p.tenant;
+    id->token_role = p.role;
+    return THZ_OK;
+}
+
+thz_err auth_connect(auth *a, const char *client_id, const char *username, const uint8_t *password,
+                     size_t password_len, auth_identity *id)
+{
+    return connect_check(a, client_id, username, password, password_len, id, true);
 }
 
 thz_err auth_connect_quick(auth *a, const char *client_id, const char *username,
-                           const uint8_t *password, size_t password_len)
+                           const uint8_t *password, size_t password_len, auth_identity *id)
 {
-    return auth_check(a, client_id, username, password, password_len, false);
+    return connect_check(a, client_id, username, password, password_len, id, false);
 }
 
 thz_err auth_hash_password_iter(const char *username, const char *password, unsigned iterations,
@@ -733,18 +779,25 @@ static bool acl_check(auth *a, const char *cid, const char *user, const char *re
     return ok;
 }
 
-bool auth_can_publish(auth *a, const char *client_id, const char *username, const char *topic)
+bool auth_can_publish(auth *a, const auth_identity *id, const char *client_id,
+                      const char *username, const char *topic)
 {
+    if (id && id->dev) return reg_dev_can_publish(a->reg, id->dev, topic);
+    if (id && id->token_role) return id->token_role >= REG_OPERATOR;
     return acl_check(a, client_id, username, topic, ACC_WRITE);
 }
 
-bool auth_can_subscribe(auth *a, const char *client_id, const char *username, const char *filter)
+bool auth_can_subscribe(auth *a, const auth_identity *id, const char *client_id,
+                        const char *username, const char *filter)
 {
+    if (id && id->dev) return reg_dev_can_subscribe(a->reg, id->dev, filter);
+    if (id && id->token_role) return true;
     return acl_check(a, client_id, username, filter, ACC_READ);
 }
 
-bool auth_has_acl(auth *a)
+bool auth_has_acl(auth *a, const auth_identity *id)
 {
+    if (id && (id->dev || id->token_role)) return true;
     pthread_rwlock_rdlock(&a->lock);
     bool has = a->cur->hasAcl;
     pthread_rwlock_unlock(&a->lock);

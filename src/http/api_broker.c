@@ -96,7 +96,8 @@ static http_result unauthorized(http_response *res, const char *msg)
 }
 
 /* The publish itself, once the credentials are known to be good or bad. */
-static void post_topic_finish(http_request *req, http_response *res, thz_err rc, const char *user)
+static void post_topic_finish(http_request *req, http_response *res, thz_err rc, const char *user,
+                              const auth_identity *id)
 {
     if (rc == THZ_EDENIED) {
         http_res_error(res, 403, "forbidden", "not authorized");
@@ -123,14 +124,27 @@ static void post_topic_finish(http_request *req, http_response *res, thz_err rc,
         http_res_error(res, 400, "invalid_retain", "retain must be true or false");
         return;
     }
-    if (!auth_can_publish(A, "http", user, topic)) {
-        http_res_error(res, 403, "forbidden", "the ACL denies publishing to this topic");
+    size_t tl = strlen(topic);
+    bool sys = tl >= 4 && memcmp(topic, "$SYS", 4) == 0 && (tl == 4 || topic[4] == '/');
+    if (sys || topic_reserved(topic, tl) || !auth_can_publish(A, id, "http", user, topic)) {
+        http_res_error(res, 403, "forbidden", "not authorized to publish to this topic");
         return;
     }
+    /* the broker's name of the topic: the caller's tenant prefix in front */
+    char pre[TOPIC_TENANT_PREFIX_MAX];
+    size_t pl = topic_tenant_prefix(id->tenant, pre);
+    char *full = malloc(pl + tl + 1);
+    if (!full) {
+        http_res_error(res, 503, "out_of_memory", "the server is out of memory");
+        return;
+    }
+    memcpy(full, pre, pl);
+    memcpy(full + pl, topic, tl + 1);
     size_t len;
     const uint8_t *body = http_req_body(req, &len);
     int qos = q[0] - '0';
-    rc = mqtt_publish_internal(topic, body, len, qos, strcmp(r, "true") == 0);
+    rc = mqtt_publish_internal(full, body, len, qos, strcmp(r, "true") == 0);
+    free(full);
     if (rc == THZ_ETOPIC) {
         http_res_error(res, 400, "invalid_topic", "the topic is not a valid MQTT topic name");
         return;
@@ -153,21 +167,24 @@ typedef struct cred_work {
     uv_work_t req;
     http_request *hreq;
     thz_err rc;
+    auth_identity id;
     char *user, *pass;
 } cred_work;
 
 static void cred_work_run(uv_work_t *w)
 {
     cred_work *cw = w->data;
-    cw->rc = auth_connect(A, "http", cw->user, (const uint8_t *)cw->pass, strlen(cw->pass));
+    cw->rc =
+        auth_connect(A, "http", cw->user, (const uint8_t *)cw->pass, strlen(cw->pass), &cw->id);
 }
 
 static void cred_work_done(uv_work_t *w, int status)
 {
     cred_work *cw = w->data;
     post_topic_finish(cw->hreq, http_req_response(cw->hreq), status == 0 ? cw->rc : THZ_EIO,
-                      cw->user);
+                      cw->user, &cw->id);
     http_reply(cw->hreq);
+    auth_identity_clear(&cw->id);
     OPENSSL_cleanse(cw->pass, strlen(cw->pass));
     free(cw->user);
     free(cw->pass);
@@ -175,16 +192,26 @@ static void cred_work_done(uv_work_t *w, int status)
 }
 
 /* POST /api/v1/topics/{topic...}?qos=0|1&retain=true|false, body = payload.
- * Credentials are HTTP Basic, checked like an MQTT CONNECT (client id
- * "http"), then the ACL like an MQTT PUBLISH. */
+ * Credentials are an API token (Bearer), or HTTP Basic checked like an MQTT
+ * CONNECT (client id "http": a device id and its secret, or a password-file
+ * user); then the ACL like an MQTT PUBLISH, in the caller's tenant. */
 static http_result post_topic(http_request *req, http_response *res, void *ctx)
 {
     char cred[512];
     const char *user = NULL, *pass = NULL;
     const char *h = http_req_header(req, "authorization");
+    auth_identity id = {0};
+    if (h && strncasecmp(h, "Bearer ", 7) == 0) {
+        const char *t = h + 7;
+        while (*t == ' ') t++;
+        thz_err rc = auth_bearer(A, t, &id);
+        post_topic_finish(req, res, rc, NULL, &id);
+        auth_identity_clear(&id);
+        return HTTP_DONE;
+    }
     if (h) {
         if (strncasecmp(h, "Basic ", 6) != 0)
-            return unauthorized(res, "only Basic authentication is supported");
+            return unauthorized(res, "only Basic and Bearer authentication are supported");
         const char *b = h + 6;
         while (*b == ' ') b++;
         if (b64_decode(b, cred, sizeof cred) < 0)
@@ -196,7 +223,7 @@ static http_result post_topic(http_request *req, http_response *res, void *ctx)
         pass = colon + 1;
     }
     thz_err rc =
-        auth_connect_quick(A, "http", user, (const uint8_t *)pass, pass ? strlen(pass) : 0);
+        auth_connect_quick(A, "http", user, (const uint8_t *)pass, pass ? strlen(pass) : 0, &id);
     if (rc == THZ_EAGAIN) {
         cred_work *cw = calloc(1, sizeof *cw);
         if (cw && (cw->user = strdup(user)) && (cw->pass = strdup(pass))) {
@@ -214,7 +241,8 @@ static http_result post_topic(http_request *req, http_response *res, void *ctx)
         http_res_error(res, 503, "out_of_memory", "the server is out of memory");
         return HTTP_DONE;
     }
-    post_topic_finish(req, res, rc, user);
+    post_topic_finish(req, res, rc, user, &id);
+    auth_identity_clear(&id);
     OPENSSL_cleanse(cred, sizeof cred);
     return HTTP_DONE;
 }

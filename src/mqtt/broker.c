@@ -1156,6 +1156,7 @@ static void on_tick(uv_timer_t *t)
     if (w->npaused && atomic_load(&B.congested) == 0) worker_resume(w);
     for (conn *c = w->conns, *next; c; c = next) {
         next = c->next;
+        conn_count_flush(c);
         if (c->congested && now - c->congested_ms > (int64_t)LIMIT(slow_consumer_timeout) * 1000) {
             /* A consumer that stays stuck would hold every publisher back. */
             log_warn("mqtt", "client %s: disconnected, not reading for %u s",
@@ -1423,13 +1424,19 @@ static void publish_internal_task(int thread, void *arg)
     msg_unref(m);
 }
 
-thz_err mqtt_publish_internal(const char *topic, const void *payload, size_t len, int qos,
-                              bool retain)
+static thz_err publish_internal(const char *topic, const void *payload, size_t len, int qos,
+                                bool retain, bool later)
 {
     size_t tl = strlen(topic);
     if (!topic_name_valid(topic, tl) || qos < 0 || qos > 2) return THZ_ETOPIC;
     msg *m = msg_new(topic, tl, payload, len, NULL, 0, (uint8_t)qos, retain, 0);
     if (!m) return THZ_ENOMEM;
+    if (later) {
+        /* routed from a clean stack, not from inside the caller's work */
+        int self = net_self();
+        net_post(self >= 0 ? self : 0, publish_internal_task, m);
+        return THZ_OK;
+    }
     int self = net_self();
     if (self >= 0) {
         publish_internal_task(self, m);
@@ -1438,4 +1445,62 @@ thz_err mqtt_publish_internal(const char *topic, const void *payload, size_t len
         net_post(0, publish_internal_task, m);
     }
     return THZ_OK;
+}
+
+thz_err mqtt_publish_internal(const char *topic, const void *payload, size_t len, int qos,
+                              bool retain)
+{
+    return publish_internal(topic, payload, len, qos, retain, false);
+}
+
+thz_err publish_later(const char *topic, const void *payload, size_t len, int qos)
+{
+    return publish_internal(topic, payload, len, qos, false, true);
+}
+
+/* ---- the registry's revocations ---- */
+
+typedef struct revocation {
+    int64_t tenant;
+    int pending; /* threads still to run it */
+    char id[];
+} revocation;
+
+static void revoke_task(int thread, void *arg)
+{
+    revocation *rv = arg;
+    if (thread >= 0 && net_self() == thread) {
+        worker *w = B.w[thread];
+        for (conn *c = w->conns, *next; c; c = next) {
+            next = c->next;
+            if (c->state == CONN_ACTIVE && c->id.dev && reg_dev_tenant(c->id.dev) == rv->tenant &&
+                strcmp(reg_dev_id(c->id.dev), rv->id) == 0) {
+                log_info("mqtt", "client %s: disconnected, its credentials were revoked",
+                         c->s ? c->s->cid : c->peer);
+                conn_close(c, MQTT_RC_ADMIN_ACTION);
+            }
+        }
+        net_batch_end(thread);
+    }
+    if (__atomic_sub_fetch(&rv->pending, 1, __ATOMIC_ACQ_REL) == 0) free(rv);
+}
+
+/* A device's secret was rotated, or it was disabled or deleted: its
+ * connections on every thread end with 0x98 (administrative action). */
+static void on_revoke(int64_t tenant, const char *device_id, void *ctx)
+{
+    size_t n = strlen(device_id);
+    revocation *rv = malloc(sizeof *rv + n + 1);
+    if (!rv) return;
+    rv->tenant = tenant;
+    rv->pending = B.nthreads;
+    memcpy(rv->id, device_id, n + 1);
+    for (int i = 0; i < B.nthreads; i++) net_post(i, revoke_task, rv);
+}
+
+void mqtt_set_registry(registry *r)
+{
+    B.reg = r;
+    auth_set_registry(B.auth, r);
+    reg_on_revoke(r, on_revoke, NULL);
 }

@@ -6,8 +6,10 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <unistd.h>
 
+#include <cjson/cJSON.h>
 #include <openssl/crypto.h>
 
 #include "core/log.h"
@@ -39,7 +41,48 @@ static void conn_free(conn *c)
         free(c->alias_out);
     }
     free(c->username);
+    auth_identity_clear(&c->id);
+    auth_identity_clear(&c->auth_id);
     free(c);
+}
+
+/* ---- tenants ---- */
+
+/* The broker's name for a client's topic name (filter false) or filter: its
+ * tenant prefix in front (after "$share/G/" for a shared subscription). The
+ * default tenant's names are used as they are; otherwise the result is a
+ * malloc'd copy left in *heap (NULL when out of memory). *n is updated. */
+static const char *tenant_name(const conn *c, const char *t, size_t *n, bool filter, char **heap)
+{
+    *heap = NULL;
+    if (!c->tplen) return t;
+    const char *g, *rf;
+    size_t gl, rfl, pre = 0;
+    bool bad;
+    if (filter && topic_share_parse(t, *n, &g, &gl, &rf, &rfl, &bad)) pre = (size_t)(rf - t);
+    char *o = malloc(*n + c->tplen + 1);
+    if (!o) return NULL;
+    memcpy(o, t, pre);
+    memcpy(o + pre, c->tprefix, c->tplen);
+    memcpy(o + pre + c->tplen, t + pre, *n - pre);
+    *n += c->tplen;
+    o[*n] = 0;
+    *heap = o;
+    return o;
+}
+
+/* May this client publish to topic (as it named it)? */
+static bool may_publish(conn *c, const char *topic, size_t tl)
+{
+    /* $SYS/ belongs to the broker (MQTT 4.7.2), "$t/" to tenants (topic.h) */
+    bool sys = tl >= 4 && memcmp(topic, "$SYS", 4) == 0 && (tl == 4 || topic[4] == '/');
+    if (sys || topic_reserved(topic, tl)) return false;
+    if (!auth_has_acl(B.auth, &c->id)) return true;
+    char *t = strndup(topic, tl);
+    bool ok = t && auth_can_publish(B.auth, &c->id, c->s ? c->s->cid + c->tplen : NULL,
+                                    c->username, t);
+    free(t);
+    return ok;
 }
 
 static void on_closed(uv_handle_t *h)
@@ -200,6 +243,7 @@ static void conn_flush_once(conn *c)
         return;
     }
     STAT_ADD(c->w->bytes_out, (uint64_t)n);
+    c->n_bytes_out += (uint64_t)n;
     if ((size_t)n == c->out.len) {
         /* Idle connections hold no output memory. */
         thz_buf_free(&c->out);
@@ -213,6 +257,7 @@ static void conn_flush_once(conn *c)
     c->out.len = 0;
     thz_buf_consume(&c->wbuf, (size_t)n);
     STAT_ADD(c->w->bytes_out, c->wbuf.len);
+    c->n_bytes_out += c->wbuf.len;
     c->wreq = malloc(sizeof *c->wreq);
     if (!c->wreq) {
         conn_close(c, -1);
@@ -264,6 +309,87 @@ static const mqtt_props *reason_props(uint8_t reason)
 }
 
 /* Closes c. reason >= 0: a v5 client gets DISCONNECT with that reason first. */
+/* ---- presence: AWS IoT's lifecycle events, for registry devices ---- */
+
+/* AWS IoT's disconnectReason for a close with MQTT reason code `reason`. */
+static const char *gone_reason(const conn *c, int reason)
+{
+    if (c->gone) return c->gone;
+    switch (reason) {
+    case -1: return "CONNECTION_LOST";
+    case MQTT_RC_KEEP_ALIVE_TIMEOUT: return "MQTT_KEEP_ALIVE_TIMEOUT";
+    case MQTT_RC_SESSION_TAKEN_OVER: return "DUPLICATE_CLIENTID";
+    case MQTT_RC_SERVER_SHUTTING_DOWN: return "SERVER_INITIATED_DISCONNECT";
+    case MQTT_RC_ADMIN_ACTION: return "API_INITIATED_DISCONNECT";
+    case MQTT_RC_QUOTA_EXCEEDED: return "THROTTLED";
+    case MQTT_RC_NOT_AUTHORIZED: return "FORBIDDEN_ACCESS";
+    default: return "CLIENT_ERROR";
+    }
+}
+
+/* Publishes $aws/events/presence/{connected|disconnected}/{clientId} in the
+ * client's tenant (reason NULL for connected). */
+static void presence_event(conn *c, const session *s, const char *reason)
+{
+    const char *ucid = s->cid + c->tplen;
+    if (strpbrk(ucid, "#+")) return; /* as AWS IoT: no events for such ids */
+    char host[64];
+    snprintf(host, sizeof host, "%s", c->peer);
+    char *colon = strrchr(host, ':');
+    if (colon) *colon = 0;
+    char sid[40];
+    uint64_t h = 1469598103934665603ull; /* FNV-1a of the id, then the instance */
+    for (const char *p = s->cid; *p; p++) h = (h ^ (uint8_t)*p) * 1099511628211ull;
+    snprintf(sid, sizeof sid, "%016llx%016llx", (unsigned long long)h,
+             (unsigned long long)s->gen);
+    cJSON *j = cJSON_CreateObject();
+    cJSON_AddStringToObject(j, "clientId", ucid);
+    struct timespec now;
+    clock_gettime(CLOCK_REALTIME, &now);
+    cJSON_AddNumberToObject(j, "timestamp", (double)now.tv_sec * 1000 + now.tv_nsec / 1000000);
+    cJSON_AddStringToObject(j, "eventType", reason ? "disconnected" : "connected");
+    cJSON_AddStringToObject(j, "sessionIdentifier", sid);
+    cJSON_AddStringToObject(j, "principalIdentifier", reg_dev_id(c->id.dev));
+    if (reason) {
+        cJSON_AddBoolToObject(j, "clientInitiatedDisconnect",
+                              strcmp(reason, "CLIENT_INITIATED_DISCONNECT") == 0);
+        cJSON_AddStringToObject(j, "disconnectReason", reason);
+    } else {
+        cJSON_AddStringToObject(j, "ipAddress", host);
+    }
+    cJSON_AddNumberToObject(j, "versionNumber", (double)c->pres_version);
+    char *body = cJSON_PrintUnformatted(j);
+    cJSON_Delete(j);
+    size_t tl = (size_t)c->tplen + 40 + strlen(ucid);
+    char *topic = malloc(tl);
+    if (body && topic) {
+        snprintf(topic, tl, "%s$aws/events/presence/%s/%s", c->tprefix,
+                 reason ? "disconnected" : "connected", ucid);
+        publish_later(topic, body, strlen(body), 1);
+    }
+    free(topic);
+    cJSON_free(body);
+}
+
+static void presence_connected(conn *c, int protocol_version)
+{
+    reg_conn_info ci = {.client_id = c->s->cid + c->tplen,
+                        .address = c->peer,
+                        .protocol_version = protocol_version,
+                        .keep_alive = c->keepalive};
+    c->pres_version = reg_presence_connect(B.reg, c->id.dev, &ci);
+    presence_event(c, c->s, NULL);
+}
+
+void conn_count_flush(conn *c)
+{
+    if (!c->id.dev) return;
+    if (c->n_msgs_in | c->n_bytes_in | c->n_msgs_out | c->n_bytes_out)
+        reg_presence_count(c->id.dev, c->n_msgs_in, c->n_bytes_in, c->n_msgs_out,
+                           c->n_bytes_out);
+    c->n_msgs_in = c->n_bytes_in = c->n_msgs_out = c->n_bytes_out = 0;
+}
+
 void conn_close(conn *c, int reason)
 {
     if (c->state == CONN_CLOSING) return;
@@ -301,6 +427,12 @@ void conn_close(conn *c, int reason)
     c->prev = c->next = NULL;
     if (active) STAT_ADD(w->n_clients, -1);
     session *s = c->s;
+    if (active && c->id.dev && s) {
+        conn_count_flush(c);
+        const char *why = gone_reason(c, reason);
+        reg_presence_disconnect(B.reg, c->id.dev, c->pres_version, why);
+        presence_event(c, s, why);
+    }
     c->s = NULL;
     if (s) {
         if (s->conn == c)
@@ -355,7 +487,9 @@ bool conn_send_publish(conn *c, const delivery *d, uint16_t id, bool dup)
     const msg *m = d->m;
     uint16_t new_alias = 0;
     mqtt_publish pub = {.qos = d->qos, .retain = d->retain, .dup = dup, .id = id};
-    pub.topic = (mqtt_span){(const uint8_t *)m->topic, m->topic_len};
+    /* the client knows its topics without its tenant's prefix (topic.h) */
+    size_t base = c->tplen ? topic_tenant_base(m->topic, m->topic_len) : 0;
+    pub.topic = (mqtt_span){(const uint8_t *)m->topic + base, m->topic_len - (uint32_t)base};
     pub.payload = (mqtt_span){m->payload, m->payload_len};
     if (c->version == MQTT_V5) {
         mqtt_props *pr = &pub.props;
@@ -393,6 +527,7 @@ bool conn_send_publish(conn *c, const delivery *d, uint16_t id, bool dup)
         return false;
     }
     if (mqtt_encode_publish(&c->out, c->version, &pub) != THZ_OK) return false;
+    c->n_msgs_out++;
     if (new_alias) {
         /* If this fails the alias number is simply given to the next new
          * topic, which re-maps it on the client: still correct. */
@@ -511,6 +646,7 @@ typedef struct auth_work {
     uint8_t *pass;
     size_t passlen;
     thz_err rc;
+    auth_identity id;
     size_t n;
     uint8_t bytes[]; /* the CONNECT and the bytes behind it */
 } auth_work;
@@ -518,7 +654,7 @@ typedef struct auth_work {
 static void auth_work_run(uv_work_t *req)
 {
     auth_work *aw = req->data;
-    aw->rc = auth_connect(B.auth, aw->c->peer, aw->user, aw->pass, aw->passlen);
+    aw->rc = auth_connect(B.auth, aw->c->peer, aw->user, aw->pass, aw->passlen, &aw->id);
 }
 
 static size_t process(conn *c, const uint8_t *p, size_t n);
@@ -533,6 +669,8 @@ static void auth_work_done(uv_work_t *req, int status)
     } else if (c->state != CONN_CLOSING) {
         c->auth_done = true;
         c->auth_result = status == 0 ? aw->rc : THZ_EIO;
+        c->auth_id = aw->id; /* moved: c releases it */
+        aw->id = (auth_identity){0};
         size_t used = process(c, aw->bytes, aw->n);
         if (used != (size_t)-1 && c->state != CONN_CLOSING) {
             if (used < aw->n) thz_buf_append(&c->in, aw->bytes + used, aw->n - used);
@@ -542,6 +680,7 @@ static void auth_work_done(uv_work_t *req, int status)
         net_batch_end(c->w->idx);
     }
     if (aw->pass) OPENSSL_cleanse(aw->pass, aw->passlen);
+    auth_identity_clear(&aw->id);
     free(aw->pass);
     free(aw->user);
     free(aw);
@@ -575,6 +714,14 @@ static void auth_suspend(conn *c, const char *user, const mqtt_connect *cn, cons
     }
     c->authing = true;
     uv_read_stop((uv_stream_t *)c->tcp);
+}
+
+static bool will_allowed(conn *c, const char *ucid, const char *user, mqtt_span topic)
+{
+    char *wt = span_dup(topic);
+    bool ok = wt && auth_can_publish(B.auth, &c->id, ucid, user, wt);
+    free(wt);
+    return ok;
 }
 
 /* Returns 1 when the connection was handed to another thread, 2 when it
@@ -612,14 +759,22 @@ static int handle_connect(conn *c, const mqtt_packet *pkt, const uint8_t *raw, s
     } else {
         memcpy(cid, cn->client_id.p, cidlen);
         cid[cidlen] = 0;
+        if (topic_reserved(cid, cidlen)) {
+            /* the form of other tenants' client ids inside the broker */
+            connack_refuse(c, ver, MQTT_RC_CLIENT_ID_INVALID);
+            return 0;
+        }
     }
     char *user = cn->has_username ? span_dup(cn->username) : NULL;
     thz_err rc;
+    auth_identity id = {0};
     if (c->auth_done) {
         rc = c->auth_result; /* verified on a worker thread, see auth_suspend */
+        id = c->auth_id;
+        c->auth_id = (auth_identity){0};
     } else {
         rc = auth_connect_quick(B.auth, cid, user, cn->has_password ? cn->password.p : NULL,
-                                cn->has_password ? cn->password.n : 0);
+                                cn->has_password ? cn->password.n : 0, &id);
         if (rc == THZ_EAGAIN) {
             auth_suspend(c, user, cn, raw, rawn + rest);
             free(user);
@@ -632,6 +787,17 @@ static int handle_connect(conn *c, const mqtt_packet *pkt, const uint8_t *raw, s
         connack_refuse(c, ver, mqtt_reason_from_err(rc));
         return 0;
     }
+    /* From here c holds the identity (conn_free releases it), and the
+     * session's client id carries the tenant prefix (topic.h). */
+    auth_identity_clear(&c->id);
+    c->id = id;
+    c->tplen = (uint8_t)topic_tenant_prefix(id.tenant, c->tprefix);
+    if (c->tplen) {
+        memmove(cid + c->tplen, cid, cidlen + 1);
+        memcpy(cid, c->tprefix, c->tplen);
+        cidlen += c->tplen;
+    }
+    const char *ucid = cid + c->tplen; /* the client id as the client knows it */
     /* the will */
     msg *will = NULL;
     uint32_t will_delay = 0;
@@ -642,11 +808,10 @@ static int handle_connect(conn *c, const mqtt_packet *pkt, const uint8_t *raw, s
             reason = MQTT_RC_TOPIC_NAME_INVALID;
         else if (cn->will_retain && !cfg->retain_available)
             reason = MQTT_RC_RETAIN_NOT_SUPPORTED;
-        if (!reason) {
-            char *wt = span_dup(cn->will_topic);
-            if (!wt || !auth_can_publish(B.auth, cid, user, wt)) reason = MQTT_RC_NOT_AUTHORIZED;
-            free(wt);
-        }
+        if (!reason && (topic_reserved((const char *)cn->will_topic.p, cn->will_topic.n) ||
+                        (auth_has_acl(B.auth, &c->id) &&
+                         !will_allowed(c, ucid, user, cn->will_topic))))
+            reason = MQTT_RC_NOT_AUTHORIZED;
         if (reason) {
             free(user);
             connack_refuse(c, ver, reason);
@@ -659,8 +824,13 @@ static int handle_connect(conn *c, const mqtt_packet *pkt, const uint8_t *raw, s
         /* the will's expiry interval starts when it is published (3.1.3.2.4) */
         if (MQTT_HAS(&cn->will_props, MQTT_P_MESSAGE_EXPIRY))
             will_expiry = (int64_t)cn->will_props.message_expiry + 1;
-        will = msg_new((const char *)cn->will_topic.p, cn->will_topic.n, cn->will_payload.p,
-                       cn->will_payload.n, fwd, fl, cn->will_qos, cn->will_retain, 0);
+        size_t wtl = cn->will_topic.n;
+        char *wheap;
+        const char *wt = tenant_name(c, (const char *)cn->will_topic.p, &wtl, false, &wheap);
+        will = wt ? msg_new(wt, wtl, cn->will_payload.p, cn->will_payload.n, fwd, fl, cn->will_qos,
+                            cn->will_retain, 0)
+                  : NULL;
+        free(wheap);
         if (fwd != fwd_stack) free(fwd);
         if (MQTT_HAS(&cn->will_props, MQTT_P_WILL_DELAY)) will_delay = cn->will_props.will_delay;
     }
@@ -774,7 +944,7 @@ static int handle_connect(conn *c, const mqtt_packet *pkt, const uint8_t *raw, s
         p.shared_sub_available = 1;
         if (assigned) {
             MQTT_SET(&p, MQTT_P_ASSIGNED_CLIENT_ID);
-            p.assigned_client_id = (mqtt_span){(const uint8_t *)cid, (uint32_t)cidlen};
+            p.assigned_client_id = (mqtt_span){(const uint8_t *)ucid, (uint32_t)(cidlen - c->tplen)};
         }
         uint32_t max_ka = LIMIT(max_keepalive);
         if (max_ka && (cn->keep_alive == 0 || cn->keep_alive > max_ka)) {
@@ -800,6 +970,7 @@ static int handle_connect(conn *c, const mqtt_packet *pkt, const uint8_t *raw, s
     if (s->persistent) session_persist(s, 0);
     log_debug("mqtt", "client %s connected from %s (v%d, keepalive %u, session %s)", cid, c->peer,
               cn->version, c->keepalive, present ? "resumed" : "new");
+    if (c->id.dev) presence_connected(c, cn->version);
     if (present) session_resend(w, s);
     return 0;
 }
@@ -861,13 +1032,9 @@ static void handle_publish(conn *c, const mqtt_packet *pkt)
             return;
         }
     }
-    /* $SYS/ belongs to the broker (MQTT 4.7.2): clients may not publish there. */
-    bool sys = tl >= 4 && memcmp(topic, "$SYS", 4) == 0 && (tl == 4 || topic[4] == '/');
-    if (sys || auth_has_acl(B.auth)) {
-        char *t = sys ? NULL : strndup(topic, tl);
-        bool ok = t && auth_can_publish(B.auth, s->cid, c->username, t);
-        free(t);
-        if (!ok) {
+    c->n_msgs_in++;
+    if (topic[0] == '$' || auth_has_acl(B.auth, &c->id)) {
+        if (!may_publish(c, topic, tl)) {
             log_debug("mqtt", "client %s: publish to '%.*s' denied", s->cid, (int)tl, topic);
             if (c->version != MQTT_V5) {
                 conn_close(c, -1);
@@ -890,7 +1057,11 @@ static void handle_publish(conn *c, const mqtt_packet *pkt)
     int64_t exp = c->version == MQTT_V5 && MQTT_HAS(&pb->props, MQTT_P_MESSAGE_EXPIRY)
                       ? wall_s() + pb->props.message_expiry
                       : 0;
-    msg *m = msg_new(topic, tl, pb->payload.p, pb->payload.n, fwd, fl, pb->qos, pb->retain, exp);
+    char *theap;
+    const char *it = tenant_name(c, topic, &tl, false, &theap);
+    msg *m = it ? msg_new(it, tl, pb->payload.p, pb->payload.n, fwd, fl, pb->qos, pb->retain, exp)
+                : NULL;
+    free(theap);
     if (fwd != fwd_stack) free(fwd);
     if (!m) {
         conn_close(c, MQTT_RC_UNSPECIFIED);
@@ -964,15 +1135,24 @@ static void handle_subscribe(conn *c, const mqtt_packet *pkt)
             codes[i] = v5 ? MQTT_RC_TOPIC_FILTER_INVALID : 0x80;
             continue;
         }
-        if (auth_has_acl(B.auth)) {
+        bool ok = !topic_reserved(rf, rfl);
+        if (ok && auth_has_acl(B.auth, &c->id)) {
             char *fz = strndup(rf, rfl);
-            bool ok = fz && auth_can_subscribe(B.auth, s->cid, c->username, fz);
+            ok = fz && auth_can_subscribe(B.auth, &c->id, s->cid + c->tplen, c->username, fz);
             free(fz);
-            if (!ok) {
-                codes[i] = v5 ? MQTT_RC_NOT_AUTHORIZED : 0x80;
-                continue;
-            }
         }
+        if (!ok) {
+            codes[i] = v5 ? MQTT_RC_NOT_AUTHORIZED : 0x80;
+            continue;
+        }
+        /* from here the broker's name of the filter (tenant prefix) */
+        char *fheap;
+        f = tenant_name(c, f, &fl, true, &fheap);
+        if (!f) {
+            codes[i] = v5 ? MQTT_RC_UNSPECIFIED : 0x80;
+            continue;
+        }
+        if (!topic_share_parse(f, fl, &g, &gl, &rf, &rfl, &bad)) g = NULL, rf = f, rfl = fl;
         bool existed = false;
         trie_write_lock();
         thz_err rc = trie_add(B.root, rf, rfl, g, gl, s, opts & 0x3f, subid, &existed);
@@ -987,10 +1167,12 @@ static void handle_subscribe(conn *c, const mqtt_packet *pkt)
             rc = THZ_ENOMEM;
         }
         if (rc != THZ_OK) {
+            free(fheap);
             codes[i] = v5 ? MQTT_RC_UNSPECIFIED : 0x80;
             continue;
         }
         session_sub_persist(s, f, fl, opts & 0x3f, subid, false);
+        free(fheap);
         codes[i] = MQTT_SUBOPT_QOS(opts);
         uint8_t rh = MQTT_SUBOPT_RETAIN_HANDLING(opts);
         send_retained[i] = !shared && (rh == 0 || (rh == 1 && !existed));
@@ -998,8 +1180,14 @@ static void handle_subscribe(conn *c, const mqtt_packet *pkt)
     mqtt_encode_suback(&c->out, c->version, MQTT_SUBACK, sb->id, codes, sb->count, NULL);
     conn_mark_dirty(c);
     it = sb->list;
-    for (i = 0; mqtt_sub_next(&it, &fs, &opts); i++)
-        if (send_retained[i]) retained_deliver(c->w, s, (const char *)fs.p, fs.n, opts, subid);
+    for (i = 0; mqtt_sub_next(&it, &fs, &opts); i++) {
+        if (!send_retained[i]) continue;
+        size_t fl = fs.n;
+        char *fheap;
+        const char *f = tenant_name(c, (const char *)fs.p, &fl, true, &fheap);
+        if (f) retained_deliver(c->w, s, f, fl, opts, subid);
+        free(fheap);
+    }
     free(codes);
     free(send_retained);
 }
@@ -1015,10 +1203,12 @@ static void handle_unsubscribe(conn *c, const mqtt_packet *pkt)
     }
     mqtt_span it = sb->list, fs;
     for (uint32_t i = 0; mqtt_unsub_next(&it, &fs); i++) {
-        const char *f = (const char *)fs.p, *g = NULL, *rf = f;
-        size_t fl = fs.n, gl = 0, rfl = fl;
-        bool bad;
-        if (!topic_share_parse(f, fl, &g, &gl, &rf, &rfl, &bad)) g = NULL;
+        size_t fl = fs.n, gl = 0, rfl;
+        char *fheap;
+        const char *f = tenant_name(c, (const char *)fs.p, &fl, true, &fheap), *g = NULL, *rf = f;
+        rfl = fl;
+        bool bad = !f;
+        if (f && !topic_share_parse(f, fl, &g, &gl, &rf, &rfl, &bad)) g = NULL;
         trie_write_lock();
         bool found = !bad && trie_remove(B.root, rf, rfl, g, gl, s);
         if (found) __atomic_sub_fetch(&B.nsubs, 1, __ATOMIC_RELAXED);
@@ -1027,6 +1217,7 @@ static void handle_unsubscribe(conn *c, const mqtt_packet *pkt)
             session_remove_filter(s, f, fl);
             session_sub_persist(s, f, fl, 0, 0, true);
         }
+        free(fheap);
         codes[i] = found ? 0 : MQTT_RC_NO_SUBSCRIPTION_EXISTED;
     }
     mqtt_encode_suback(&c->out, c->version, MQTT_UNSUBACK, sb->id, codes, sb->count, NULL);
@@ -1051,6 +1242,7 @@ static void handle_disconnect(conn *c, const mqtt_packet *pkt)
     } else {
         c->will_publish = false;
     }
+    c->gone = "CLIENT_INITIATED_DISCONNECT";
     conn_close(c, -1);
 }
 
@@ -1204,6 +1396,7 @@ static void on_read(uv_stream_t *st, ssize_t nread, const uv_buf_t *buf)
         conn_close(c, -1);
     } else if (nread > 0) {
         STAT_ADD(w->bytes_in, (uint64_t)nread);
+        c->n_bytes_in += (uint64_t)nread;
         c->last_rx_ms = now_ms();
         feed(c, (const uint8_t *)buf->base, (size_t)nread);
         read_budget(c, (size_t)nread);

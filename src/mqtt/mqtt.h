@@ -14,14 +14,20 @@
 #include "auth/auth.h"
 #include "core/config.h"
 #include "core/err.h"
+#include "registry/registry.h"
 
 /* cfg and a must outlive the broker (until mqtt_stop returns). */
 thz_err mqtt_start(const thz_config *cfg, auth *a);
 /* Applies reloadable settings (limits, log level already applied by caller). */
 void mqtt_reload(const thz_config *cfg);
 void mqtt_stop(void);
+/* Devices and API tokens of the registry may connect (before net_start; r
+ * outlives the broker). Their connections send presence events and end when
+ * their credentials are revoked. */
+void mqtt_set_registry(registry *r);
 
-/* Publishes a message as the broker itself (no session), from any thread. */
+/* Publishes a message as the broker itself (no session), from any thread.
+ * topic is the broker's name: a tenant's topics carry its prefix (topic.h). */
 thz_err mqtt_publish_internal(const char *topic, const void *payload, size_t len, int qos,
                               bool retain);
 

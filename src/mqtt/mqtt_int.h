@@ -164,6 +164,13 @@ typedef struct conn {
     struct worker *w;
     session *s;
     char *username;
+    auth_identity id; /* tenant, registry device or API token (auth.h) */
+    char tprefix[TOPIC_TENANT_PREFIX_MAX]; /* its tenant's topic prefix (topic.h) */
+    uint8_t tplen;
+    uint64_t pres_version; /* presence events' versionNumber (registry devices) */
+    const char *gone;      /* the disconnectReason of its presence event, when known */
+    /* traffic not yet added to its registry device's counters (at each tick) */
+    uint64_t n_msgs_in, n_bytes_in, n_msgs_out, n_bytes_out;
     uint8_t version;
     uint8_t state; /* CONN_NEW, CONN_ACTIVE, CONN_CLOSING */
     bool dirty;
@@ -175,8 +182,9 @@ typedef struct conn {
     bool yielded;      /* read its budget this loop tick; resumes next iteration */
     uint64_t budget_ms;
     uint32_t budget_used;
-    bool auth_done; /* ... and auth_result is the answer */
+    bool auth_done; /* ... and auth_result, auth_id are the answer */
     thz_err auth_result;
+    auth_identity auth_id;
     bool congested; /* this consumer is behind: publishers pause */
     int64_t congested_ms;
     uint16_t keepalive;
@@ -241,6 +249,7 @@ typedef struct worker {
 typedef struct broker {
     const thz_config *cfg;
     auth *auth;
+    registry *reg; /* presence and revocations of registry devices, or NULL */
     store *st;
     int nthreads;
     worker **w;
@@ -318,6 +327,11 @@ void conn_adopt(worker *w, int fd, const uint8_t *bytes, size_t n, const char *p
 void conn_mark_dirty(conn *c);
 void conn_flush(conn *c);
 void conn_close(conn *c, int reason);
+/* Adds c's traffic since the last call to its registry device's counters. */
+void conn_count_flush(conn *c);
+/* Publishes as the broker from a task queued on the calling I/O thread (or
+ * thread 0), never from inside the caller's own work. */
+thz_err publish_later(const char *topic, const void *payload, size_t len, int qos);
 /* Encodes a PUBLISH of d to c (assigning an id for QoS > 0 is the caller's
  * job: id). Returns false if dropped (too big for the client, expired). */
 bool conn_send_publish(conn *c, const delivery *d, uint16_t id, bool dup);

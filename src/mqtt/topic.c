@@ -6,6 +6,7 @@
  * searches for them. The trie is shared by all threads under B.trie_lock
  * (see trie_read_begin in broker.c: readers keep it for a batch, SUBSCRIBE
  * and UNSUBSCRIBE take it for writing). */
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -53,8 +54,35 @@ bool topic_share_parse(const char *f, size_t n, const char **group, size_t *glen
     return true;
 }
 
+size_t topic_tenant_prefix(int64_t tenant, char out[TOPIC_TENANT_PREFIX_MAX])
+{
+    if (tenant == 1) {
+        out[0] = 0;
+        return 0;
+    }
+    return (size_t)snprintf(out, TOPIC_TENANT_PREFIX_MAX, "$t/%lld/", (long long)tenant);
+}
+
+size_t topic_tenant_base(const char *t, size_t n)
+{
+    if (n < 5 || memcmp(t, "$t/", 3) != 0) return 0;
+    const char *slash = memchr(t + 3, '/', n - 3);
+    return slash ? (size_t)(slash - t) + 1 : 0;
+}
+
+bool topic_reserved(const char *t, size_t n)
+{
+    return n >= 3 && memcmp(t, "$t/", 3) == 0;
+}
+
 bool topic_matches(const char *f, size_t fl, const char *t, size_t tl)
 {
+    size_t fb = topic_tenant_base(f, fl), tb = topic_tenant_base(t, tl);
+    if (fb || tb) {
+        /* one tenant's filter, one tenant's topic: match below the prefix */
+        if (fb != tb || memcmp(f, t, fb) != 0) return false;
+        f += fb, fl -= fb, t += tb, tl -= tb;
+    }
     /* Wildcards at the first level do not match topics starting with '$'. */
     if (tl > 0 && t[0] == '$' && fl > 0 && (f[0] == '+' || f[0] == '#')) return false;
     size_t i = 0, j = 0;
@@ -420,8 +448,11 @@ static void collect_last(tnode *k, worker *w)
 
 void trie_match(tnode *root, const char *t, size_t tl, worker *w)
 {
-    /* Wildcards at the first level do not match topics starting with '$'. */
+    /* Wildcards at the first level do not match topics starting with '$',
+     * nor (for a tenant's topic) at the first level after its prefix. */
     bool dollar = tl > 0 && t[0] == '$';
+    size_t base = topic_tenant_base(t, tl);
+    bool udollar = base && base < tl && t[base] == '$';
     w->msn = 0;
     mstack_push(w, root, 0);
     while (w->msn) {
@@ -429,7 +460,7 @@ void trie_match(tnode *root, const char *t, size_t tl, worker *w)
         tnode *n = fr.n;
         size_t i = fr.i, j = i;
         while (j < tl && t[j] != '/') j++;
-        bool wild = !(dollar && n == root);
+        bool wild = !((dollar && n == root) || (udollar && i == base));
         if (n->hash && wild) collect(n->hash, w);
         tnode *k = kid_find(n, t + i, j - i, NULL);
         if (k) {

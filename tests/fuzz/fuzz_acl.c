@@ -45,8 +45,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     static const char *const users[] = {NULL, "u", "alice", "a+b"};
     for (size_t u = 0; u < 4; u++) {
         for (size_t t = 0; t < 7; t++) {
-            (void)auth_can_publish(a, "cid", users[u], topics[t]);
-            (void)auth_can_subscribe(a, "cid", users[u], filters[t]);
+            (void)auth_can_publish(a, NULL, "cid", users[u], topics[t]);
+            (void)auth_can_subscribe(a, NULL, "cid", users[u], filters[t]);
         }
     }
     /* The input's own first line as a topic, filter and user name. */
@@ -57,11 +57,11 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         n++;
     }
     line[n] = '\0';
-    (void)auth_can_publish(a, line, line, line);
-    (void)auth_can_subscribe(a, line, line, line);
+    (void)auth_can_publish(a, NULL, line, line, line);
+    (void)auth_can_subscribe(a, NULL, line, line, line);
     /* Unknown users and anonymous never reach PBKDF2, so this stays cheap. */
-    (void)auth_connect(a, "cid", NULL, NULL, 0);
-    (void)auth_has_acl(a);
+    (void)auth_connect(a, "cid", NULL, NULL, 0, NULL);
+    (void)auth_has_acl(a, NULL);
     auth_close(a);
     return 0;
 }

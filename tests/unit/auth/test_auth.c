@@ -87,7 +87,7 @@ static thz_err open_with(fixture *fx, const char *pw, const char *acl, bool anon
 
 static thz_err conn(auth *a, const char *user, const char *pass)
 {
-    return auth_connect(a, "cid", user, (const uint8_t *)pass, pass ? strlen(pass) : 0);
+    return auth_connect(a, "cid", user, (const uint8_t *)pass, pass ? strlen(pass) : 0, NULL);
 }
 
 static void test_hash_format(void **state)
@@ -125,12 +125,12 @@ static void test_connect_passwords(void **state)
     assert_int_equal(conn(fx->a, "alice", "secret "), THZ_EBADAUTH);
     assert_int_equal(conn(fx->a, "alice", ""), THZ_EBADAUTH);
     assert_int_equal(conn(fx->a, "alice", NULL), THZ_EBADAUTH);
-    assert_int_equal(auth_connect(fx->a, "c", "alice", (const uint8_t *)"secret", 5), THZ_EBADAUTH);
+    assert_int_equal(auth_connect(fx->a, "c", "alice", (const uint8_t *)"secret", 5, NULL), THZ_EBADAUTH);
     /* The length, not a NUL, ends a password. (A trailing NUL byte itself
      * is invisible to PBKDF2-HMAC, which zero-pads short keys; stored
      * passwords are C strings, so only the holder of the password could
      * send one.) */
-    assert_int_equal(auth_connect(fx->a, "c", "alice", (const uint8_t *)"secret\0x", 8),
+    assert_int_equal(auth_connect(fx->a, "c", "alice", (const uint8_t *)"secret\0x", 8, NULL),
                      THZ_EBADAUTH);
     assert_int_equal(conn(fx->a, "bob", ""), THZ_OK);
     assert_int_equal(conn(fx->a, "carol", "secret"), THZ_EBADAUTH);
@@ -258,10 +258,10 @@ static void test_no_acl(void **state)
 {
     fixture *fx = *state;
     assert_int_equal(open_with(fx, NULL, NULL, true), THZ_OK);
-    assert_false(auth_has_acl(fx->a));
-    assert_true(auth_can_publish(fx->a, "c", NULL, "any/topic"));
-    assert_true(auth_can_subscribe(fx->a, "c", "u", "#"));
-    assert_true(auth_can_subscribe(fx->a, "c", "u", "$SYS/#"));
+    assert_false(auth_has_acl(fx->a, NULL));
+    assert_true(auth_can_publish(fx->a, NULL, "c", NULL, "any/topic"));
+    assert_true(auth_can_subscribe(fx->a, NULL, "c", "u", "#"));
+    assert_true(auth_can_subscribe(fx->a, NULL, "c", "u", "$SYS/#"));
 }
 
 /* Empty user tables: an ACL of patterns only and a password file of
@@ -272,9 +272,9 @@ static void test_empty_tables(void **state)
     assert_int_equal(open_with(fx, "# nobody yet\n", "pattern devices/%u/#\n", true), THZ_OK);
     assert_int_equal(conn(fx->a, "u", "p"), THZ_EBADAUTH);
     assert_int_equal(conn(fx->a, NULL, NULL), THZ_OK);
-    assert_true(auth_can_publish(fx->a, "c", "u", "devices/u/1"));
-    assert_false(auth_can_publish(fx->a, "c", "u", "devices/v/1"));
-    assert_false(auth_can_publish(fx->a, "c", NULL, "devices/u/1"));
+    assert_true(auth_can_publish(fx->a, NULL, "c", "u", "devices/u/1"));
+    assert_false(auth_can_publish(fx->a, NULL, "c", "u", "devices/v/1"));
+    assert_false(auth_can_publish(fx->a, NULL, "c", NULL, "devices/u/1"));
 }
 
 static void test_acl_rules(void **state)
@@ -299,62 +299,62 @@ static void test_acl_rules(void **state)
                       "pattern write all/%u/%c\n";
     assert_int_equal(open_with(fx, NULL, acl, true), THZ_OK);
     auth *a = fx->a;
-    assert_true(auth_has_acl(a));
+    assert_true(auth_has_acl(a, NULL));
 
     /* Anonymous: only the lines before the first user, plus patterns
      * without %u. */
-    assert_true(auth_can_subscribe(a, "c1", NULL, "public/news"));
-    assert_true(auth_can_subscribe(a, "c1", NULL, "public/#"));
-    assert_false(auth_can_publish(a, "c1", NULL, "public/news"));
-    assert_true(auth_can_publish(a, "c1", NULL, "anon/in"));
-    assert_false(auth_can_subscribe(a, "c1", NULL, "anon/in"));
-    assert_false(auth_can_publish(a, "c1", NULL, "home/x"));
-    assert_true(auth_can_subscribe(a, "c1", NULL, "clients/c1/status"));
-    assert_false(auth_can_subscribe(a, "c1", NULL, "devices/c1/x"));
+    assert_true(auth_can_subscribe(a, NULL, "c1", NULL, "public/news"));
+    assert_true(auth_can_subscribe(a, NULL, "c1", NULL, "public/#"));
+    assert_false(auth_can_publish(a, NULL, "c1", NULL, "public/news"));
+    assert_true(auth_can_publish(a, NULL, "c1", NULL, "anon/in"));
+    assert_false(auth_can_subscribe(a, NULL, "c1", NULL, "anon/in"));
+    assert_false(auth_can_publish(a, NULL, "c1", NULL, "home/x"));
+    assert_true(auth_can_subscribe(a, NULL, "c1", NULL, "clients/c1/status"));
+    assert_false(auth_can_subscribe(a, NULL, "c1", NULL, "devices/c1/x"));
 
     /* alice: her section (readwrite by default), deny wins. */
-    assert_true(auth_can_publish(a, "c", "alice", "home/kitchen"));
-    assert_true(auth_can_subscribe(a, "c", "alice", "home/kitchen/+"));
-    assert_true(auth_can_publish(a, "c", "alice", "home"));
-    assert_false(auth_can_publish(a, "c", "alice", "home/secret"));
-    assert_true(auth_can_publish(a, "c", "alice", "home/secret/sub"));
-    assert_false(auth_can_subscribe(a, "c", "alice", "home/secret"));
+    assert_true(auth_can_publish(a, NULL, "c", "alice", "home/kitchen"));
+    assert_true(auth_can_subscribe(a, NULL, "c", "alice", "home/kitchen/+"));
+    assert_true(auth_can_publish(a, NULL, "c", "alice", "home"));
+    assert_false(auth_can_publish(a, NULL, "c", "alice", "home/secret"));
+    assert_true(auth_can_publish(a, NULL, "c", "alice", "home/secret/sub"));
+    assert_false(auth_can_subscribe(a, NULL, "c", "alice", "home/secret"));
     /* A subscription that would receive the denied topic is refused too. */
-    assert_false(auth_can_subscribe(a, "c", "alice", "home/#"));
-    assert_false(auth_can_subscribe(a, "c", "alice", "home/+"));
-    assert_true(auth_can_subscribe(a, "c", "alice", "home/+/x"));
-    assert_true(auth_can_subscribe(a, "c", "alice", "sensors/1/temp"));
-    assert_false(auth_can_publish(a, "c", "alice", "sensors/1/temp"));
-    assert_true(auth_can_publish(a, "c", "alice", "cmd/alice"));
-    assert_false(auth_can_subscribe(a, "c", "alice", "cmd/alice"));
-    assert_false(auth_can_subscribe(a, "c", "alice", "public/news")); /* anon-only line */
-    assert_false(auth_can_publish(a, "c", "alice", "bob/x"));
+    assert_false(auth_can_subscribe(a, NULL, "c", "alice", "home/#"));
+    assert_false(auth_can_subscribe(a, NULL, "c", "alice", "home/+"));
+    assert_true(auth_can_subscribe(a, NULL, "c", "alice", "home/+/x"));
+    assert_true(auth_can_subscribe(a, NULL, "c", "alice", "sensors/1/temp"));
+    assert_false(auth_can_publish(a, NULL, "c", "alice", "sensors/1/temp"));
+    assert_true(auth_can_publish(a, NULL, "c", "alice", "cmd/alice"));
+    assert_false(auth_can_subscribe(a, NULL, "c", "alice", "cmd/alice"));
+    assert_false(auth_can_subscribe(a, NULL, "c", "alice", "public/news")); /* anon-only line */
+    assert_false(auth_can_publish(a, NULL, "c", "alice", "bob/x"));
 
     /* Patterns: %u and %c. */
-    assert_true(auth_can_publish(a, "c", "alice", "devices/alice/t"));
-    assert_true(auth_can_subscribe(a, "c", "alice", "devices/alice/#"));
-    assert_false(auth_can_publish(a, "c", "alice", "devices/bob/t"));
-    assert_true(auth_can_subscribe(a, "dev7", "alice", "clients/dev7/status"));
-    assert_false(auth_can_subscribe(a, "dev7", "alice", "clients/dev8/status"));
-    assert_false(auth_can_publish(a, "dev7", "alice", "clients/dev7/status"));
-    assert_true(auth_can_publish(a, "dev7", "alice", "all/alice/dev7"));
-    assert_false(auth_can_publish(a, "dev7", "alice", "all/alice/dev8"));
+    assert_true(auth_can_publish(a, NULL, "c", "alice", "devices/alice/t"));
+    assert_true(auth_can_subscribe(a, NULL, "c", "alice", "devices/alice/#"));
+    assert_false(auth_can_publish(a, NULL, "c", "alice", "devices/bob/t"));
+    assert_true(auth_can_subscribe(a, NULL, "dev7", "alice", "clients/dev7/status"));
+    assert_false(auth_can_subscribe(a, NULL, "dev7", "alice", "clients/dev8/status"));
+    assert_false(auth_can_publish(a, NULL, "dev7", "alice", "clients/dev7/status"));
+    assert_true(auth_can_publish(a, NULL, "dev7", "alice", "all/alice/dev7"));
+    assert_false(auth_can_publish(a, NULL, "dev7", "alice", "all/alice/dev8"));
     /* A user missing from the file still gets the patterns. */
-    assert_true(auth_can_publish(a, "c", "zed", "devices/zed/x"));
-    assert_false(auth_can_publish(a, "c", "zed", "home/x"));
+    assert_true(auth_can_publish(a, NULL, "c", "zed", "devices/zed/x"));
+    assert_false(auth_can_publish(a, NULL, "c", "zed", "home/x"));
     /* Names with / + # never substitute: they could reach other clients. */
-    assert_false(auth_can_subscribe(a, "#", "alice", "clients/#/status"));
-    assert_false(auth_can_subscribe(a, "+", "alice", "clients/+/status"));
-    assert_false(auth_can_subscribe(a, "x/y", "alice", "clients/x/y/status"));
-    assert_false(auth_can_publish(a, "c", "a/b", "devices/a/b/x"));
-    assert_false(auth_can_publish(a, "", "alice", "all/alice/"));
-    assert_false(auth_can_subscribe(a, NULL, "alice", "clients//status"));
+    assert_false(auth_can_subscribe(a, NULL, "#", "alice", "clients/#/status"));
+    assert_false(auth_can_subscribe(a, NULL, "+", "alice", "clients/+/status"));
+    assert_false(auth_can_subscribe(a, NULL, "x/y", "alice", "clients/x/y/status"));
+    assert_false(auth_can_publish(a, NULL, "c", "a/b", "devices/a/b/x"));
+    assert_false(auth_can_publish(a, NULL, "", "alice", "all/alice/"));
+    assert_false(auth_can_subscribe(a, NULL, NULL, "alice", "clients//status"));
 
     /* bob: readwrite keyword, and $SYS only through an explicit $ rule. */
-    assert_true(auth_can_subscribe(a, "c", "bob", "bob/#"));
-    assert_true(auth_can_publish(a, "c", "bob", "bob/x"));
-    assert_true(auth_can_subscribe(a, "c", "bob", "$SYS/broker/uptime"));
-    assert_false(auth_can_publish(a, "c", "bob", "$SYS/broker/uptime"));
+    assert_true(auth_can_subscribe(a, NULL, "c", "bob", "bob/#"));
+    assert_true(auth_can_publish(a, NULL, "c", "bob", "bob/x"));
+    assert_true(auth_can_subscribe(a, NULL, "c", "bob", "$SYS/broker/uptime"));
+    assert_false(auth_can_publish(a, NULL, "c", "bob", "$SYS/broker/uptime"));
 }
 
 /* Subscription coverage and the $ rule, with one ACL entry per user. */
@@ -413,11 +413,11 @@ static void test_acl_coverage(void **state)
         {"nobody", "a/b/c", false},
     };
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
-        bool got = auth_can_subscribe(a, "c", cases[i].user, cases[i].filter);
+        bool got = auth_can_subscribe(a, NULL, "c", cases[i].user, cases[i].filter);
         if (got != cases[i].ok)
             fail_msg("%s subscribing %s: got %d", cases[i].user, cases[i].filter, got);
     }
-    assert_true(auth_can_publish(a, "c", "denyplus", "x/y/w") == false); /* read only */
+    assert_true(auth_can_publish(a, NULL, "c", "denyplus", "x/y/w") == false); /* read only */
 }
 
 static void test_acl_malformed(void **state)
@@ -433,7 +433,7 @@ static void test_acl_malformed(void **state)
     }
     /* The keyword alone is taken as the topic, as mosquitto does. */
     assert_int_equal(open_with(fx, NULL, "topic read\n", true), THZ_OK);
-    assert_true(auth_can_publish(fx->a, "c", NULL, "read"));
+    assert_true(auth_can_publish(fx->a, NULL, "c", NULL, "read"));
 }
 
 static void test_reload(void **state)
@@ -443,8 +443,8 @@ static void test_reload(void **state)
     assert_int_equal(open_with(fx, hash_line("u", "p", l, sizeof l), "user u\ntopic a/#\n", false),
                      THZ_OK);
     auth *a = fx->a;
-    assert_true(auth_can_publish(a, "c", "u", "a/1"));
-    assert_false(auth_can_publish(a, "c", "u", "b/1"));
+    assert_true(auth_can_publish(a, NULL, "c", "u", "a/1"));
+    assert_false(auth_can_publish(a, NULL, "c", "u", "b/1"));
 
     /* New rules, new users, anonymous switched on. */
     char text[600];
@@ -455,8 +455,8 @@ static void test_reload(void **state)
     write_file(fx->acl, "user u\ntopic b/#\n");
     fx->cfg.allow_anonymous = true;
     assert_int_equal(auth_reload(a, &fx->cfg), THZ_OK);
-    assert_false(auth_can_publish(a, "c", "u", "a/1"));
-    assert_true(auth_can_publish(a, "c", "u", "b/1"));
+    assert_false(auth_can_publish(a, NULL, "c", "u", "a/1"));
+    assert_true(auth_can_publish(a, NULL, "c", "u", "b/1"));
     assert_int_equal(conn(a, "v", "q"), THZ_OK);
     assert_int_equal(conn(a, NULL, NULL), THZ_OK);
 
@@ -464,22 +464,22 @@ static void test_reload(void **state)
     write_file(fx->acl, "user u\ntopic c/#\nbogus line\n");
     fx->cfg.allow_anonymous = false;
     assert_int_equal(auth_reload(a, &fx->cfg), THZ_EINVAL);
-    assert_true(auth_can_publish(a, "c", "u", "b/1"));
-    assert_false(auth_can_publish(a, "c", "u", "c/1"));
+    assert_true(auth_can_publish(a, NULL, "c", "u", "b/1"));
+    assert_false(auth_can_publish(a, NULL, "c", "u", "c/1"));
     assert_int_equal(conn(a, NULL, NULL), THZ_OK);
     assert_int_equal(conn(a, "v", "q"), THZ_OK);
 
     /* So does a missing file. */
     strcpy(fx->cfg.acl_file, "/nonexistent/acl");
     assert_int_equal(auth_reload(a, &fx->cfg), THZ_EIO);
-    assert_true(auth_has_acl(a));
-    assert_true(auth_can_publish(a, "c", "u", "b/1"));
+    assert_true(auth_has_acl(a, NULL));
+    assert_true(auth_can_publish(a, NULL, "c", "u", "b/1"));
 
     /* Dropping the ACL file allows everything again. */
     fx->cfg.acl_file[0] = '\0';
     assert_int_equal(auth_reload(a, &fx->cfg), THZ_OK);
-    assert_false(auth_has_acl(a));
-    assert_true(auth_can_publish(a, "c", "u", "z"));
+    assert_false(auth_has_acl(a, NULL));
+    assert_true(auth_can_publish(a, NULL, "c", "u", "z"));
     assert_int_equal(conn(a, NULL, NULL), THZ_EBADAUTH);
 }
 
@@ -494,8 +494,8 @@ static void *race_reader(void *arg)
     race *r = arg;
     while (!r->stop) {
         /* Both rule sets allow u on x/#; p verifies under both. */
-        if (!auth_can_publish(r->a, "c", "u", "x/1")) r->errors++;
-        if (!auth_can_subscribe(r->a, "c", "u", "x/+")) r->errors++;
+        if (!auth_can_publish(r->a, NULL, "c", "u", "x/1")) r->errors++;
+        if (!auth_can_subscribe(r->a, NULL, "c", "u", "x/+")) r->errors++;
         if (conn(r->a, "u", "p") != THZ_OK) r->errors++;
     }
     return NULL;
