@@ -493,6 +493,70 @@ static void trie_dollar(void **state)
     free(all), free(plus), free(sys), free(mon), free(clients), free(g);
 }
 
+/* Tenant namespaces (topic.h): a tenant's names carry "$t/N/"; nothing of
+ * the default tenant reaches them, and the '$' rule holds below the prefix. */
+static void tenant_prefixes(void **state)
+{
+    char p[TOPIC_TENANT_PREFIX_MAX];
+    assert_int_equal(topic_tenant_prefix(1, p), 0);
+    assert_string_equal(p, "");
+    assert_int_equal(topic_tenant_prefix(42, p), 6);
+    assert_string_equal(p, "$t/42/");
+    assert_int_equal(topic_tenant_base("$t/42/a/b", 9), 6);
+    assert_int_equal(topic_tenant_base("$t/42", 5), 0);
+    assert_int_equal(topic_tenant_base("$SYS/x", 6), 0);
+    assert_int_equal(topic_tenant_base("a/$t/2/", 7), 0);
+    assert_true(topic_reserved("$t/", 3));
+    assert_true(topic_reserved("$t/2/#", 6));
+    assert_false(topic_reserved("$t", 2));
+    assert_false(topic_reserved("$tx/1", 5));
+    /* topic_matches */
+    assert_true(topic_matches("$t/2/a/#", 8, "$t/2/a/b", 8));
+    assert_true(topic_matches("$t/2/#", 6, "$t/2/x", 6));
+    assert_false(topic_matches("$t/2/#", 6, "$t/3/x", 6));
+    assert_false(topic_matches("#", 1, "$t/2/x", 6));
+    assert_false(topic_matches("+/+/x", 5, "$t/2/x", 6));
+    assert_false(topic_matches("$t/2/#", 6, "$t/2/$aws/events/x", 18));
+    assert_false(topic_matches("$t/2/+/events/x", 15, "$t/2/$aws/events/x", 18));
+    assert_true(topic_matches("$t/2/$aws/#", 11, "$t/2/$aws/events/x", 18));
+}
+
+static void trie_tenants(void **state)
+{
+    tnode *r = root_new();
+    worker *w = worker_new();
+    session *all = sess_new(), *t2all = sess_new(), *t3all = sess_new(), *t2aws = sess_new();
+    session *t2plus = sess_new(), *g = sess_new();
+    add(r, "#", all);
+    add(r, "$t/2/#", t2all);
+    add(r, "$t/3/#", t3all);
+    add(r, "$t/2/$aws/#", t2aws);
+    add(r, "$t/2/+/events/x", t2plus);
+    add_shared(r, "grp", "$t/2/#", g);
+    assert_int_equal(run_match(r, w, "a/b"), 1);
+    assert_int_equal(hits(w, all), 1);
+    assert_int_equal(run_match(r, w, "$t/2/a/b"), 2);
+    assert_int_equal(hits(w, t2all), 1);
+    assert_int_equal(hits(w, g), 1);
+    assert_int_equal(run_match(r, w, "$t/3/a"), 1);
+    assert_int_equal(hits(w, t3all), 1);
+    /* '$' at the tenant's first level: only filters naming it match */
+    assert_int_equal(run_match(r, w, "$t/2/$aws/events/x"), 1);
+    assert_int_equal(hits(w, t2aws), 1);
+    assert_int_equal(run_match(r, w, "$t/2/a/events/x"), 3);
+    assert_int_equal(hits(w, t2plus), 1);
+    del_shared(r, "grp", "$t/2/#", g);
+    del(r, "#", all);
+    del(r, "$t/2/#", t2all);
+    del(r, "$t/3/#", t3all);
+    del(r, "$t/2/$aws/#", t2aws);
+    del(r, "$t/2/+/events/x", t2plus);
+    assert_true(root_empty(r));
+    trie_free(r);
+    worker_free(w);
+    free(all), free(t2all), free(t3all), free(t2aws), free(t2plus), free(g);
+}
+
 static void trie_shared(void **state)
 {
     tnode *r = root_new();
@@ -876,6 +940,8 @@ int main(void)
         cmocka_unit_test(trie_agrees_with_topic_matches),
         cmocka_unit_test(trie_deep_levels),
         cmocka_unit_test(trie_group_name_with_nul),
+        cmocka_unit_test(tenant_prefixes),
+        cmocka_unit_test(trie_tenants),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
