@@ -193,8 +193,11 @@ bool reg_dev_can_publish(registry *r, reg_dev *d, const char *topic);
 bool reg_dev_can_subscribe(registry *r, reg_dev *d, const char *filter);
 
 /* [fast] Presence, kept in memory and persisted by the background thread.
- * connect and disconnect return the event's version number, which grows per
- * device (and across restarts) so consumers can order events. */
+ * connect returns the connection's version number, which grows per device
+ * (and across restarts) so consumers can order events; disconnect takes it
+ * back and is ignored (returns 0) when a newer connection of the device came
+ * meanwhile (a takeover: the old connection's close comes after the new
+ * connect), else returns it. */
 typedef struct reg_conn_info {
     const char *client_id;
     const char *address;   /* "ip:port" */
@@ -202,7 +205,7 @@ typedef struct reg_conn_info {
     int keep_alive;
 } reg_conn_info;
 uint64_t reg_presence_connect(registry *r, reg_dev *d, const reg_conn_info *ci);
-uint64_t reg_presence_disconnect(registry *r, reg_dev *d, const char *reason);
+uint64_t reg_presence_disconnect(registry *r, reg_dev *d, uint64_t version, const char *reason);
 /* [fast] Counters, relaxed atomics; call as traffic flows. */
 void reg_presence_count(reg_dev *d, uint64_t msgs_in, uint64_t bytes_in, uint64_t msgs_out,
                         uint64_t bytes_out);
