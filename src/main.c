@@ -109,12 +109,6 @@ static int cmd_serve(int argc, char **argv)
         log_error("main", "cannot create data dir %s: %s", cfg.data_dir, strerror(errno));
         return 1;
     }
-    registry *reg = NULL;
-    char rerr[REG_ERR_LEN];
-    if (reg_open(cfg.data_dir, &reg, rerr) != THZ_OK) {
-        log_error("main", "registry: %s", rerr);
-        return 1;
-    }
     /* Signals are taken synchronously by this thread with sigwait; every
      * other thread inherits the blocked mask. */
     sigset_t set;
@@ -124,6 +118,13 @@ static int cmd_serve(int argc, char **argv)
     sigaddset(&set, SIGHUP);
     pthread_sigmask(SIG_BLOCK, &set, NULL);
     signal(SIGPIPE, SIG_IGN);
+    /* after the mask: the registry's thread must not take the signals */
+    registry *reg = NULL;
+    char rerr[REG_ERR_LEN];
+    if (reg_open(cfg.data_dir, &reg, rerr) != THZ_OK) {
+        log_error("main", "registry: %s", rerr);
+        return 1;
+    }
 
     auth *a = NULL;
     thz_err rc = auth_open(&cfg, &a);
@@ -131,8 +132,12 @@ static int cmd_serve(int argc, char **argv)
         log_error("main", "auth: %s", thz_strerror(rc));
         return 1;
     }
-    if (net_init(config_threads(&cfg)) != THZ_OK || mqtt_start(&cfg, a) != THZ_OK ||
-        http_start(&cfg, a) != THZ_OK || api_start(reg) != THZ_OK || net_start() != THZ_OK) {
+    if (net_init(config_threads(&cfg)) != THZ_OK || mqtt_start(&cfg, a) != THZ_OK) {
+        log_error("main", "startup failed");
+        return 1;
+    }
+    mqtt_set_registry(reg);
+    if (http_start(&cfg, a) != THZ_OK || api_start(reg) != THZ_OK || net_start() != THZ_OK) {
         log_error("main", "startup failed");
         return 1;
     }

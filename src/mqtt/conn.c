@@ -300,6 +300,7 @@ static const mqtt_props *reason_props(uint8_t reason)
     case MQTT_RC_PACKET_TOO_LARGE: t = "packet too large"; break;
     case MQTT_RC_QUOTA_EXCEEDED: t = "not reading: slow consumer timeout"; break;
     case MQTT_RC_RETAIN_NOT_SUPPORTED: t = "retain not supported"; break;
+    case MQTT_RC_ADMIN_ACTION: t = "the credentials were revoked"; break;
     default: return NULL;
     }
     memset(&p, 0, sizeof p);

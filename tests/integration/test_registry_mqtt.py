@@ -40,6 +40,12 @@ class Api:
             assert r.status_code == expect, "%s %s: %d %s" % (method, path, r.status_code, r.text)
         return r
 
+    def api_token(self, **fields):
+        """A new API token (login sessions do not connect over MQTT)."""
+        body = {"name": unique("tok")}
+        body.update(fields)
+        return self.call("POST", "/tokens", 201, json=body).json()
+
     def device(self, dev_id=None, **fields):
         body = {"id": dev_id or unique("dev")}
         body.update(fields)
@@ -113,7 +119,7 @@ def test_device_acl_own_topics_and_group_policy(daemon):
     assert info.rc == 0
     assert c.get().topic == own
     # someone else's topic: PUBACK 0x87, the message goes nowhere
-    watcher = PahoClient(daemon, username="app", password=Api(daemon).token)
+    watcher = PahoClient(daemon, username="app", password=api.api_token()["token"])
     watcher.subscribe("devices/#", qos=1)
     c.publish("devices/%s/telemetry" % d2["id"], b"x", qos=1)
     watcher.expect_none(0.5)
@@ -144,20 +150,23 @@ def test_tokens_connect_with_their_roles(daemon):
     api.call("POST", "/users", 201,
              json={"email": viewer_email, "password": "viewer-password", "role": "viewer"})
     viewer = Api(daemon, email=viewer_email, password="viewer-password")
-    v = PahoClient(daemon, username="dashboard", password=viewer.token)
+    # a login session is not an MQTT credential; an API token is
+    PahoClient(daemon, username="dashboard", password=viewer.token, expect_rc=0x86).close()
+    v = PahoClient(daemon, username="dashboard", password=viewer.api_token()["token"])
     assert v.subscribe("#", qos=1) == [1]
     info = v.c.publish("apps/x", b"1", qos=1)
     info.wait_for_publish(5)
-    admin = PahoClient(daemon, username="ops", password=api.token)
+    tok = api.api_token()
+    admin = PahoClient(daemon, username="ops", password=tok["token"])
     admin.publish("apps/y", b"2", qos=1)
     got = v.get()
     assert (got.topic, got.payload) == ("apps/y", b"2")  # the viewer's own publish was denied
     v.expect_none(0.3)
     # a wrong token is no password
     PahoClient(daemon, username="x", password="thz_not-a-token", expect_rc=0x86).close()
-    # logout ends the token for MQTT too
-    api.call("POST", "/auth/logout", 204)
-    PahoClient(daemon, username="x", password=api.token, expect_rc=0x86).close()
+    # a revoked token no longer connects
+    api.call("DELETE", "/tokens/%s" % tok["id"], 204)
+    PahoClient(daemon, username="x", password=tok["token"], expect_rc=0x86).close()
     v.disconnect()
     admin.disconnect()
 
@@ -177,8 +186,9 @@ def test_tenants_never_see_each_other(daemon):
     b = api2.device("sensor-1")
     ca = device_client(daemon, a)
     cb = device_client(daemon, b)
-    w1 = PahoClient(daemon, username="w1", password=api1.token)
-    w2 = PahoClient(daemon, username="w2", password=api2.token)
+    t1, t2 = api1.api_token()["token"], api2.api_token()["token"]
+    w1 = PahoClient(daemon, username="w1", password=t1)
+    w2 = PahoClient(daemon, username="w2", password=t2)
     for w in (w1, w2):
         assert w.subscribe("#", qos=1) == [1]
         assert w.subscribe("$aws/#", qos=1) == [1]
@@ -190,14 +200,14 @@ def test_tenants_never_see_each_other(daemon):
     assert not ca.disconnects and not cb.disconnects
     # the broker's namespace is not reachable by name
     assert w1.subscribe("$t/#", qos=1) == [0x87]
-    PahoClient(daemon, client_id="$t/2/sensor-1", username="w", password=api1.token,
+    PahoClient(daemon, client_id="$t/2/sensor-1", username="w", password=t1,
                expect_rc=0x85).close()
     # retained messages stay in their tenant
     w2.publish("status/global", b"two", qos=1, retain=True)
-    r1 = PahoClient(daemon, username="r1", password=api1.token)
+    r1 = PahoClient(daemon, username="r1", password=t1)
     r1.subscribe("status/#", qos=1)
     r1.expect_none(0.4)
-    r2 = PahoClient(daemon, username="r2", password=api2.token)
+    r2 = PahoClient(daemon, username="r2", password=t2)
     r2.subscribe("status/#", qos=1)
     m = r2.get()
     assert (m.topic, m.payload, m.retain) == ("status/global", b"two", 1)
@@ -221,7 +231,7 @@ def presence_events(w, n, timeout=5):
 def test_presence_events_and_device_health(daemon):
     api = Api(daemon)
     dev = api.device()
-    w = PahoClient(daemon, username="watch", password=api.token)
+    w = PahoClient(daemon, username="watch", password=api.api_token()["token"])
     assert w.subscribe("$aws/events/presence/#", qos=1) == [1]
     assert api.call("GET", "/devices/" + dev["id"], 200).json()["online"] is False
     c = device_client(daemon, dev, client_id="cid-" + dev["id"], keepalive=30)
