@@ -8,14 +8,13 @@ import threading
 import time
 
 import pytest
-import requests
 
+from apiclient import Api, code, expect
 from clients import unique
 from conftest import IS_MOSQUITTO
 
 pytestmark = pytest.mark.skipif(IS_MOSQUITTO, reason="mosquitto has no REST API")
 
-V1 = "/api/v1"
 MAX_BODY = 1024 * 1024
 
 # Every route of the daemon, as the OpenAPI document must list it.
@@ -66,63 +65,6 @@ AUTHED = [
     ("GET", "/groups"), ("POST", "/groups"), ("GET", "/groups/g1"), ("PATCH", "/groups/g1"),
     ("DELETE", "/groups/g1"), ("PUT", "/groups/g1/devices/d1"), ("DELETE", "/groups/g1/devices/d1"),
 ]
-
-
-class Api:
-    """A REST client for one daemon, optionally holding a bearer token."""
-
-    def __init__(self, b, token=None):
-        self.b = b
-        self.base = "http://127.0.0.1:%d%s" % (b.http_port, V1)
-        self.token = token
-        self.s = requests.Session()
-
-    def call(self, method, path, body=None, token=..., headers=None, data=None, params=None):
-        h = dict(headers or {})
-        tok = self.token if token is ... else token
-        if tok:
-            h["Authorization"] = "Bearer " + tok
-        if body is not None:
-            data = json.dumps(body)
-            h.setdefault("Content-Type", "application/json")
-        return self.s.request(method, self.base + path, data=data, headers=h, params=params,
-                              timeout=10)
-
-    def get(self, path, **kw):
-        return self.call("GET", path, **kw)
-
-    def post(self, path, body=None, **kw):
-        return self.call("POST", path, body, **kw)
-
-    def patch(self, path, body=None, **kw):
-        return self.call("PATCH", path, body, **kw)
-
-    def put(self, path, **kw):
-        return self.call("PUT", path, **kw)
-
-    def delete(self, path, **kw):
-        return self.call("DELETE", path, **kw)
-
-    def login(self, email, password):
-        r = self.post("/auth/login", {"email": email, "password": password}, token=None)
-        assert r.status_code == 200, r.text
-        return Api(self.b, r.json()["token"])
-
-
-def code(r):
-    """The error code of an API error response, checking its shape."""
-    j = r.json()
-    assert set(j) == {"error"} and set(j["error"]) == {"code", "message"}, j
-    assert r.headers["content-type"].startswith("application/json")
-    return j["error"]["code"]
-
-
-def expect(r, status, err=None):
-    assert r.status_code == status, "%s %s -> %d %s" % (
-        r.request.method, r.request.url, r.status_code, r.text)
-    if err is not None:
-        assert code(r) == err, r.text
-    return r
 
 
 @pytest.fixture
