@@ -39,6 +39,7 @@ typedef struct thz_config {
     bool retain_available;          /* retain-available */
     int fsync;                      /* fsync: THZ_FSYNC_* for the broker state log */
     uint32_t store_segment_mb;      /* store-segment-mb: state log segment size before rotating */
+    char cors_origins[THZ_PATH_MAX]; /* cors-origins: "*" or comma-separated origins; empty = off */
 } thz_config;
 
 enum { THZ_FSYNC_NEVER = 0, THZ_FSYNC_EVERYSEC = 1, THZ_FSYNC_ALWAYS = 2 };
