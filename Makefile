@@ -4,7 +4,9 @@
 
 BUILD    ?= build
 CC       ?= gcc
-PKGS     := libuv libcrypto libcjson sqlite3 libargon2 zlib libwslay
+PKGS     := libuv libcrypto libcjson sqlite3 libargon2 zlib
+# Debian's libwslay-dev ships no pkg-config file: use it when present, else -lwslay.
+WSLAY_LIBS := $(shell pkg-config --libs libwslay 2>/dev/null || echo -lwslay)
 # llhttp's C sources ship in Debian's node-llhttp package; they are compiled
 # from where the package puts them, never copied into the tree.
 LLHTTP_DIR := /usr/share/llhttp
@@ -14,7 +16,7 @@ SAN      ?=
 CFLAGS   += -std=gnu11 $(OPT) -g -Wall -Wextra -Werror -Wno-unused-parameter \
             -Wshadow -Wstrict-prototypes -pthread -D_GNU_SOURCE -Isrc -I$(LLHTTP_INC) $(SAN) \
             $(shell pkg-config --cflags $(PKGS))
-LDLIBS   += $(shell pkg-config --libs $(PKGS)) -pthread -lm
+LDLIBS   += $(shell pkg-config --libs $(PKGS)) $(WSLAY_LIBS) -pthread -lm
 LDFLAGS  += $(SAN)
 
 LIB_SRC  := $(sort $(filter-out src/main.c,$(shell find src -name '*.c')))
