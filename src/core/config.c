@@ -16,12 +16,12 @@
 #define CONFIG_LINE_MAX 4096
 
 typedef enum {
-    OPT_PATH, /* char[] holding a file or directory name; may be empty */
-    OPT_ADDR, /* char[] holding "HOST:PORT"; checked by config_split_addr */
-    OPT_INT,  /* int within [min, max] */
-    OPT_U32,  /* uint32_t within [min, max] */
-    OPT_BOOL, /* bool */
-    OPT_ENUM, /* int: index into names[] */
+    OPT_PATH,   /* char[] holding a file or directory name; may be empty */
+    OPT_ADDR,   /* char[] holding "HOST:PORT"; checked by config_split_addr */
+    OPT_INT,    /* int within [min, max] */
+    OPT_U32,    /* uint32_t within [min, max] */
+    OPT_BOOL,   /* bool */
+    OPT_ENUM,   /* int: index into names[] */
     OPT_ORIGINS /* char[]: "*" or comma-separated scheme://host[:port]; may be empty */
 } opt_type;
 

@@ -8,8 +8,10 @@ static void echo_message(http_ws *ws, int opcode, const uint8_t *p, size_t n, vo
 {
     thz_err rc = http_ws_send(ws, opcode, p, n);
     /* A client that sends faster than it reads is told to come back later. */
-    if (rc == THZ_EQUOTA) http_ws_close(ws, 1013, "the echo is not being read");
-    else if (rc != THZ_OK && rc != THZ_EPROTO) http_ws_close(ws, 1011, "cannot echo");
+    if (rc == THZ_EQUOTA)
+        http_ws_close(ws, 1013, "the echo is not being read");
+    else if (rc != THZ_OK && rc != THZ_EPROTO)
+        http_ws_close(ws, 1011, "cannot echo");
 }
 
 void http_api_ws_register(void)

@@ -9,9 +9,9 @@
 
 #include "http/http_int.h"
 
-#define CORS_MAX_AGE "600" /* seconds browsers may cache a preflight (Chrome caps at 7200) */
-#define CORS_METHODS "GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS"
-#define CORS_HEADERS "Authorization, Content-Type"
+#define CORS_MAX_AGE           "600" /* seconds browsers may cache a preflight (Chrome caps at 7200) */
+#define CORS_METHODS           "GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS"
+#define CORS_HEADERS           "Authorization, Content-Type"
 #define CORS_MAX_ALLOW_HEADERS 1024 /* requested header names echoed, in bytes */
 
 /* Set once before the I/O threads start, read-only afterwards. */

@@ -130,11 +130,11 @@ http_response *http_req_response(http_request *req);
  * is closed with 1001. A close handshake the peer does not finish within
  * HTTP_WS_CLOSE_TIMEOUT_MS ends with the TCP connection closed. */
 
-#define HTTP_WS_MAX_MESSAGE      (1024 * 1024) /* inbound message (joined): close 1009 */
+#define HTTP_WS_MAX_MESSAGE      (1024 * 1024)         /* inbound message (joined): close 1009 */
 #define HTTP_WS_MAX_UNSENT       (2 * HTTP_MAX_OUTBUF) /* http_ws_send refuses above this */
-#define HTTP_WS_PING_MS          30000 /* silence before the server pings */
-#define HTTP_WS_IDLE_TIMEOUT_MS  75000 /* silence before the server closes (1001) */
-#define HTTP_WS_CLOSE_TIMEOUT_MS 5000  /* the peer's answer to our close frame */
+#define HTTP_WS_PING_MS          30000                 /* silence before the server pings */
+#define HTTP_WS_IDLE_TIMEOUT_MS  75000                 /* silence before the server closes (1001) */
+#define HTTP_WS_CLOSE_TIMEOUT_MS 5000                  /* the peer's answer to our close frame */
 #define HTTP_WS_MAX_ROUTES       16
 
 enum { HTTP_WS_TEXT = 1, HTTP_WS_BINARY = 2 }; /* opcodes of data messages */

@@ -31,7 +31,7 @@ struct http_request {
     char *pval[HTTP_MAX_PARAMS]; /* malloc'd, decoded */
     int nparam;
     http_response res;
-    void *conn; /* server.c: the connection (NULL in tests) */
+    void *conn;                      /* server.c: the connection (NULL in tests) */
     const struct ws_route *ws_route; /* set with a 101: the WebSocket route accepted */
     struct http_request *next;
 };
@@ -171,9 +171,8 @@ thz_err http_ws_open(const http_request *req, const http_ws_io *io, void *conn, 
                      uint64_t now_ms, http_ws **out);
 /* The same without a request (the fuzzer): handler h with ctx, subprotocol
  * proto ("" for none). */
-thz_err http_ws_new(const http_ws_handler *h, void *ctx, const char *proto,
-                    const http_ws_io *io, void *conn, int thread, uint64_t now_ms,
-                    http_ws **out);
+thz_err http_ws_new(const http_ws_handler *h, void *ctx, const char *proto, const http_ws_io *io,
+                    void *conn, int thread, uint64_t now_ms, http_ws **out);
 /* Feeds n bytes received from the peer (all are consumed) and writes what
  * became due (pongs, close frames, replies) within the output limit. */
 void http_ws_input(http_ws *ws, const uint8_t *p, size_t n, uint64_t now_ms);

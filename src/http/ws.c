@@ -248,8 +248,8 @@ static const struct wslay_event_callbacks callbacks = {
 
 /* ---- lifecycle ---- */
 
-thz_err http_ws_new(const http_ws_handler *h, void *ctx, const char *proto,
-                    const http_ws_io *io, void *conn, int thread, uint64_t now_ms, http_ws **out)
+thz_err http_ws_new(const http_ws_handler *h, void *ctx, const char *proto, const http_ws_io *io,
+                    void *conn, int thread, uint64_t now_ms, http_ws **out)
 {
     *out = NULL;
     http_ws *ws = calloc(1, sizeof *ws);

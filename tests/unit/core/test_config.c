@@ -492,9 +492,14 @@ static void test_cors_origins(void **state)
                                 err, sizeof err),
                      THZ_OK);
     assert_int_equal(config_set(&c, "cors-origins", "", err, sizeof err), THZ_OK);
-    static const char *const bad[] = {"https://a.example/", "https://a.example/x", "a.example",
-                                      "*, https://a.example", "https://", "https://a:99999x",
-                                      "https://a.example;https://b", "://a"};
+    static const char *const bad[] = {"https://a.example/",
+                                      "https://a.example/x",
+                                      "a.example",
+                                      "*, https://a.example",
+                                      "https://",
+                                      "https://a:99999x",
+                                      "https://a.example;https://b",
+                                      "://a"};
     for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
         assert_int_equal(config_set(&c, "cors-origins", bad[i], err, sizeof err), THZ_EINVAL);
         assert_non_null(strstr(err, "cors-origins"));

@@ -218,9 +218,9 @@ static void test_gzip_roundtrip(void **state)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_list_tokens),   cmocka_unit_test(test_origin_match),
-        cmocka_unit_test(test_preflight),     cmocka_unit_test(test_cors_simple),
-        cmocka_unit_test(test_accept_q),      cmocka_unit_test(test_gzip_types),
+        cmocka_unit_test(test_list_tokens),    cmocka_unit_test(test_origin_match),
+        cmocka_unit_test(test_preflight),      cmocka_unit_test(test_cors_simple),
+        cmocka_unit_test(test_accept_q),       cmocka_unit_test(test_gzip_types),
         cmocka_unit_test(test_gzip_roundtrip),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

@@ -38,11 +38,11 @@ static void test_utf8(void **state)
     assert_true(U("plain"));
     assert_true(U("w\xc3\xb6rld \xe2\x82\xac \xf0\x9f\x98\x80"));
     assert_false(U("\xc3\x28"));
-    assert_false(U("\xc0\xaf"));             /* overlong '/' */
-    assert_false(U("\xe0\x80\xaf"));         /* overlong */
-    assert_false(U("\xed\xa0\x80"));         /* surrogate */
-    assert_false(U("\xf4\x90\x80\x80"));     /* > U+10FFFF */
-    assert_false(U("\xf0\x9f\x98"));         /* truncated */
+    assert_false(U("\xc0\xaf"));         /* overlong '/' */
+    assert_false(U("\xe0\x80\xaf"));     /* overlong */
+    assert_false(U("\xed\xa0\x80"));     /* surrogate */
+    assert_false(U("\xf4\x90\x80\x80")); /* > U+10FFFF */
+    assert_false(U("\xf0\x9f\x98"));     /* truncated */
     assert_false(U("\xff"));
 #undef U
 }
@@ -187,9 +187,9 @@ static void test_handshake_errors(void **state)
         http_parser_init(&ps);
         size_t used;
         http_request *r = NULL;
-        assert_int_equal(http_parse(&ps, (const uint8_t *)cases[i].req, strlen(cases[i].req),
-                                    &used, &r),
-                         THZ_OK);
+        assert_int_equal(
+            http_parse(&ps, (const uint8_t *)cases[i].req, strlen(cases[i].req), &used, &r),
+            THZ_OK);
         http_parser_free(&ps);
         http_dispatch(r);
         assert_int_equal(r->res.status, cases[i].status);
@@ -213,7 +213,10 @@ static void test_frames(void **state)
     n += frame(in + n, 0x80, "cd", 2);
     for (size_t i = 0; i < n; i++) http_ws_input(ws, in + i, 1, 1);
     assert_int_equal(wire.len, 3 + 6);
-    assert_memory_equal(wire.p, "\x8a\x01p\x81\x04" "abcd", 9);
+    assert_memory_equal(wire.p,
+                        "\x8a\x01p\x81\x04"
+                        "abcd",
+                        9);
     /* back-pressure: the connection holds too much, sends are refused */
     limit_unsent = HTTP_WS_MAX_UNSENT + 1;
     assert_int_equal(http_ws_send(ws, HTTP_WS_TEXT, "x", 1), THZ_EQUOTA);
