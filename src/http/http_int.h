@@ -19,7 +19,7 @@ struct http_request {
     int method;
     uint8_t major, minor;
     bool keep_alive; /* llhttp_should_keep_alive: HTTP/1.0 and Connection rules */
-    bool upgrade;    /* an Upgrade/CONNECT request: answered, then closed */
+    bool upgrade;    /* an Upgrade/CONNECT request: no HTTP follows it on the connection */
     thz_buf url;     /* request target, NUL-terminated */
     char *path;      /* inside url; '?' replaced by NUL */
     char *query;     /* inside url, after '?', or "" */
