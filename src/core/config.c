@@ -16,12 +16,13 @@
 #define CONFIG_LINE_MAX 4096
 
 typedef enum {
-    OPT_PATH, /* char[] holding a file or directory name; may be empty */
-    OPT_ADDR, /* char[] holding "HOST:PORT"; checked by config_split_addr */
-    OPT_INT,  /* int within [min, max] */
-    OPT_U32,  /* uint32_t within [min, max] */
-    OPT_BOOL, /* bool */
-    OPT_ENUM  /* int: index into names[] */
+    OPT_PATH,   /* char[] holding a file or directory name; may be empty */
+    OPT_ADDR,   /* char[] holding "HOST:PORT"; checked by config_split_addr */
+    OPT_INT,    /* int within [min, max] */
+    OPT_U32,    /* uint32_t within [min, max] */
+    OPT_BOOL,   /* bool */
+    OPT_ENUM,   /* int: index into names[] */
+    OPT_ORIGINS /* char[]: "*" or comma-separated scheme://host[:port]; may be empty */
 } opt_type;
 
 typedef struct config_opt {
@@ -46,6 +47,7 @@ static const char *const fsync_names[] = {"never", "everysec", "always", NULL};
 #define U32(n, f, lo, hi) n, OPT_U32, FIELD(f), lo, hi, NULL
 #define BOOL(n, f)        n, OPT_BOOL, FIELD(f), 0, 1, NULL
 #define ENUM(n, f, names) n, OPT_ENUM, FIELD(f), 0, 0, names
+#define ORIGINS(n, f)     n, OPT_ORIGINS, FIELD(f), 0, 0, NULL
 
 /* Every setting, once. The order here is the order of --help and the sample. */
 static const config_opt opts[] = {
@@ -95,6 +97,13 @@ static const config_opt opts[] = {
      "When the state log is flushed to disk: never, everysec or always.", false},
     {U32("store-segment-mb", store_segment_mb, 1, 4096), "64",
      "State log segment size in MiB before a new segment is started.", false},
+    /* Not reloadable: main.c's SIGHUP path copies settings into the live
+     * struct on the main thread while I/O threads read it, and only settings
+     * with a module reload hook (auth, mqtt) may change under them. */
+    {ORIGINS("cors-origins", cors_origins), "",
+     "Browser origins allowed to call the HTTP API (CORS): comma-separated like "
+     "https://app.example.com,http://localhost:3000, or * for any; empty turns CORS off.",
+     false},
 };
 
 #define N_OPTS (sizeof opts / sizeof opts[0])
@@ -143,6 +152,54 @@ static thz_err parse_u64(const char *z, uint64_t *out)
     return THZ_OK;
 }
 
+/* One origin as browsers send it: scheme "://" host [":" port], no path,
+ * no trailing slash. Case is not checked (matching ignores it). */
+static bool origin_ok(const char *s, size_t n)
+{
+    size_t i = 0;
+    while (i < n && (isalnum((unsigned char)s[i]) || s[i] == '+' || s[i] == '-' || s[i] == '.'))
+        i++;
+    if (i == 0 || !isalpha((unsigned char)s[0]) || n - i < 4 || memcmp(s + i, "://", 3) != 0)
+        return false;
+    i += 3;
+    size_t host = i;
+    if (i < n && s[i] == '[') { /* [v6] */
+        while (i < n && s[i] != ']') {
+            if (!isxdigit((unsigned char)s[i]) && s[i] != ':' && s[i] != '[') return false;
+            i++;
+        }
+        if (i == n) return false;
+        i++;
+    } else {
+        while (i < n && (isalnum((unsigned char)s[i]) || s[i] == '-' || s[i] == '.' || s[i] == '_'))
+            i++;
+    }
+    if (i == host) return false;
+    if (i < n && s[i] == ':') {
+        size_t d = ++i;
+        while (i < n && isdigit((unsigned char)s[i])) i++;
+        if (i == d || i - d > 5) return false;
+    }
+    return i == n;
+}
+
+/* Checks a cors-origins value; NULL when fine, else the reason. */
+static const char *origins_check(const char *v)
+{
+    if (strcmp(v, "*") == 0 || v[0] == '\0') return NULL;
+    for (const char *p = v;;) {
+        while (*p == ' ' || *p == '\t') p++;
+        const char *e = p;
+        while (*e && *e != ',' && *e != ' ' && *e != '\t') e++;
+        if (e - p == 1 && *p == '*') return "'*' must be the whole value";
+        if (!origin_ok(p, (size_t)(e - p))) return "each origin must be scheme://host[:port]";
+        while (*e == ' ' || *e == '\t') e++;
+        if (*e == '\0') return NULL;
+        if (*e != ',') return "origins are separated by commas";
+        p = e + 1;
+    }
+}
+
 static thz_err parse_bool(const char *z, bool *out)
 {
     static const char *const yes[] = {"true", "yes", "on", "1"};
@@ -162,7 +219,13 @@ static thz_err opt_set(const config_opt *o, thz_config *cfg, const char *value, 
     void *p = opt_ptr(o, cfg);
     switch (o->type) {
     case OPT_ADDR:
+    case OPT_ORIGINS:
     case OPT_PATH: {
+        const char *why = o->type == OPT_ORIGINS ? origins_check(value) : NULL;
+        if (why) {
+            seterr(err, errlen, "'%s': %s", value, why);
+            return THZ_EINVAL;
+        }
         if (o->type == OPT_ADDR && value[0] != '\0') {
             char host[THZ_ADDR_MAX];
             int port;
@@ -233,6 +296,7 @@ static void opt_format(const config_opt *o, const thz_config *cfg, char *out, si
     const void *p = opt_cptr(o, cfg);
     switch (o->type) {
     case OPT_PATH:
+    case OPT_ORIGINS:
     case OPT_ADDR: snprintf(out, outlen, "%s", (const char *)p); break;
     case OPT_INT: snprintf(out, outlen, "%d", *(const int *)p); break;
     case OPT_U32: snprintf(out, outlen, "%u", (unsigned)*(const uint32_t *)p); break;
@@ -508,7 +572,7 @@ thz_err config_validate(const thz_config *cfg, char *err, size_t errlen)
                 return THZ_EINVAL;
             }
             continue;
-        } else if (o->type == OPT_PATH || o->type == OPT_ADDR) {
+        } else if (o->type == OPT_PATH || o->type == OPT_ADDR || o->type == OPT_ORIGINS) {
             if (memchr(p, '\0', o->size) == NULL) {
                 seterr(err, errlen, "%s: not NUL-terminated", o->zName);
                 return THZ_EINVAL;
@@ -534,6 +598,7 @@ static const char *opt_meta(const config_opt *o)
     case OPT_INT:
     case OPT_U32: return "N";
     case OPT_BOOL: return "";
+    case OPT_ORIGINS: return "ORIGINS";
     case OPT_ENUM: return o->azEnum == log_level_names ? "LEVEL" : "MODE";
     }
     return "VALUE";
@@ -648,7 +713,7 @@ void config_apply_reload(thz_config *live, const thz_config *fresh)
         const config_opt *o = &opts[i];
         void *dst = opt_ptr(o, live);
         const void *src = opt_cptr(o, fresh);
-        bool str = o->type == OPT_PATH || o->type == OPT_ADDR;
+        bool str = o->type == OPT_PATH || o->type == OPT_ADDR || o->type == OPT_ORIGINS;
         bool same = str ? strcmp(dst, src) == 0 : memcmp(dst, src, o->size) == 0;
         if (same) continue;
         if (o->reloadable) {

@@ -276,6 +276,25 @@ static http_result get_test_async(http_request *req, http_response *res, void *c
     return HTTP_PENDING;
 }
 
+/* GET /api/v1/_test/blob?n=N&type=T&enc=E (test routes only): N bytes
+ * (at most 1 MiB) of repetitive text with Content-Type T (default
+ * text/plain) and, if given, a Content-Encoding E, for the gzip tests. */
+static http_result get_test_blob(http_request *req, http_response *res, void *ctx)
+{
+    char n[16] = "0", type[64] = "text/plain", enc[32] = "";
+    http_req_query(req, "n", n, sizeof n);
+    http_req_query(req, "type", type, sizeof type);
+    http_req_query(req, "enc", enc, sizeof enc);
+    long len = atol(n);
+    if (len < 0 || len > 1024 * 1024) len = 0;
+    static const char line[] = "thinghz says hello to the gzip tests, line after line.\n";
+    for (long i = 0; i < len; i++)
+        if (http_res_body(res, &line[i % (sizeof line - 1)], 1) != THZ_OK) break;
+    http_res_header(res, "Content-Type", type);
+    if (enc[0]) http_res_header(res, "Content-Encoding", enc);
+    return HTTP_DONE;
+}
+
 void http_api_register(auth *a)
 {
     A = a;
@@ -284,5 +303,9 @@ void http_api_register(auth *a)
     http_route(HTTP_GET, "/api/v1/broker/stats", get_broker_stats, NULL);
     http_route(HTTP_POST, "/api/v1/topics/{topic...}", post_topic, NULL);
     const char *t = getenv("THINGHZ_HTTP_TEST_ROUTES");
-    if (t && strcmp(t, "1") == 0) http_route(HTTP_GET, "/api/v1/_test/async", get_test_async, NULL);
+    if (t && strcmp(t, "1") == 0) {
+        http_route(HTTP_GET, "/api/v1/_test/async", get_test_async, NULL);
+        http_route(HTTP_GET, "/api/v1/_test/blob", get_test_blob, NULL);
+    }
+    http_api_ws_register();
 }

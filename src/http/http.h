@@ -108,4 +108,77 @@ void http_reply(http_request *req);
 /* The response of req (for handlers that answer later). */
 http_response *http_req_response(http_request *req);
 
+/* ---- WebSocket (RFC 6455) ----
+ *
+ * A WebSocket route answers the opening handshake of GET requests on its
+ * pattern (validated as RFC 6455 section 4.2 says; failures are JSON errors:
+ * 426 without `Upgrade: websocket` or with a version other than 13, 400 for
+ * other malformed handshakes, 403 for an Origin that cors-origins does not
+ * allow when it is set, 405 for other methods). After the 101 the connection
+ * is a WebSocket: frames are parsed by wslay, pings are answered with pongs,
+ * fragmented messages are joined, and the handler sees whole messages.
+ *
+ * Threads: every callback runs on the connection's I/O thread, and every
+ * http_ws_* function must be called there too (inside a callback, or from a
+ * task posted with net_post(http_ws_thread(ws), ...)). A ws pointer is valid
+ * from on_open until on_close returns; whoever keeps it elsewhere must
+ * forget it in on_close (and a task posted from another thread must look it
+ * up by an id it owns, not trust a stale pointer).
+ *
+ * Timeouts: a connection from which nothing (not even a pong) was received
+ * for HTTP_WS_PING_MS is pinged; after HTTP_WS_IDLE_TIMEOUT_MS of silence it
+ * is closed with 1001. A close handshake the peer does not finish within
+ * HTTP_WS_CLOSE_TIMEOUT_MS ends with the TCP connection closed. */
+
+#define HTTP_WS_MAX_MESSAGE      (1024 * 1024)         /* inbound message (joined): close 1009 */
+#define HTTP_WS_MAX_UNSENT       (2 * HTTP_MAX_OUTBUF) /* http_ws_send refuses above this */
+#define HTTP_WS_PING_MS          30000                 /* silence before the server pings */
+#define HTTP_WS_IDLE_TIMEOUT_MS  75000                 /* silence before the server closes (1001) */
+#define HTTP_WS_CLOSE_TIMEOUT_MS 5000                  /* the peer's answer to our close frame */
+#define HTTP_WS_MAX_ROUTES       16
+
+enum { HTTP_WS_TEXT = 1, HTTP_WS_BINARY = 2 }; /* opcodes of data messages */
+
+typedef struct http_ws http_ws;
+
+/* Every member may be NULL. on_message gets a whole message (text is valid
+ * UTF-8, checked before; invalid text closes the connection with 1007); p is
+ * owned by the library and valid during the call only. on_close is called
+ * exactly once per opened WebSocket, when it ends for any reason: code is the
+ * peer's close code (1005 if its close frame had none), else the code we sent,
+ * else 1006 (the connection dropped without a close handshake). */
+typedef struct http_ws_handler {
+    void (*on_open)(http_ws *ws, void *ctx);
+    void (*on_message)(http_ws *ws, int opcode, const uint8_t *p, size_t n, void *ctx);
+    void (*on_close)(http_ws *ws, uint16_t code, void *ctx);
+} http_ws_handler;
+
+/* Registers a WebSocket route (before net_start; not thread-safe) with the
+ * same pattern syntax as http_route. subprotocols is a comma-separated list
+ * of the subprotocols the route speaks, or NULL: the first of the client's
+ * Sec-WebSocket-Protocol values that is in the list is chosen and echoed;
+ * if none is, the handshake succeeds without one (RFC 6455 4.2.2) and the
+ * client decides. pattern and subprotocols must stay valid for the process
+ * lifetime (literals); *h is copied. */
+thz_err http_route_ws(const char *pattern, const char *subprotocols, const http_ws_handler *h,
+                      void *ctx);
+
+/* Queues one message (opcode HTTP_WS_TEXT or HTTP_WS_BINARY; p copied).
+ * Returns THZ_EQUOTA when more than HTTP_WS_MAX_UNSENT bytes already wait
+ * for the peer (a slow reader: drop the message or close), THZ_EPROTO after
+ * the close handshake began, THZ_EINVAL for another opcode. */
+thz_err http_ws_send(http_ws *ws, int opcode, const void *p, size_t n);
+/* Starts the close handshake with code (1000 normal, 1001 going away,
+ * 1008 policy...) and an optional reason (at most 123 bytes, UTF-8; longer
+ * is cut). Further sends fail; on_close follows when the peer answers or
+ * the close timeout passes. */
+void http_ws_close(http_ws *ws, uint16_t code, const char *reason);
+/* An opaque pointer for the route's use; NULL until set. */
+void http_ws_set_user(http_ws *ws, void *user);
+void *http_ws_user(const http_ws *ws);
+/* The negotiated subprotocol, or "" (owned by ws). */
+const char *http_ws_subprotocol(const http_ws *ws);
+/* The I/O thread of the connection (for net_post). */
+int http_ws_thread(const http_ws *ws);
+
 #endif

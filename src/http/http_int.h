@@ -19,7 +19,7 @@ struct http_request {
     int method;
     uint8_t major, minor;
     bool keep_alive; /* llhttp_should_keep_alive: HTTP/1.0 and Connection rules */
-    bool upgrade;    /* an Upgrade/CONNECT request: answered, then closed */
+    bool upgrade;    /* an Upgrade/CONNECT request: no HTTP follows it on the connection */
     thz_buf url;     /* request target, NUL-terminated */
     char *path;      /* inside url; '?' replaced by NUL */
     char *query;     /* inside url, after '?', or "" */
@@ -31,7 +31,8 @@ struct http_request {
     char *pval[HTTP_MAX_PARAMS]; /* malloc'd, decoded */
     int nparam;
     http_response res;
-    void *conn; /* server.c: the connection (NULL in tests) */
+    void *conn;                      /* server.c: the connection (NULL in tests) */
+    const struct ws_route *ws_route; /* set with a 101: the WebSocket route accepted */
     struct http_request *next;
 };
 
@@ -86,6 +87,112 @@ const char *http_status_text(int status);
  * kept unless plus_space. Returns the length, or -1 for a bad escape or an
  * encoded NUL. */
 long http_pct_decode(const char *s, size_t n, char *out, bool plus_space);
+
+/* The value of the first response header `name` (case-insensitive), not
+ * NUL-terminated: *len gets its length (len may be NULL). Points into
+ * res->headers; valid until the next header is added. NULL if absent. */
+const char *http_res_find_header(const http_response *res, const char *name, size_t *len);
+/* What every response goes through before http_serialize, whoever built it
+ * (handler, router, async reply): gzip, then the CORS headers. */
+void http_finish_response(http_request *req);
+
+/* ---- header lists (cors.c) ---- */
+
+/* Iterates a comma-separated list: sets *item and *n to the next non-empty
+ * element with surrounding whitespace trimmed and advances *pp. Returns false
+ * at the end. */
+bool http_list_next(const char **pp, const char **item, size_t *n);
+/* True if the list contains token (case-insensitive). list may be NULL. */
+bool http_list_has(const char *list, const char *token);
+/* True if any field line `name` of req contains token (Connection may be
+ * sent as several lines). */
+bool http_req_header_has(const http_request *req, const char *name, const char *token);
+
+/* ---- CORS (cors.c) ---- */
+
+/* Sets the cors-origins list (before the I/O threads start; the string must
+ * outlive them). "" turns CORS off, "*" allows any origin. */
+void http_cors_set(const char *list);
+bool http_cors_enabled(void);
+/* Pure: 0 if origin is not allowed by list (or either is empty), 1 if it is
+ * listed, 2 if list is "*". Case-insensitive, exact otherwise. */
+int http_cors_match(const char *list, const char *origin);
+/* http_cors_match of req's Origin against the configured list. */
+int http_cors_allowed(const http_request *req);
+/* If CORS is on and req is a preflight (OPTIONS with Origin and
+ * Access-Control-Request-Method), fills its response (204 with the
+ * Access-Control-Allow-* headers, or 403 for an origin not allowed) and
+ * returns true. */
+bool http_cors_preflight(http_request *req);
+/* Adds Access-Control-Allow-Origin (and -Credentials for a listed origin)
+ * and Vary: Origin to a response when CORS is on. */
+void http_cors_finish(http_request *req);
+
+/* ---- gzip (gzip.c) ---- */
+
+/* Pure: the weight (0..1000) that an Accept-Encoding value gives coding
+ * ("gzip" also matches "x-gzip"); an explicit entry wins over "*"; absent
+ * header or coding: 0. Elements with an invalid q are ignored. */
+int http_accept_q(const char *accept, const char *coding);
+/* True for a Content-Type worth compressing: text/ (any), application/json,
+ * application/javascript, image/svg+xml (parameters ignored). */
+bool http_gzip_type(const char *ctype, size_t n);
+/* Appends the gzip of in[0..n) to out. Uses a per-thread deflate state. */
+thz_err http_gzip(const uint8_t *in, size_t n, thz_buf *out);
+/* Compresses req's response body when the client accepts gzip, the type is
+ * textual, the body is >= 1 KiB, the status has a body and no
+ * Content-Encoding is set; adds Content-Encoding and Vary. */
+void http_gzip_finish(http_request *req);
+/* Frees the calling thread's deflate state (thread stop; tests). */
+void http_gzip_thread_end(void);
+
+/* ---- WebSocket (ws.c) ---- */
+
+/* Pure: Sec-WebSocket-Accept for key (base64(SHA-1(key + GUID))) into out
+ * (29 bytes: 28 and a NUL). */
+void http_ws_accept_key(const char *key, char out[29]);
+/* Pure: true if key is the base64 of exactly 16 bytes (24 characters). */
+bool http_ws_key_ok(const char *key);
+/* Pure: true if p[0..n) is valid UTF-8 (no overlongs, surrogates, > U+10FFFF). */
+bool http_utf8_ok(const uint8_t *p, size_t n);
+
+/* How a WebSocket reaches its connection (server.c; a buffer in the fuzzer). */
+typedef struct http_ws_io {
+    /* Appends frame bytes to the connection's output. */
+    thz_err (*write)(void *conn, const void *p, size_t n);
+    /* Bytes of output not yet taken by the socket. */
+    size_t (*unsent)(void *conn);
+} http_ws_io;
+
+/* Creates the WebSocket of a connection whose 101 response to req (which
+ * carries ws_route) was just serialized, and calls on_open. io must outlive
+ * it. The caller owns *out and ends it with http_ws_free. */
+thz_err http_ws_open(const http_request *req, const http_ws_io *io, void *conn, int thread,
+                     uint64_t now_ms, http_ws **out);
+/* The same without a request (the fuzzer): handler h with ctx, subprotocol
+ * proto ("" for none). */
+thz_err http_ws_new(const http_ws_handler *h, void *ctx, const char *proto, const http_ws_io *io,
+                    void *conn, int thread, uint64_t now_ms, http_ws **out);
+/* Feeds n bytes received from the peer (all are consumed) and writes what
+ * became due (pongs, close frames, replies) within the output limit. */
+void http_ws_input(http_ws *ws, const uint8_t *p, size_t n, uint64_t now_ms);
+/* Moves queued frames to the output while it is under HTTP_MAX_OUTBUF
+ * (after the socket drained some). */
+void http_ws_flush(http_ws *ws);
+/* Bytes queued in the WebSocket but not yet handed to io->write. */
+size_t http_ws_queued(const http_ws *ws);
+/* True when the WebSocket is over (close handshake complete, timed out or
+ * failed): the caller flushes its output and closes the TCP connection.
+ * on_close has been called by then. */
+bool http_ws_done(http_ws *ws);
+/* Pings, idle and close timeouts; call about once a second. */
+void http_ws_tick(http_ws *ws, uint64_t now_ms);
+/* Ends the WebSocket (calls on_close with 1006 if it was not called yet)
+ * and frees it. NULL is fine. */
+void http_ws_free(http_ws *ws);
+
+/* api_ws.c: registers GET /api/v1/ws/echo. */
+void http_api_ws_register(void);
 
 /* api_broker.c: registers /api/v1/health, /api/v1/broker/stats and
  * /api/v1/topics/{topic...}. a may be NULL only in unit tests that do not

@@ -237,15 +237,17 @@ thz_err http_parse(http_parser *ps, const uint8_t *data, size_t n, size_t *used,
         *used = at;
         *out = ps->cur;
         ps->cur = NULL;
-        if (e == HPE_PAUSED) {
+        if (!(*out)->upgrade) {
             llhttp_resume(&ps->p);
         } else {
-            /* No protocol switch is implemented: the request is answered and
-             * the connection closes (keep_alive is false). */
+            /* After an Upgrade (or CONNECT) request the stream is no longer
+             * HTTP: the bytes from *used on belong to the new protocol if
+             * the server switches (a WebSocket), else it answers and closes
+             * (keep_alive is false). Either way this parser is done. */
             ps->failed = true;
             ps->err_status = 400;
             ps->err_code = "bad_request";
-            ps->err_msg = "no protocol upgrade is supported";
+            ps->err_msg = "no HTTP after a protocol upgrade";
         }
         return THZ_OK;
     }

@@ -4,6 +4,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <time.h>
 
 #include "http/http_int.h"
@@ -125,6 +126,7 @@ static int match(const route *r, const char *path, http_request *req)
 http_result http_dispatch(http_request *req)
 {
     http_response *res = &req->res;
+    if (http_cors_preflight(req)) return HTTP_DONE; /* any path, before routing */
     const char *path = http_req_path(req);
     int m = req->method == HTTP_HEAD ? HTTP_GET : req->method;
     char allow[128] = "";
@@ -188,6 +190,30 @@ thz_err http_res_header(http_response *res, const char *name, const char *value)
     return rc;
 }
 
+const char *http_res_find_header(const http_response *res, const char *name, size_t *len)
+{
+    size_t nl = strlen(name);
+    const char *p = (const char *)res->headers.p, *end = p + res->headers.len;
+    while (p && p < end) {
+        const char *eol = memchr(p, '\r', (size_t)(end - p));
+        if (!eol) break;
+        if ((size_t)(eol - p) > nl + 1 && p[nl] == ':' && strncasecmp(p, name, nl) == 0) {
+            const char *v = p + nl + 1;
+            while (v < eol && (*v == ' ' || *v == '\t')) v++;
+            if (len) *len = (size_t)(eol - v);
+            return v;
+        }
+        p = eol + 2;
+    }
+    return NULL;
+}
+
+void http_finish_response(http_request *req)
+{
+    http_gzip_finish(req);
+    http_cors_finish(req);
+}
+
 thz_err http_res_body(http_response *res, const void *p, size_t n)
 {
     return thz_buf_append(&res->body, p, n);
@@ -234,6 +260,7 @@ const char *http_status_text(int status)
 {
     switch (status) {
     case 100: return "Continue";
+    case 101: return "Switching Protocols";
     case 200: return "OK";
     case 201: return "Created";
     case 202: return "Accepted";
@@ -251,6 +278,7 @@ const char *http_status_text(int status)
     case 415: return "Unsupported Media Type";
     case 417: return "Expectation Failed";
     case 422: return "Unprocessable Content";
+    case 426: return "Upgrade Required";
     case 429: return "Too Many Requests";
     case 431: return "Request Header Fields Too Large";
     case 500: return "Internal Server Error";
@@ -289,7 +317,9 @@ static thz_err serialize(int method, const http_response *res, bool keep_alive, 
         n = snprintf(head, sizeof head, "Content-Length: %zu\r\n", res->body.len);
         if ((rc = thz_buf_append(out, head, (size_t)n))) return rc;
     }
-    if (!keep_alive) {
+    if (status == 101) {
+        if ((rc = thz_buf_append(out, "Connection: Upgrade\r\n", 21))) return rc;
+    } else if (!keep_alive) {
         if ((rc = thz_buf_append(out, "Connection: close\r\n", 19))) return rc;
     } else if (http10) {
         if ((rc = thz_buf_append(out, "Connection: keep-alive\r\n", 24))) return rc;

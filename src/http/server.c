@@ -1,7 +1,9 @@
 /* server.c - HTTP/1.1 connections on the I/O threads: read into the thread's
  * buffer, parse with http_parse, dispatch in request order, coalesce the
  * output of a batch and flush it at batch end, enforce the timeouts, and
- * close gracefully (flush, FIN, drain briefly) after an error. */
+ * close gracefully (flush, FIN, drain briefly) after an error. A connection
+ * whose request was answered 101 becomes a WebSocket (ws.c) that shares the
+ * output path, back-pressure and closing. */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -25,6 +27,7 @@ typedef struct hconn {
     thz_buf wbuf; /* output handed to uv_write */
     uv_write_t *wreq;
     http_request *pending; /* answered asynchronously (HTTP_PENDING) */
+    http_ws *ws;           /* after a 101: the connection is a WebSocket */
     int refs;              /* the handle + one per pending request */
     bool reading, writing, dirty, closed;
     bool throttled; /* stopped: too much unsent output */
@@ -52,6 +55,7 @@ static uint64_t request_timeout_ms = HTTP_REQUEST_TIMEOUT_MS;
 static void on_alloc(uv_handle_t *h, size_t hint, uv_buf_t *buf);
 static void on_read(uv_stream_t *st, ssize_t nread, const uv_buf_t *buf);
 static void process(hconn *c, const uint8_t *p, size_t n);
+static void ws_after(hconn *c);
 
 static uint64_t now_ms(hconn *c)
 {
@@ -95,6 +99,8 @@ static void conn_close(hconn *c)
     if (c->next) c->next->prev = c->prev;
     c->prev = c->next = NULL;
     w->nconns--;
+    http_ws_free(c->ws); /* on_close, if the close handshake did not happen */
+    c->ws = NULL;
     uv_read_stop((uv_stream_t *)c->tcp);
     uv_close((uv_handle_t *)c->tcp, on_closed);
 }
@@ -174,6 +180,7 @@ static void on_write(uv_write_t *req, int status)
         return;
     }
     c->idle_since_ms = now_ms(c);
+    if (c->ws && !c->draining) ws_after(c); /* frames wslay still holds */
     flush(c);
     net_batch_end(c->w->idx);
 }
@@ -183,6 +190,10 @@ static void on_write(uv_write_t *req, int status)
 static void resume(hconn *c)
 {
     if (c->closed || c->pending || c->draining) return;
+    if (c->ws) {
+        ws_after(c);
+        return;
+    }
     if (c->throttled) {
         if (c->out.len + c->wbuf.len > HTTP_MAX_OUTBUF / 2) return;
         c->throttled = false;
@@ -268,17 +279,64 @@ static void send_error(hconn *c, int status, const char *code, const char *msg)
 }
 
 /* Sends req's response (in order: nothing else is in flight) and frees req. */
+static const http_ws_io ws_io;
+
 static void finish(hconn *c, http_request *req)
 {
     bool ka = req->keep_alive;
+    http_finish_response(req);
     thz_err rc = http_serialize(req, ka, &c->out);
+    if (!rc && req->ws_route && req->res.status == 101)
+        rc = http_ws_open(req, &ws_io, c, c->idx, now_ms(c), &c->ws);
     http_request_free(req);
     if (rc) {
         conn_close(c);
         return;
     }
     mark_dirty(c);
-    if (!ka) begin_drain(c);
+    if (c->ws) {
+        c->in_req = false;
+        ws_after(c);
+    } else if (!ka) {
+        begin_drain(c);
+    }
+}
+
+/* ---- WebSocket connections ---- */
+
+static thz_err ws_write(void *conn, const void *p, size_t n)
+{
+    hconn *c = conn;
+    if (c->closed || c->draining) return THZ_EPROTO;
+    mark_dirty(c);
+    return thz_buf_append(&c->out, p, n);
+}
+
+static size_t ws_unsent(void *conn)
+{
+    hconn *c = conn;
+    return c->out.len + c->wbuf.len;
+}
+
+static const http_ws_io ws_io = {ws_write, ws_unsent};
+
+/* After anything happened on a WebSocket: pull queued frames into the
+ * output, close when the WebSocket is over, and read only while the output
+ * (ours and wslay's queue) is under the limit, as for HTTP. */
+static void ws_after(hconn *c)
+{
+    if (c->closed || c->draining) return;
+    http_ws_flush(c->ws);
+    if (http_ws_done(c->ws)) {
+        begin_drain(c);
+        return;
+    }
+    size_t unsent = c->out.len + c->wbuf.len + http_ws_queued(c->ws);
+    if (unsent > HTTP_MAX_OUTBUF)
+        c->throttled = true;
+    else if (unsent <= HTTP_MAX_OUTBUF / 2)
+        c->throttled = false;
+    update_reading(c);
 }
 
 static void process(hconn *c, const uint8_t *p, size_t n)
@@ -317,6 +375,14 @@ static void process(hconn *c, const uint8_t *p, size_t n)
             continue; /* stashes the rest and stops reading */
         }
         finish(c, req);
+        if (c->ws) {
+            /* the rest of this read is the WebSocket's */
+            if (n && !c->closed && !c->draining) {
+                http_ws_input(c->ws, p, n, now_ms(c));
+                ws_after(c);
+            }
+            return;
+        }
     }
     if (!c->ps.in_message && !c->pending) {
         c->in_req = false;
@@ -364,6 +430,11 @@ static void on_read(uv_stream_t *st, ssize_t nread, const uv_buf_t *buf)
         } else {
             conn_close(c);
         }
+    } else if (nread > 0 && c->ws && !c->lingering) {
+        if (!c->draining) {
+            http_ws_input(c->ws, (const uint8_t *)buf->base, (size_t)nread, now_ms(c));
+            ws_after(c);
+        }
     } else if (nread > 0 && !c->lingering) {
         if (!c->in_req) {
             c->in_req = true;
@@ -386,6 +457,9 @@ static void on_tick(uv_timer_t *t)
         } else if (c->draining) {
             if (c->drain_start_ms && now - c->drain_start_ms > DRAIN_MS) conn_close(c);
             if (!c->drain_start_ms && now - c->idle_since_ms > DRAIN_MS) conn_close(c);
+        } else if (c->ws) {
+            http_ws_tick(c->ws, now);
+            ws_after(c);
         } else if (c->pending) {
             continue; /* the server's turn, not the client's */
         } else if (c->in_req && now - c->req_start_ms > request_timeout_ms) {
@@ -470,14 +544,25 @@ static void on_thread_stop(int thread, uv_loop_t *loop, void *ctx)
 {
     hworker *w = W[thread];
     if (!w) return;
+    for (hconn *c = w->conns; c; c = c->next) {
+        if (!c->ws || c->draining) continue;
+        /* a best-effort 1001 before the socket closes */
+        http_ws_close(c->ws, 1001, "server shutting down");
+        if (!c->writing && c->out.len) {
+            uv_buf_t b = uv_buf_init((char *)c->out.p, (unsigned)c->out.len);
+            uv_try_write((uv_stream_t *)c->tcp, &b, 1);
+        }
+    }
     while (w->conns) conn_close(w->conns);
     W[thread] = NULL;
+    http_gzip_thread_end();
     uv_close((uv_handle_t *)&w->tick, on_tick_closed);
 }
 
 thz_err http_start(const thz_config *cfg, auth *a)
 {
     http_api_register(a);
+    http_cors_set(cfg->cors_origins);
     if (!cfg->http_listen[0]) return THZ_OK;
     const char *env = getenv("THINGHZ_HTTP_REQUEST_TIMEOUT_MS");
     if (env && atol(env) > 0) request_timeout_ms = (uint64_t)atol(env);

@@ -1,7 +1,8 @@
 /* fuzz_http_request.c - libFuzzer target for the HTTP request parser and
  * router: the input is fed to http_parse whole and split at a point chosen
  * by its first byte; every complete request is dispatched to a small route
- * table and serialized. Both feeds must yield the same requests. */
+ * table (with a WebSocket route and CORS on), finished (gzip, CORS) and
+ * serialized. Both feeds must yield the same requests. */
 #include <stddef.h>
 #include <stdint.h>
 #include <stdlib.h>
@@ -16,8 +17,13 @@ static http_result h_ok(http_request *req, http_response *res, void *ctx)
     http_req_query(req, "qos", q, sizeof q);
     http_req_header(req, "authorization");
     if (p) http_res_body(res, p, strlen(p));
+    /* big enough to be gzipped when the request accepts it */
+    http_res_header(res, "Content-Type", "text/plain");
+    for (int i = 0; i < 64; i++) http_res_body(res, "0123456789abcdef0123456789abcdef", 32);
     return HTTP_DONE;
 }
+
+static const http_ws_handler ws_h = {NULL, NULL, NULL};
 
 /* Runs the parser over data split in two at cut; returns a digest of the
  * requests (count and total body/path bytes) and the final status. */
@@ -40,6 +46,9 @@ static uint64_t run(const uint8_t *data, size_t n, size_t cut, int *status)
             if (rc == THZ_OK) {
                 digest = digest * 31 + 1 + r->body.len * 7 + strlen(http_req_path(r));
                 http_dispatch(r);
+                http_finish_response(r);
+                /* a 101 only comes from the WebSocket route, for an upgrade */
+                if (r->res.status == 101 && (!r->ws_route || !r->upgrade)) abort();
                 out.len = 0;
                 http_serialize(r, r->keep_alive, &out);
                 http_request_free(r);
@@ -67,6 +76,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t n)
         http_route(HTTP_GET, "/api/v1/health", h_ok, NULL);
         http_route(HTTP_POST, "/api/v1/topics/{rest...}", h_ok, NULL);
         http_route(HTTP_GET, "/d/{id}/f/{rest...}", h_ok, NULL);
+        http_route_ws("/ws", "echo, mqtt", &ws_h, NULL);
+        http_cors_set("https://a.example, http://b.example:8080");
         init = 1;
     }
     if (n == 0) return 0;

@@ -480,6 +480,33 @@ static void test_sample_roundtrip(void **state)
     free(text);
 }
 
+static void test_cors_origins(void **state)
+{
+    thz_config c;
+    config_defaults(&c);
+    char err[256];
+    assert_string_equal(c.cors_origins, "");
+    assert_int_equal(config_set(&c, "cors-origins", "*", err, sizeof err), THZ_OK);
+    assert_int_equal(config_set(&c, "cors-origins",
+                                "https://app.example.com, http://localhost:3000,http://[::1]:8080",
+                                err, sizeof err),
+                     THZ_OK);
+    assert_int_equal(config_set(&c, "cors-origins", "", err, sizeof err), THZ_OK);
+    static const char *const bad[] = {"https://a.example/",
+                                      "https://a.example/x",
+                                      "a.example",
+                                      "*, https://a.example",
+                                      "https://",
+                                      "https://a:99999x",
+                                      "https://a.example;https://b",
+                                      "://a"};
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        assert_int_equal(config_set(&c, "cors-origins", bad[i], err, sizeof err), THZ_EINVAL);
+        assert_non_null(strstr(err, "cors-origins"));
+    }
+    assert_false(config_is_reloadable("cors-origins"));
+}
+
 static void test_reload(void **state)
 {
     assert_true(config_is_reloadable("log-level"));
@@ -531,7 +558,7 @@ int main(void)
         cmocka_unit_test(test_file_errors), cmocka_unit_test(test_flags),
         cmocka_unit_test(test_validate),    cmocka_unit_test(test_split_addr),
         cmocka_unit_test(test_help),        cmocka_unit_test(test_sample_roundtrip),
-        cmocka_unit_test(test_reload),
+        cmocka_unit_test(test_reload),      cmocka_unit_test(test_cors_origins),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
