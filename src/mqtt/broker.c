@@ -1504,3 +1504,8 @@ void mqtt_set_registry(registry *r)
     auth_set_registry(B.auth, r);
     reg_on_revoke(r, on_revoke, NULL);
 }
+
+void mqtt_set_tsdb(tsdb *db)
+{
+    B.db = db;
+}

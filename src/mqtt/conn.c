@@ -13,6 +13,7 @@
 #include <openssl/crypto.h>
 
 #include "core/log.h"
+#include "ingest/ingest.h"
 #include "net/net.h"
 #include "mqtt/mqtt_int.h"
 
@@ -41,6 +42,7 @@ static void conn_free(conn *c)
         free(c->alias_out);
     }
     free(c->username);
+    free(c->acks);
     auth_identity_clear(&c->id);
     auth_identity_clear(&c->auth_id);
     free(c);
@@ -90,11 +92,15 @@ static void on_closed(uv_handle_t *h)
     conn *c = h->data;
     free(h);
     atomic_fetch_sub(&n_conns, 1);
-    /* a password check still running on a worker holds c: it frees it */
-    if (c->authing)
-        c->tcp = NULL;
-    else
-        conn_free(c);
+    /* a password check still running on a worker, or a tsdb write whose
+     * durability is not reported yet, holds c: the last of them frees it */
+    c->tcp = NULL;
+    conn_release(c);
+}
+
+void conn_release(conn *c)
+{
+    if (!c->tcp && !c->authing && !c->durable_pending) conn_free(c);
 }
 
 void conn_mark_dirty(conn *c)
@@ -549,10 +555,134 @@ void conn_send_pubrel(conn *c, uint16_t id)
     conn_mark_dirty(c);
 }
 
+/* Queues an acknowledgement behind those still waiting (ready false: it
+ * waits itself, for ack_ready). Returns its number, 0 when out of memory. */
+static uint32_t ack_push(conn *c, uint8_t type, uint16_t id, uint8_t reason, bool ready)
+{
+    if (c->nacks == c->acks_cap) {
+        uint32_t cap = c->acks_cap ? c->acks_cap * 2 : 8;
+        ack_entry *a = realloc(c->acks, cap * sizeof *a);
+        if (!a) return 0;
+        c->acks = a;
+        c->acks_cap = cap;
+    }
+    uint32_t seq = ++c->ack_seq ? c->ack_seq : ++c->ack_seq;
+    c->acks[c->nacks++] = (ack_entry){seq, id, type, reason, ready};
+    return seq;
+}
+
+/* Sends the acknowledgements at the head of the queue that are ready. */
+static void ack_drain(conn *c)
+{
+    uint32_t i = 0;
+    for (; i < c->nacks && c->acks[i].ready; i++)
+        mqtt_encode_ack(&c->out, c->version, c->acks[i].type, c->acks[i].id, c->acks[i].reason,
+                        NULL);
+    if (!i) return;
+    memmove(c->acks, c->acks + i, (c->nacks - i) * sizeof *c->acks);
+    c->nacks -= i;
+    conn_mark_dirty(c);
+}
+
 static void send_ack(conn *c, uint8_t type, uint16_t id, uint8_t reason)
 {
+    if (c->nacks && ack_push(c, type, id, reason, true)) return; /* in order */
     mqtt_encode_ack(&c->out, c->version, type, id, reason, NULL);
     conn_mark_dirty(c);
+}
+
+/* ---- telemetry: devices/{id}/telemetry goes into the tsdb ---- */
+
+/* The {id} of devices/{id}/telemetry, as the client named the topic. */
+static bool telemetry_topic(const char *t, size_t tl, const char **dev, size_t *dl)
+{
+    static const char pre[] = "devices/", suf[] = "/telemetry";
+    size_t pl = sizeof pre - 1, sl = sizeof suf - 1;
+    if (tl <= pl + sl || memcmp(t, pre, pl) != 0 || memcmp(t + tl - sl, suf, sl) != 0) return false;
+    *dev = t + pl;
+    *dl = tl - pl - sl;
+    return !memchr(*dev, '/', *dl);
+}
+
+typedef struct durable {
+    conn *c;
+    int thread;
+    uint32_t seq;
+    thz_err rc;
+} durable;
+
+static void durable_task(int thread, void *arg)
+{
+    durable *d = arg;
+    conn *c = d->c;
+    c->durable_pending--;
+    if (c->tcp && c->state == CONN_ACTIVE) {
+        for (uint32_t i = 0; i < c->nacks; i++) {
+            if (c->acks[i].seq != d->seq) continue;
+            c->acks[i].ready = true;
+            if (d->rc) c->acks[i].reason = MQTT_RC_UNSPECIFIED;
+            break;
+        }
+        if (d->rc && c->version != MQTT_V5) {
+            /* 3.1.1 has no negative acknowledgement: the client resends */
+            conn_close(c, -1);
+        } else {
+            ack_drain(c);
+        }
+        if (thread >= 0) net_batch_end(thread);
+    }
+    conn_release(c);
+    free(d);
+}
+
+/* The tsdb's done callback (its WAL thread): back to the connection's. */
+static void durable_done(void *ctx, thz_err rc)
+{
+    durable *d = ctx;
+    d->rc = rc;
+    net_post(d->thread, durable_task, d);
+}
+
+/* Stores a telemetry payload of device dev (its client's name). Returns the
+ * durable record whose done is awaited (qos > 0 under fsync always), else
+ * NULL. A payload the ingest refuses is reported on devices/{id}/errors and
+ * counted in the device's health; the message is routed all the same. */
+static durable *telemetry_store(conn *c, const char *dev, size_t dl, const mqtt_publish *pb)
+{
+    struct timespec now;
+    clock_gettime(CLOCK_REALTIME, &now);
+    int64_t now_ns = (int64_t)now.tv_sec * 1000000000 + now.tv_nsec;
+    durable *d = NULL;
+    if (pb->qos > 0 && B.cfg->fsync == THZ_FSYNC_ALWAYS && (d = malloc(sizeof *d))) {
+        d->c = c;
+        d->thread = c->w->idx;
+        d->seq = 0;
+    }
+    char err[INGEST_ERR_LEN];
+    thz_err rc = ingest_telemetry(B.db, c->id.tenant, dev, dl, pb->payload.p, pb->payload.n,
+                                  now_ns, d ? durable_done : NULL, d, err);
+    if (rc == THZ_OK) {
+        if (d) c->durable_pending++;
+        return d;
+    }
+    free(d);
+    log_debug("mqtt", "client %s: telemetry of %.*s refused: %s", c->s->cid, (int)dl, dev, err);
+    if (B.reg) reg_telemetry_error(B.reg, c->id.tenant, dev, dl, err);
+    cJSON *j = cJSON_CreateObject();
+    cJSON_AddStringToObject(j, "error", err);
+    cJSON_AddStringToObject(j, "code", rc == THZ_EQUOTA ? "series_limit" : "invalid_telemetry");
+    cJSON_AddNumberToObject(j, "timestamp", (double)(now_ns / 1000000));
+    char *body = cJSON_PrintUnformatted(j);
+    cJSON_Delete(j);
+    size_t tl = (size_t)c->tplen + dl + 16;
+    char *topic = malloc(tl);
+    if (body && topic) {
+        snprintf(topic, tl, "%sdevices/%.*s/errors", c->tprefix, (int)dl, dev);
+        publish_later(topic, body, strlen(body), 0);
+    }
+    free(topic);
+    cJSON_free(body);
+    return NULL;
 }
 
 /* ---- CONNECT ---- */
@@ -666,7 +796,7 @@ static void auth_work_done(uv_work_t *req, int status)
     conn *c = aw->c;
     c->authing = false;
     if (!c->tcp) {
-        conn_free(c); /* closed while the check ran */
+        conn_release(c); /* closed while the check ran */
     } else if (c->state != CONN_CLOSING) {
         c->auth_done = true;
         c->auth_result = status == 0 ? aw->rc : THZ_EIO;
@@ -1058,6 +1188,10 @@ static void handle_publish(conn *c, const mqtt_packet *pkt)
     int64_t exp = c->version == MQTT_V5 && MQTT_HAS(&pb->props, MQTT_P_MESSAGE_EXPIRY)
                       ? wall_s() + pb->props.message_expiry
                       : 0;
+    const char *dev;
+    size_t dl;
+    durable *d = B.db && telemetry_topic(topic, tl, &dev, &dl) ? telemetry_store(c, dev, dl, pb)
+                                                                : NULL;
     char *theap;
     const char *it = tenant_name(c, topic, &tl, false, &theap);
     msg *m = it ? msg_new(it, tl, pb->payload.p, pb->payload.n, fwd, fl, pb->qos, pb->retain, exp)
@@ -1073,12 +1207,15 @@ static void handle_publish(conn *c, const mqtt_packet *pkt)
     uint32_t matched = 0;
     route(w, m, s, &matched);
     msg_unref(m);
-    if (pb->qos == 1) {
-        send_ack(c, MQTT_PUBACK, pb->id, matched ? 0 : MQTT_RC_NO_MATCHING_SUBSCRIBERS);
-    } else if (pb->qos == 2) {
+    uint8_t rc = matched ? 0 : MQTT_RC_NO_MATCHING_SUBSCRIBERS;
+    if (pb->qos == 2) {
         s->ids_in[pb->id >> 3] |= (uint8_t)(1u << (pb->id & 7));
         s->n_in++;
-        send_ack(c, MQTT_PUBREC, pb->id, matched ? 0 : MQTT_RC_NO_MATCHING_SUBSCRIBERS);
+    }
+    if (pb->qos > 0) {
+        uint8_t type = pb->qos == 1 ? MQTT_PUBACK : MQTT_PUBREC;
+        /* a stored telemetry message is acknowledged once it is durable */
+        if (!d || !(d->seq = ack_push(c, type, pb->id, rc, false))) send_ack(c, type, pb->id, rc);
     }
 }
 

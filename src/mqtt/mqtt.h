@@ -15,6 +15,7 @@
 #include "core/config.h"
 #include "core/err.h"
 #include "registry/registry.h"
+#include "tsdb/tsdb.h"
 
 /* cfg and a must outlive the broker (until mqtt_stop returns). */
 thz_err mqtt_start(const thz_config *cfg, auth *a);
@@ -25,6 +26,10 @@ void mqtt_stop(void);
  * outlives the broker). Their connections send presence events and end when
  * their credentials are revoked. */
 void mqtt_set_registry(registry *r);
+/* Telemetry published to devices/{id}/telemetry is stored in db (before
+ * net_start; db outlives the broker): a QoS 1/2 acknowledgement leaves once
+ * it is durable under the fsync policy. */
+void mqtt_set_tsdb(tsdb *db);
 
 /* Publishes a message as the broker itself (no session), from any thread.
  * topic is the broker's name: a tenant's topics carry its prefix (topic.h). */

@@ -19,6 +19,7 @@
 #include "mqtt/mqtt.h"
 #include "mqtt/topic.h"
 #include "store/store.h"
+#include "tsdb/tsdb.h"
 
 #define MAX_SUBIDS 4 /* subscription identifiers carried per delivery */
 
@@ -169,6 +170,12 @@ typedef struct conn {
     uint8_t tplen;
     uint64_t pres_version; /* presence events' versionNumber (registry devices) */
     const char *gone;      /* the disconnectReason of its presence event, when known */
+    /* Acknowledgements in order: a telemetry PUBACK/PUBREC waits for the
+     * tsdb's fsync, and every acknowledgement after it waits its turn. */
+    struct ack_entry *acks;
+    uint32_t nacks, acks_cap;
+    uint32_t ack_seq;          /* numbers the entries */
+    uint32_t durable_pending;  /* tsdb writes whose done has not come back: c stays */
     /* traffic not yet added to its registry device's counters (at each tick) */
     uint64_t n_msgs_in, n_bytes_in, n_msgs_out, n_bytes_out;
     uint8_t version;
@@ -203,6 +210,13 @@ typedef struct conn {
 } conn;
 
 enum { CONN_NEW = 0, CONN_ACTIVE, CONN_CLOSING };
+
+typedef struct ack_entry {
+    uint32_t seq;
+    uint16_t id;
+    uint8_t type, reason;
+    bool ready;
+} ack_entry;
 
 /* Per-thread broker state. */
 typedef struct worker {
@@ -250,6 +264,7 @@ typedef struct broker {
     const thz_config *cfg;
     auth *auth;
     registry *reg; /* presence and revocations of registry devices, or NULL */
+    tsdb *db;      /* telemetry of devices/{id}/telemetry is stored here, or NULL */
     store *st;
     int nthreads;
     worker **w;
@@ -327,6 +342,9 @@ void conn_adopt(worker *w, int fd, const uint8_t *bytes, size_t n, const char *p
 void conn_mark_dirty(conn *c);
 void conn_flush(conn *c);
 void conn_close(conn *c, int reason);
+/* Frees c once it is closed and nothing else (a password check, a tsdb
+ * write awaiting its fsync) holds it. */
+void conn_release(conn *c);
 /* Adds c's traffic since the last call to its registry device's counters. */
 void conn_count_flush(conn *c);
 /* Publishes as the broker from a task queued on the calling I/O thread (or

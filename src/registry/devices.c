@@ -592,6 +592,30 @@ thz_err reg_device_get(registry *r, int64_t tenant, const char *id, cJSON **out)
     return THZ_OK;
 }
 
+void reg_telemetry_error(registry *r, int64_t tenant, const char *id, size_t idlen,
+                         const char *msg)
+{
+    char key[REG_ID_MAX + 1];
+    if (idlen > REG_ID_MAX) return;
+    memcpy(key, id, idlen);
+    key[idlen] = 0;
+    char *z = strdup(msg);
+    pthread_rwlock_rdlock(&r->lock);
+    reg_dev *d = dev_find(r, tenant, key);
+    if (d) {
+        pthread_mutex_lock(&d->pmu);
+        d->telemetryErrors++;
+        if (z) {
+            free(d->zTelemetryError);
+            d->zTelemetryError = z;
+            z = NULL;
+        }
+        pthread_mutex_unlock(&d->pmu);
+    }
+    pthread_rwlock_unlock(&r->lock);
+    free(z);
+}
+
 static bool dev_online(reg_dev *d)
 {
     pthread_mutex_lock(&d->pmu);

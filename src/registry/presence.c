@@ -44,6 +44,7 @@ void reg_dev_release(reg_dev *d)
     cJSON_Delete(d->attrs);
     cJSON_Delete(d->groups);
     free(d->zReason);
+    free(d->zTelemetryError);
     pthread_mutex_destroy(&d->pmu);
     free(d);
 }
@@ -86,6 +87,11 @@ void reg__presence_json(reg_dev *d, cJSON *o)
     else
         cJSON_AddNullToObject(o, "last_disconnect_reason");
     cJSON_AddNumberToObject(o, "presence_version", (double)d->version);
+    cJSON_AddNumberToObject(o, "telemetry_errors", (double)d->telemetryErrors);
+    if (d->zTelemetryError)
+        cJSON_AddStringToObject(o, "last_telemetry_error", d->zTelemetryError);
+    else
+        cJSON_AddNullToObject(o, "last_telemetry_error");
     pthread_mutex_unlock(&d->pmu);
 }
 

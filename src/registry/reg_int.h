@@ -65,6 +65,8 @@ struct reg_dev {
     int protocolVersion, keepAlive;
     char *zReason;
     uint64_t version;
+    uint64_t telemetryErrors; /* payloads the ingest refused, since start */
+    char *zTelemetryError;    /* the last refusal's message */
     uint64_t persisted[CNT_N]; /* totals as last written */
 
     /* Counters, relaxed atomics: since connect, and the totals before it. */

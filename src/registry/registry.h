@@ -210,6 +210,11 @@ typedef struct reg_conn_info {
 } reg_conn_info;
 uint64_t reg_presence_connect(registry *r, reg_dev *d, const reg_conn_info *ci);
 uint64_t reg_presence_disconnect(registry *r, reg_dev *d, uint64_t version, const char *reason);
+/* [fast] A telemetry payload of device id (idlen bytes) was refused: counted
+ * in its health ("telemetry_errors", "last_telemetry_error"; since start).
+ * Unknown ids are ignored. */
+void reg_telemetry_error(registry *r, int64_t tenant, const char *id, size_t idlen,
+                         const char *msg);
 /* [fast] Counters, relaxed atomics; call as traffic flows. */
 void reg_presence_count(reg_dev *d, uint64_t msgs_in, uint64_t bytes_in, uint64_t msgs_out,
                         uint64_t bytes_out);
