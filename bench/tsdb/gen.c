@@ -60,7 +60,8 @@ static void data_init(void)
     walk = malloc((size_t)opt_devices * NFIELDS * sizeof *walk);
     for (int64_t d = 0; d < opt_devices; d++)
         for (int f = 0; f < NFIELDS; f++)
-            walk[d * NFIELDS + f] = base[f] - spread[f] / 2 + (int64_t)(rnd() % (uint64_t)spread[f]);
+            walk[d * NFIELDS + f] =
+                base[f] - spread[f] / 2 + (int64_t)(rnd() % (uint64_t)spread[f]);
     lines_total = opt_points / NFIELDS;
     if (!opt_start) {
         int64_t secs = (lines_total + opt_devices - 1) / opt_devices;
@@ -125,7 +126,10 @@ static size_t next_batch(char *buf)
 }
 
 /* Bytes a batch can take at most. */
-static size_t batch_cap(void) { return (size_t)opt_batch * (64 + NFIELDS * 40); }
+static size_t batch_cap(void)
+{
+    return (size_t)opt_batch * (64 + NFIELDS * 40);
+}
 
 /* ---- the loader: one producer, opt_conns senders ------------------------- */
 
@@ -300,12 +304,12 @@ static void *sender(void *arg)
     slot s;
     char hdr[1024], body[512];
     while (take(&s)) {
-        int hl = snprintf(hdr, sizeof hdr,
-                          "POST %s HTTP/1.1\r\nHost: %s:%s\r\nContent-Type: text/plain\r\n"
-                          "Content-Length: %zu\r\n%s%s%s",
-                          opt_path, opt_host, opt_port, s.len,
-                          opt_token ? "Authorization: Bearer " : "", opt_token ? opt_token : "",
-                          opt_token ? "\r\n\r\n" : "\r\n");
+        int hl =
+            snprintf(hdr, sizeof hdr,
+                     "POST %s HTTP/1.1\r\nHost: %s:%s\r\nContent-Type: text/plain\r\n"
+                     "Content-Length: %zu\r\n%s%s%s",
+                     opt_path, opt_host, opt_port, s.len, opt_token ? "Authorization: Bearer " : "",
+                     opt_token ? opt_token : "", opt_token ? "\r\n\r\n" : "\r\n");
         int status = 0, close_after = 0;
         for (int attempt = 0; attempt < 2 && !status; attempt++) {
             if (fd < 0) fd = dial();
