@@ -1296,7 +1296,7 @@ thz_err mqtt_start(const thz_config *cfg, auth *a)
         if (!w->out || !w->outn || !w->outcap || !w->gb || !w->gbn || !w->gbcap) return THZ_ENOMEM;
         B.w[i] = w;
     }
-    store_options so = {.fsync = cfg->fsync,
+    store_options so = {.fsync = cfg->state_fsync,
                         .segment_bytes = (uint64_t)cfg->store_segment_mb << 20};
     char dir[THZ_PATH_MAX + 16];
     snprintf(dir, sizeof dir, "%s/mqtt", cfg->data_dir);
