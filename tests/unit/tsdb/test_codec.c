@@ -290,6 +290,16 @@ static void test_f64_sensor(void **state)
     /* Percentages with 3 decimals (k = 3). */
     for (size_t i = 0; i < N; i++) v[i] = (double)(rnd() % 100000) / 1000.0;
     rt_f64(v, N, -1);
+    /* The smallest k is chosen: 2 for hundredths, even when some look like tenths. */
+    double h[] = {21.5, 21.52, 21.6, 21.57, 22.0};
+    assert_int_equal(codec_f64_encode(h, 5, &b), THZ_OK);
+    assert_int_equal(b.p[0], CODEC_F64_DECIMAL);
+    assert_int_equal(b.p[1], 2);
+    assert_string_equal(codec_name(b.p[0]), "f64-decimal");
+    assert_string_equal(codec_name(CODEC_F64_DECIMAL | CODEC_ZSTD), "f64-decimal+zstd");
+    assert_string_equal(codec_name(0x7f), "?");
+    thz_buf_free(&b);
+    rt_f64(h, 5, CODEC_F64_DECIMAL);
     /* One value, no values. */
     rt_f64(v, 1, CODEC_F64_DECIMAL);
     rt_f64(v, 0, CODEC_F64_GORILLA); /* 1 byte: Gorilla needs no k */
