@@ -108,7 +108,7 @@ thz_err tsdb_wal_put_point(thz_buf *out, const tsdb_ser *s, int64_t ts, uint64_t
     case TSDB_BOOL: p[o++] = (uint8_t)(v != 0); break;
     case TSDB_STRING:
         tsdb_put32(p + o, sl);
-        memcpy(p + o + 4, str->p + (v >> 32), sl);
+        if (sl) memcpy(p + o + 4, str->p + (v >> 32), sl);
         o += 4 + sl;
         break;
     default: tsdb_put64(p + o, v); o += 8;
@@ -288,8 +288,8 @@ static thz_err list_wal(tsdb *db, uint64_t **segs, size_t *nseg, uint64_t **ckpt
         (*arr)[(*n)++] = seq;
     }
     closedir(d);
-    qsort(*segs, *nseg, sizeof **segs, u64_cmp);
-    qsort(*ckpts, *nck, sizeof **ckpts, u64_cmp);
+    if (*nseg) qsort(*segs, *nseg, sizeof **segs, u64_cmp);
+    if (*nck) qsort(*ckpts, *nck, sizeof **ckpts, u64_cmp);
     return THZ_OK;
 }
 
