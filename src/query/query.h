@@ -80,6 +80,8 @@ struct q_expr {
     char *str;
     q_expr **args;
     int nargs;
+    int rk;  /* planner: what the node resolved to (exec.c) */
+    int ref; /* planner: slot of that column / aggregate / group key */
 };
 
 typedef struct q_item {
