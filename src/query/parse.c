@@ -1080,7 +1080,10 @@ static void put_num(thz_buf *b, double v)
 {
     char t[64];
     if (v == floor(v) && fabs(v) < 1e15) snprintf(t, sizeof t, "%lld", (long long)v);
-    else snprintf(t, sizeof t, "%.17g", v);
+    else {
+        snprintf(t, sizeof t, "%.15g", v);
+        if (strtod(t, NULL) != v) snprintf(t, sizeof t, "%.17g", v);
+    }
     put(b, t);
 }
 
