@@ -363,7 +363,7 @@ static void test_output(void **st)
     assert_non_null(strstr((char *)b.p, "\"a,\"\"b\","));
     thz_buf_free(&b);
     assert_int_equal(q_result_json(r, &b), THZ_OK);
-    assert_non_null(memmem(b.p, b.len, "[\"a,\\\"b\",null]", 15));
+    assert_non_null(memmem(b.p, b.len, "[\"a,\\\"b\",null]", strlen("[\"a,\\\"b\",null]")));
     thz_buf_free(&b);
     q_result_free(r);
 }
