@@ -1182,6 +1182,7 @@ thz_err query_run(tsdb *db, int64_t tenant, const char *sql, size_t len, int64_t
         r->cols = q_alloc(&r->ar, sizeof(char *) * (r->ncols ? r->ncols : 1));
         for (int i = 0; r->cols && i < x->nitems; i++) r->cols[i] = colname(x, &x->items[i]);
         rc = r->cols ? qx_exec(x) : THZ_ENOMEM;
+        r->path = x->path;
     }
     for (size_t i = 0; i < x->ng; i++)
         for (int a = 0; a < x->naggs; a++) free(x->gv[i]->st[a].smp);

@@ -75,6 +75,7 @@ struct q_result {
     q_val *vals;   /* nrows * width */
     size_t nrows, cap;
     q_arena *ar;   /* strings of the values and names */
+    const char *path; /* the executor that ran */
 };
 
 typedef struct qx {

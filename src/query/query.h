@@ -152,6 +152,10 @@ const char *q_result_colname(const q_result *r, size_t col);
 size_t q_result_nrows(const q_result *r);
 const q_val *q_result_row(const q_result *r, size_t row); /* ncols values */
 void q_result_free(q_result *r);
+/* Which executor ran (tests, EXPLAIN-like logging): "raw" (rows from
+ * decoded points), "agg-fast" (tsdb_aggregate / tsdb_last: block headers
+ * and rollups), "agg-points" (aggregates over decoded points). */
+const char *q_result_path(const q_result *r);
 
 /* {"columns": [...], "rows": [[...], ...]}: times as RFC 3339 UTC strings
  * with fractional digits only when non-zero, NaN/Inf as null. */

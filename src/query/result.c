@@ -36,6 +36,10 @@ const q_val *q_result_row(const q_result *r, size_t row)
 {
     return row < r->nrows ? &r->vals[row * r->width] : NULL;
 }
+const char *q_result_path(const q_result *r)
+{
+    return r->path ? r->path : "";
+}
 void q_result_free(q_result *r)
 {
     if (!r) return;

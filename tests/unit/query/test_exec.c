@@ -135,6 +135,7 @@ static void check_avg_per_bin(void)
     assert_string_equal(q_result_colname(r, 0), "b");
     assert_string_equal(q_result_colname(r, 1), "avg(temperature)");
     assert_int_equal(q_result_nrows(r), 4);
+    assert_string_equal(q_result_path(r), "agg-fast");
     for (int b = 0; b < 4; b++) {
         double s = 0;
         int n = 0;
@@ -179,6 +180,7 @@ static void check_max(void)
     r = run(1, "SELECT device, max(temperature), last(temperature), first(temperature) "
                "FROM telemetry GROUP BY device ORDER BY device DESC");
     assert_int_equal(q_result_nrows(r), 3);
+    assert_string_equal(q_result_path(r), "agg-fast");
     for (int d = 0; d < 3; d++) {
         const q_val *row = q_result_row(r, 2 - d);
         assert_string_equal(row[0].u.s.p, devs[d]);
@@ -234,6 +236,7 @@ static void check_filters(void)
                          "WHERE device IN ('d1', 'd3') AND temperature BETWEEN 20 AND 25 "
                          "GROUP BY device ORDER BY device");
     assert_int_equal(q_result_nrows(r), 2);
+    assert_string_equal(q_result_path(r), "agg-points"); /* a value filter */
     for (int k = 0; k < 2; k++) {
         const char *dv = k ? "d3" : "d1";
         double s = 0;
