@@ -13,8 +13,10 @@
 #include "core/log.h"
 #include "core/version.h"
 #include "http/http.h"
+#include "ingest/ingest.h"
 #include "mqtt/mqtt.h"
 #include "net/net.h"
+#include "query/query.h"
 #include "registry/registry.h"
 
 static void usage(FILE *out)
@@ -126,6 +128,23 @@ static int cmd_serve(int argc, char **argv)
         return 1;
     }
 
+    /* the time-series engine, at DATA_DIR/tsdb (after the mask too) */
+    tsdb *db = NULL;
+    {
+        char tdir[THZ_PATH_MAX + 8], terr[TSDB_ERR_LEN] = "";
+        snprintf(tdir, sizeof tdir, "%s/tsdb", cfg.data_dir);
+        tsdb_options to = {.dir = tdir,
+                           .fsync = cfg.fsync == THZ_FSYNC_ALWAYS ? TSDB_FSYNC_ALWAYS
+                                                                  : TSDB_FSYNC_EVERYSEC};
+        thz_err trc = tsdb_open(&to, &db, terr);
+        if (trc == THZ_EUNSUPPORTED) {
+            log_warn("main", "tsdb: %s", terr);
+        } else if (trc) {
+            log_error("main", "tsdb: %s", terr);
+            return 1;
+        }
+    }
+
     auth *a = NULL;
     thz_err rc = auth_open(&cfg, &a);
     if (rc) {
@@ -137,7 +156,9 @@ static int cmd_serve(int argc, char **argv)
         return 1;
     }
     mqtt_set_registry(reg);
-    if (http_start(&cfg, a) != THZ_OK || api_start(reg) != THZ_OK || net_start() != THZ_OK) {
+    if (http_start(&cfg, a) != THZ_OK || api_start(reg) != THZ_OK ||
+        ingest_start(db, reg) != THZ_OK || query_start(db) != THZ_OK ||
+        net_start() != THZ_OK) {
         log_error("main", "startup failed");
         return 1;
     }
@@ -167,6 +188,7 @@ static int cmd_serve(int argc, char **argv)
     }
     net_shutdown();
     mqtt_stop();
+    if (db) tsdb_close(db);
     reg_close(reg);
     auth_close(a);
     log_info("main", "stopped");

@@ -1,0 +1,175 @@
+/* http.c - the InfluxDB-compatible write endpoints: POST /write (1.x) and
+ * POST /api/v2/write (2.x), answered 204 once the points are durable.
+ *
+ * These routes are registered with http_route directly, not through the API
+ * table of src/api: the API middleware takes Bearer tokens and JSON bodies
+ * only and answers from a synchronous operation, while these take raw line
+ * protocol, four token schemes (Bearer, Token, Basic, ?p=) and reply from
+ * the engine's done callback on another thread. Teaching the API table all
+ * three would touch every route's path for two; here it is ~60 lines that
+ * reuse the same pieces (reg_token_check, http_res_error's error shape). */
+#include <stdio.h>
+#include <string.h>
+#include <strings.h>
+#include <time.h>
+
+#include <llhttp.h>
+
+#include "core/log.h"
+#include "http/http.h"
+#include "ingest/ingest.h"
+
+static tsdb *DB;
+static registry *R;
+
+static int64_t now_ns(void)
+{
+    struct timespec t;
+    clock_gettime(CLOCK_REALTIME, &t);
+    return (int64_t)t.tv_sec * 1000000000 + t.tv_nsec;
+}
+
+static int b64val(char c)
+{
+    if (c >= 'A' && c <= 'Z') return c - 'A';
+    if (c >= 'a' && c <= 'z') return c - 'a' + 26;
+    if (c >= '0' && c <= '9') return c - '0' + 52;
+    if (c == '+' || c == '-') return 62;
+    if (c == '/' || c == '_') return 63;
+    return -1;
+}
+
+/* Decodes base64 s into out (NUL-terminated); false when malformed or too long. */
+static bool b64dec(const char *s, char *out, size_t outlen)
+{
+    size_t o = 0;
+    uint32_t acc = 0;
+    int bits = 0;
+    for (; *s && *s != '='; s++) {
+        int v = b64val(*s);
+        if (v < 0) return false;
+        acc = acc << 6 | (uint32_t)v;
+        bits += 6;
+        if (bits >= 8) {
+            bits -= 8;
+            if (o + 1 >= outlen) return false;
+            out[o++] = (char)(acc >> bits & 0xFF);
+        }
+    }
+    out[o] = 0;
+    return true;
+}
+
+/* The token of the request: "Authorization: Bearer T" or "Token T" (InfluxDB
+ * 2 clients), "Basic base64(user:T)" or "?p=T" (InfluxDB 1 clients). */
+static bool find_token(http_request *req, char *tok, size_t len)
+{
+    const char *h = http_req_header(req, "authorization");
+    if (h) {
+        while (*h == ' ') h++;
+        const char *t = NULL;
+        if (!strncasecmp(h, "Bearer ", 7)) t = h + 7;
+        else if (!strncasecmp(h, "Token ", 6)) t = h + 6;
+        if (t) {
+            while (*t == ' ') t++;
+            if (!*t || strlen(t) >= len) return false;
+            strcpy(tok, t);
+            return true;
+        }
+        if (!strncasecmp(h, "Basic ", 6)) {
+            char dec[1024];
+            const char *b = h + 6;
+            while (*b == ' ') b++;
+            if (!b64dec(b, dec, sizeof dec)) return false;
+            const char *colon = strchr(dec, ':');
+            if (!colon || !colon[1] || strlen(colon + 1) >= len) return false;
+            strcpy(tok, colon + 1);
+            return true;
+        }
+        return false;
+    }
+    return http_req_query(req, "p", tok, len) == 1 && tok[0];
+}
+
+static void write_done(void *ctx, thz_err rc)
+{
+    http_request *req = ctx;
+    http_response *res = http_req_response(req);
+    if (rc == THZ_OK) {
+        http_res_status(res, 204);
+    } else {
+        log_error("ingest", "write not durable: %s", thz_strerror(rc));
+        http_res_error(res, 500, "internal", "the points could not be made durable (logged)");
+    }
+    http_reply(req);
+}
+
+static http_result handle_write(http_request *req, http_response *res, bool v2)
+{
+    char tok[512];
+    if (!find_token(req, tok, sizeof tok)) {
+        http_res_error(res, 401, "unauthorized",
+                       "this request needs a token: 'Authorization: Token T' or 'Bearer T', "
+                       "Basic auth with the token as password, or ?p=T");
+        http_res_header(res, "WWW-Authenticate", "Bearer realm=\"thinghz\"");
+        return HTTP_DONE;
+    }
+    reg_principal p;
+    if (reg_token_check(R, tok, &p) != THZ_OK) {
+        http_res_error(res, 401, "unauthorized", "the token is invalid, expired or revoked");
+        http_res_header(res, "WWW-Authenticate", "Bearer realm=\"thinghz\", error=\"invalid_token\"");
+        return HTTP_DONE;
+    }
+    if (p.role < REG_OPERATOR) {
+        http_res_error(res, 403, "forbidden", "writing needs the operator role; the token has viewer");
+        return HTTP_DONE;
+    }
+    char prec[16] = "";
+    int q = http_req_query(req, "precision", prec, sizeof prec);
+    int64_t mult = q == 1 ? ingest_precision(prec, v2) : q == 0 ? 1 : 0;
+    if (!mult) {
+        http_res_error(res, 400, "invalid_precision",
+                       v2 ? "precision must be ns, us, ms or s"
+                          : "precision must be n, ns, u, us, ms, s, m or h");
+        return HTTP_DONE;
+    }
+    if (!DB) {
+        http_res_error(res, 503, "unavailable", "the time-series engine is not open");
+        return HTTP_DONE;
+    }
+    size_t n;
+    const uint8_t *body = http_req_body(req, &n);
+    char err[INGEST_ERR_LEN] = "";
+    thz_err rc = ingest_line_protocol(DB, p.tenant, body, n, mult, now_ns(), write_done, req, err);
+    switch (rc) {
+    case THZ_OK: return HTTP_PENDING; /* write_done replies */
+    case THZ_EINVAL: http_res_error(res, 400, "invalid_line_protocol", err); break;
+    case THZ_EQUOTA: http_res_error(res, 403, "quota_exceeded", err); break;
+    case THZ_ENOMEM: http_res_error(res, 503, "out_of_memory", "the server is out of memory"); break;
+    default:
+        log_error("ingest", "write failed: %s: %s", thz_strerror(rc), err);
+        http_res_error(res, 500, "internal", "internal error (logged)");
+        break;
+    }
+    return HTTP_DONE;
+}
+
+static http_result handle_v1(http_request *req, http_response *res, void *ctx)
+{
+    return handle_write(req, res, false);
+}
+
+static http_result handle_v2(http_request *req, http_response *res, void *ctx)
+{
+    return handle_write(req, res, true);
+}
+
+thz_err ingest_start(tsdb *db, registry *r)
+{
+    DB = db;
+    R = r;
+    thz_err rc = http_route(HTTP_POST, "/write", handle_v1, NULL);
+    if (!rc) rc = http_route(HTTP_POST, "/api/v2/write", handle_v2, NULL);
+    if (rc) log_error("ingest", "cannot register the write routes: %s", thz_strerror(rc));
+    return rc;
+}
