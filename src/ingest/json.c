@@ -316,7 +316,7 @@ static int dig(const uint8_t *p, int k)
  * fractional digits; second 60 (a leap second) counts as the next second. */
 const char *ingest_rfc3339(const uint8_t *p, size_t n, int64_t *out)
 {
-    if (n < 20) return "too short for an RFC 3339 time";
+    if (n < 19) return "too short for an RFC 3339 time";
     int y = dig(p, 4), mo = dig(p + 5, 2), d = dig(p + 8, 2), h = dig(p + 11, 2),
         mi = dig(p + 14, 2), se = dig(p + 17, 2);
     if (y < 0 || p[4] != '-' || mo < 0 || p[7] != '-' || d < 0 ||
