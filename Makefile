@@ -41,6 +41,9 @@ $(BUILD)/obj/llhttp/%.o: $(LLHTTP_DIR)/%.c
 	@mkdir -p $(dir $@)
 	$(CC) -std=gnu11 $(OPT) -g -I$(LLHTTP_INC) $(SAN) -c $< -o $@
 
+# The OpenAPI document is embedded by openapi.c (.incbin), which -MMD cannot see.
+$(BUILD)/obj/src/api/openapi.o: src/api/openapi.json
+
 $(BUILD)/libthinghz.a: $(LIB_OBJ)
 	@rm -f $@
 	ar rcs $@ $^

@@ -7,6 +7,7 @@
 #include <string.h>
 #include <sys/stat.h>
 
+#include "api/api.h"
 #include "auth/auth.h"
 #include "core/config.h"
 #include "core/log.h"
@@ -14,6 +15,7 @@
 #include "http/http.h"
 #include "mqtt/mqtt.h"
 #include "net/net.h"
+#include "registry/registry.h"
 
 static void usage(FILE *out)
 {
@@ -107,6 +109,12 @@ static int cmd_serve(int argc, char **argv)
         log_error("main", "cannot create data dir %s: %s", cfg.data_dir, strerror(errno));
         return 1;
     }
+    registry *reg = NULL;
+    char rerr[REG_ERR_LEN];
+    if (reg_open(cfg.data_dir, &reg, rerr) != THZ_OK) {
+        log_error("main", "registry: %s", rerr);
+        return 1;
+    }
     /* Signals are taken synchronously by this thread with sigwait; every
      * other thread inherits the blocked mask. */
     sigset_t set;
@@ -124,7 +132,7 @@ static int cmd_serve(int argc, char **argv)
         return 1;
     }
     if (net_init(config_threads(&cfg)) != THZ_OK || mqtt_start(&cfg, a) != THZ_OK ||
-        http_start(&cfg, a) != THZ_OK || net_start() != THZ_OK) {
+        http_start(&cfg, a) != THZ_OK || api_start(reg) != THZ_OK || net_start() != THZ_OK) {
         log_error("main", "startup failed");
         return 1;
     }
@@ -154,6 +162,7 @@ static int cmd_serve(int argc, char **argv)
     }
     net_shutdown();
     mqtt_stop();
+    reg_close(reg);
     auth_close(a);
     log_info("main", "stopped");
     return 0;
