@@ -197,7 +197,9 @@ bool reg_dev_can_subscribe(registry *r, reg_dev *d, const char *filter);
  * (and across restarts) so consumers can order events; disconnect takes it
  * back and is ignored (returns 0) when a newer connection of the device came
  * meanwhile (a takeover: the old connection's close comes after the new
- * connect), else returns it. */
+ * connect), else returns the disconnect event's own version, one above any
+ * earlier event of the device (never equal to the connect's, so a consumer
+ * that keeps the highest version seen orders connect before disconnect). */
 typedef struct reg_conn_info {
     const char *client_id;
     const char *address;   /* "ip:port" */
