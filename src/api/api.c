@@ -59,16 +59,20 @@ bool api_param_int(const http_request *req, const char *name, int64_t *out)
 
 /* ---- request bodies ---- */
 
-/* Only JSON is accepted; a missing Content-Type is taken as JSON (curl -d
- * sends x-www-form-urlencoded, which is refused so the mistake shows). */
+/* Only JSON is accepted, leniently: a missing Content-Type, and the
+ * x-www-form-urlencoded that `curl -d` sends by default, are taken as JSON
+ * (the body must still parse); a clearly different type (text/html,
+ * multipart/form-data...) is refused with 415. */
 static bool content_type_ok(const char *ct)
 {
     if (!ct) return true;
     while (*ct == ' ') ct++;
     size_t n = strcspn(ct, "; \t");
     if (n == 16 && strncasecmp(ct, "application/json", 16) == 0) return true;
+    if (n == 33 && strncasecmp(ct, "application/x-www-form-urlencoded", 33) == 0) return true;
     /* application/merge-patch+json and other +json types */
-    return n > 5 && strncasecmp(ct + n - 5, "+json", 5) == 0 && strncasecmp(ct, "application/", 12) == 0;
+    return n > 17 && strncasecmp(ct + n - 5, "+json", 5) == 0 &&
+           strncasecmp(ct, "application/", 12) == 0;
 }
 
 /* The deepest nesting of arrays and objects in s[0..n), strings skipped. */

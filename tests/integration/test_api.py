@@ -211,8 +211,17 @@ def test_login_refusals(daemon):
     # a wrong media type, while a missing one is accepted (above)
     expect(api.call("POST", "/auth/login", data=b"<html></html>",
                     headers={"Content-Type": "text/html"}), 415, "unsupported_media_type")
+    expect(api.call("POST", "/auth/login", data=b"{}",
+                    headers={"Content-Type": "multipart/form-data; boundary=x"}), 415,
+           "unsupported_media_type")
+    # curl -d's default type is taken as JSON; a form body then fails to parse
     expect(api.call("POST", "/auth/login", data=b"email=a&password=b",
-                    headers={"Content-Type": "application/x-www-form-urlencoded"}), 415)
+                    headers={"Content-Type": "application/x-www-form-urlencoded"}), 400,
+           "invalid_json")
+    r = expect(api.call("POST", "/auth/login",
+                        data=json.dumps({"email": daemon.admin_email,
+                                         "password": daemon.admin_password}),
+                        headers={"Content-Type": "application/x-www-form-urlencoded"}), 200)
     r = expect(api.call("POST", "/auth/login",
                         data=json.dumps({"email": daemon.admin_email,
                                          "password": daemon.admin_password}),
