@@ -306,4 +306,7 @@ def test_backup_then_restore_into_a_fresh_data_dir(broker_factory, daemon, cli, 
     b2.stop()
     c2.ok("restore", cold, "--data-dir", b2.data_dir)
     b2.start()
+    # the token c2 holds was made after the live backup: the cold one does not know it
+    assert c2.run("device", "list").returncode == 1
+    c2.login()
     assert [d["id"] for d in c2.json("device", "list")["items"]] == ["after-backup", "kept"]
