@@ -111,12 +111,6 @@ static int cmd_serve(int argc, char **argv)
         log_error("main", "cannot create data dir %s: %s", cfg.data_dir, strerror(errno));
         return 1;
     }
-    registry *reg = NULL;
-    char rerr[REG_ERR_LEN];
-    if (reg_open(cfg.data_dir, &reg, rerr) != THZ_OK) {
-        log_error("main", "registry: %s", rerr);
-        return 1;
-    }
     /* Signals are taken synchronously by this thread with sigwait; every
      * other thread inherits the blocked mask. */
     sigset_t set;
@@ -126,6 +120,15 @@ static int cmd_serve(int argc, char **argv)
     sigaddset(&set, SIGHUP);
     pthread_sigmask(SIG_BLOCK, &set, NULL);
     signal(SIGPIPE, SIG_IGN);
+
+    /* After the mask: the registry starts a thread, which must not take
+     * SIGTERM with its default action. */
+    registry *reg = NULL;
+    char rerr[REG_ERR_LEN];
+    if (reg_open(cfg.data_dir, &reg, rerr) != THZ_OK) {
+        log_error("main", "registry: %s", rerr);
+        return 1;
+    }
 
     auth *a = NULL;
     thz_err rc = auth_open(&cfg, &a);
