@@ -49,7 +49,7 @@ typedef struct worker {
     pthread_t th;
     int ep, first, n; /* slots [first, first+n) */
     uint64_t done, lat_sum_ns, lat_max_ns;
-    uint64_t *lat;   /* CONNECT -> CONNACK samples in the window (ns) */
+    uint64_t *lat; /* CONNECT -> CONNACK samples in the window (ns) */
     size_t nLat, capLat;
 } worker;
 
@@ -179,8 +179,7 @@ static void on_event(worker *w, slot *s, uint32_t events)
     }
     if (r <= 0) {
         if (r < 0 && errno == EAGAIN) return;
-        fail(r == 0 ? "the broker closed the connection before CONNACK" : strerror(errno),
-             c->zId);
+        fail(r == 0 ? "the broker closed the connection before CONNACK" : strerror(errno), c->zId);
         return;
     }
     s->nIn += (int)r;
@@ -252,9 +251,9 @@ static void usage(FILE *out)
 int main(int argc, char **argv)
 {
     static const struct option opts[] = {
-        {"host", 1, 0, 'h'},     {"port", 1, 0, 'p'},   {"connections", 1, 0, 'c'},
-        {"threads", 1, 0, 't'},  {"duration", 1, 0, 'd'}, {"warmup", 1, 0, 'w'},
-        {"creds", 1, 0, 'f'},    {"help", 0, 0, 'H'},   {0, 0, 0, 0},
+        {"host", 1, 0, 'h'},    {"port", 1, 0, 'p'},     {"connections", 1, 0, 'c'},
+        {"threads", 1, 0, 't'}, {"duration", 1, 0, 'd'}, {"warmup", 1, 0, 'w'},
+        {"creds", 1, 0, 'f'},   {"help", 0, 0, 'H'},     {0, 0, 0, 0},
     };
     int o;
     while ((o = getopt_long(argc, argv, "", opts, NULL)) != -1) {
@@ -317,7 +316,6 @@ int main(int argc, char **argv)
     nanosleep(&ts, NULL);
     atomic_store(&g_phase, 1);
     uint64_t t0 = now_ns();
-    ts = (struct timespec){(time_t)g_opt.dur, (long)((g_opt.dur - (long)g_opt.dur) * 1e9)};
     while (!atomic_load(&g_failed) && now_ns() - t0 < (uint64_t)(g_opt.dur * 1e9)) {
         struct timespec step = {0, 20000000};
         nanosleep(&step, NULL);

@@ -9,14 +9,17 @@
 
 /* Prints the response of a successful request: raw JSON, or the table of
  * its "items", or the object as a record, or zDone. */
-static int finish(cli_ctx *c, int rc, cli_resp *r, const cli_col *cols, int nCol,
-                  const char *zDone)
+static int finish(cli_ctx *c, int rc, cli_resp *r, const cli_col *cols, int nCol, const char *zDone)
 {
     if (rc == CLI_OK) {
-        if (c->json) cli_print_raw(r);
-        else if (cols) cli_table(cJSON_GetObjectItemCaseSensitive(r->json, "items"), cols, nCol);
-        else if (zDone) printf("%s\n", zDone);
-        else cli_record(r->json);
+        if (c->json)
+            cli_print_raw(r);
+        else if (cols)
+            cli_table(cJSON_GetObjectItemCaseSensitive(r->json, "items"), cols, nCol);
+        else if (zDone)
+            printf("%s\n", zDone);
+        else
+            cli_record(r->json);
     }
     cli_resp_free(r);
     return rc;
@@ -30,7 +33,10 @@ static bool offline(cli_ctx *c)
 /* ---- users ---- */
 
 static const cli_col user_cols[] = {
-    {"ID", "id"}, {"EMAIL", "email"}, {"ROLE", "role"}, {"DISABLED", "disabled"},
+    {"ID", "id"},
+    {"EMAIL", "email"},
+    {"ROLE", "role"},
+    {"DISABLED", "disabled"},
     {"CREATED", "created_at"},
 };
 #define N_USER_COLS ((int)(sizeof user_cols / sizeof user_cols[0]))
@@ -71,9 +77,12 @@ static int user_add(cli_ctx *c, int argc, char **argv)
                                "[--password P]");
     const char *zRole = "viewer", *zPass = NULL;
     for (int i = 3; i < argc; i++) {
-        if (strcmp(argv[i], "--role") == 0 && i + 1 < argc) zRole = argv[++i];
-        else if (strcmp(argv[i], "--password") == 0 && i + 1 < argc) zPass = argv[++i];
-        else return cli_usage_error("user add: bad argument '%s'", argv[i]);
+        if (strcmp(argv[i], "--role") == 0 && i + 1 < argc)
+            zRole = argv[++i];
+        else if (strcmp(argv[i], "--password") == 0 && i + 1 < argc)
+            zPass = argv[++i];
+        else
+            return cli_usage_error("user add: bad argument '%s'", argv[i]);
     }
     char *zPw = cli_read_secret(zPass, "THINGHZ_NEW_PASSWORD", "new user's password");
     if (!zPw) return CLI_USAGE;
@@ -89,9 +98,12 @@ static int user_add(cli_ctx *c, int argc, char **argv)
         char err[REG_ERR_LEN] = "";
         if ((rc = cli_offline_open(c)) == CLI_OK) {
             thz_err e = reg_user_create(c->reg, REG_DEFAULT_TENANT, body, &out, err);
-            if (e != THZ_OK) rc = cli_reg_fail("user add", e, err);
-            else if (c->json) cli_print_json(out);
-            else printf("user %s created (offline, in %s)\n", argv[2], c->zDataDir);
+            if (e != THZ_OK)
+                rc = cli_reg_fail("user add", e, err);
+            else if (c->json)
+                cli_print_json(out);
+            else
+                printf("user %s created (offline, in %s)\n", argv[2], c->zDataDir);
         }
         cJSON_Delete(out);
         cJSON_Delete(body);
@@ -163,7 +175,10 @@ int cli_cmd_user(cli_ctx *c, int argc, char **argv)
 /* ---- API tokens ---- */
 
 static const cli_col token_cols[] = {
-    {"ID", "id"}, {"NAME", "name"}, {"ROLE", "role"}, {"EXPIRES", "expires_at"},
+    {"ID", "id"},
+    {"NAME", "name"},
+    {"ROLE", "role"},
+    {"EXPIRES", "expires_at"},
     {"LAST USED", "last_used_at"},
 };
 
@@ -220,7 +235,10 @@ int cli_cmd_token(cli_ctx *c, int argc, char **argv)
 /* ---- groups ---- */
 
 static const cli_col group_cols[] = {
-    {"ID", "id"}, {"NAME", "name"}, {"QUERY", "query"}, {"DEVICES", "devices"},
+    {"ID", "id"},
+    {"NAME", "name"},
+    {"QUERY", "query"},
+    {"DEVICES", "devices"},
 };
 
 static bool group_path(char *zBuf, size_t n, const char *zGroup, const char *zDev)
@@ -254,8 +272,7 @@ int cli_cmd_group(cli_ctx *c, int argc, char **argv)
         bool add = zSub[0] == 'a';
         snprintf(zDone, sizeof zDone, "device %s %s group %s", argv[3],
                  add ? "added to" : "removed from", argv[2]);
-        return finish(c, cli_api(c, add ? "PUT" : "DELETE", zPath, NULL, &r), &r, NULL, 0,
-                      zDone);
+        return finish(c, cli_api(c, add ? "PUT" : "DELETE", zPath, NULL, &r), &r, NULL, 0, zDone);
     }
     if (strcmp(zSub, "add") == 0 && argc >= 3 && argv[2][0] != '-') {
         cJSON *body = cJSON_CreateObject(), *query = cJSON_CreateObject();
@@ -277,8 +294,10 @@ int cli_cmd_group(cli_ctx *c, int argc, char **argv)
                                        argv[i]);
             }
         }
-        if (cJSON_GetArraySize(query)) cJSON_AddItemToObject(body, "query", query);
-        else cJSON_Delete(query);
+        if (cJSON_GetArraySize(query))
+            cJSON_AddItemToObject(body, "query", query);
+        else
+            cJSON_Delete(query);
         int rc = cli_api(c, "POST", "/api/v1/groups", body, &r);
         cJSON_Delete(body);
         snprintf(zDone, sizeof zDone, "group %s created", argv[2]);

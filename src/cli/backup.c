@@ -23,9 +23,8 @@ static bool daemon_has_backup(cli_ctx *c)
     cli_resp r;
     if (cli_http(c, "GET", "/api/v1/openapi.json", NULL, false, 10, &r) != CLI_OK) return false;
     const cJSON *paths = cJSON_GetObjectItemCaseSensitive(r.json, "paths");
-    bool has = r.status == 200 &&
-               (cJSON_GetObjectItemCaseSensitive(paths, BACKUP_ROUTE) ||
-                cJSON_GetObjectItemCaseSensitive(paths, "/admin/backup"));
+    bool has = r.status == 200 && (cJSON_GetObjectItemCaseSensitive(paths, BACKUP_ROUTE) ||
+                                   cJSON_GetObjectItemCaseSensitive(paths, "/admin/backup"));
     cli_resp_free(&r);
     return has;
 }
@@ -65,9 +64,11 @@ int cli_cmd_backup(cli_ctx *c, int argc, char **argv)
         int rc = cli_api(c, "POST", BACKUP_ROUTE, body, &r);
         cJSON_Delete(body);
         if (rc == CLI_OK) {
-            if (c->json) cli_print_raw(&r);
-            else printf("the daemon at %s backed up its registry to %s/registry.db\n", c->zUrl,
-                        zDir);
+            if (c->json)
+                cli_print_raw(&r);
+            else
+                printf("the daemon at %s backed up its registry to %s/registry.db\n", c->zUrl,
+                       zDir);
         }
         cli_resp_free(&r);
         return rc;
@@ -93,7 +94,9 @@ int cli_cmd_restore(cli_ctx *c, int argc, char **argv)
     char err[REG_ERR_LEN] = "";
     thz_err e = reg_restore_offline(c->zDataDir, argv[1], err);
     if (e != THZ_OK) return cli_reg_fail("restore", e, err);
-    if (c->json) printf("{\"dir\":\"%s\",\"data_dir\":\"%s\"}\n", argv[1], c->zDataDir);
-    else printf("registry restored from %s/registry.db into %s\n", argv[1], c->zDataDir);
+    if (c->json)
+        printf("{\"dir\":\"%s\",\"data_dir\":\"%s\"}\n", argv[1], c->zDataDir);
+    else
+        printf("registry restored from %s/registry.db into %s\n", argv[1], c->zDataDir);
     return CLI_OK;
 }

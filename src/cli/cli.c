@@ -22,9 +22,9 @@ static const struct {
     const char *zName;
     int (*fn)(cli_ctx *, int, char **);
 } cli_cmds[] = {
-    {"login", cli_cmd_login},   {"logout", cli_cmd_logout}, {"whoami", cli_cmd_whoami},
-    {"user", cli_cmd_user},     {"device", cli_cmd_device}, {"token", cli_cmd_token},
-    {"group", cli_cmd_group},   {"fleet", cli_cmd_fleet},   {"backup", cli_cmd_backup},
+    {"login", cli_cmd_login},     {"logout", cli_cmd_logout}, {"whoami", cli_cmd_whoami},
+    {"user", cli_cmd_user},       {"device", cli_cmd_device}, {"token", cli_cmd_token},
+    {"group", cli_cmd_group},     {"fleet", cli_cmd_fleet},   {"backup", cli_cmd_backup},
     {"restore", cli_cmd_restore},
 };
 
@@ -158,9 +158,12 @@ int cli_cmd_login(cli_ctx *c, int argc, char **argv)
 {
     const char *zEmail = NULL, *zPass = NULL;
     for (int i = 1; i < argc; i++) {
-        if (strcmp(argv[i], "--email") == 0 && i + 1 < argc) zEmail = argv[++i];
-        else if (strcmp(argv[i], "--password") == 0 && i + 1 < argc) zPass = argv[++i];
-        else return cli_usage_error("login: unexpected argument '%s'", argv[i]);
+        if (strcmp(argv[i], "--email") == 0 && i + 1 < argc)
+            zEmail = argv[++i];
+        else if (strcmp(argv[i], "--password") == 0 && i + 1 < argc)
+            zPass = argv[++i];
+        else
+            return cli_usage_error("login: unexpected argument '%s'", argv[i]);
     }
     char *zEmailOwned = NULL;
     if (!zEmail) zEmail = getenv("THINGHZ_EMAIL");
@@ -190,8 +193,10 @@ int cli_cmd_login(cli_ctx *c, int argc, char **argv)
             rc = CLI_FAIL;
         } else if (getenv("THINGHZ_TOKEN") && *getenv("THINGHZ_TOKEN")) {
             /* The environment wins over the file, so storing it would mislead. */
-            if (c->json) cli_print_raw(&r);
-            else printf("%s\n", t->valuestring);
+            if (c->json)
+                cli_print_raw(&r);
+            else
+                printf("%s\n", t->valuestring);
             fprintf(stderr, "thinghz: THINGHZ_TOKEN is set, so the token was not stored; "
                             "export THINGHZ_TOKEN with the one printed above\n");
         } else if ((rc = token_store(t->valuestring)) == CLI_OK) {
@@ -218,7 +223,8 @@ int cli_cmd_logout(cli_ctx *c, int argc, char **argv)
     int rc = cli_api(c, "POST", "/api/v1/auth/logout", NULL, &r);
     cli_resp_free(&r);
     char zPath[1024];
-    if (token_path(zPath, sizeof zPath, false) && !(getenv("THINGHZ_TOKEN") && *getenv("THINGHZ_TOKEN")))
+    if (token_path(zPath, sizeof zPath, false) &&
+        !(getenv("THINGHZ_TOKEN") && *getenv("THINGHZ_TOKEN")))
         unlink(zPath);
     if (rc == CLI_OK && !c->json) printf("logged out\n");
     return rc;
@@ -287,8 +293,10 @@ int cli_main(int argc, char **argv)
                 free(args);
                 return cli_usage_error("%s needs a value", a);
             }
-            if (a[2] == 'u') zUrl = argv[++i];
-            else c->zDataDir = argv[++i];
+            if (a[2] == 'u')
+                zUrl = argv[++i];
+            else
+                c->zDataDir = argv[++i];
         } else if (strncmp(a, "--url=", 6) == 0) {
             zUrl = a + 6;
         } else if (strncmp(a, "--data-dir=", 11) == 0) {

@@ -10,19 +10,19 @@
 
 #include "registry/registry.h"
 
-#define CLI_OK 0
-#define CLI_FAIL 1  /* the operation failed; the reason was printed */
+#define CLI_OK    0
+#define CLI_FAIL  1 /* the operation failed; the reason was printed */
 #define CLI_USAGE 2 /* bad command line; the usage was printed */
 
 #define CLI_MAX_BODY (64u << 20) /* a response larger than this is an error */
 
 typedef struct cli_ctx {
-    char zUrl[1024];        /* base URL, no trailing slash */
-    const char *zDataDir;   /* --data-dir, or NULL */
-    bool json;              /* --json: print the API's JSON unchanged */
-    char zToken[1024];      /* bearer token ("" = none) */
-    void *curl;             /* CURL *, created on first use */
-    registry *reg;          /* offline mode: the opened registry, else NULL */
+    char zUrl[1024];      /* base URL, no trailing slash */
+    const char *zDataDir; /* --data-dir, or NULL */
+    bool json;            /* --json: print the API's JSON unchanged */
+    char zToken[1024];    /* bearer token ("" = none) */
+    void *curl;           /* CURL *, created on first use */
+    registry *reg;        /* offline mode: the opened registry, else NULL */
 } cli_ctx;
 
 /* One HTTP response. zBody is NUL-terminated and owned by the response;

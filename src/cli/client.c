@@ -87,8 +87,8 @@ int cli_http(cli_ctx *c, const char *zMethod, const char *zPath, const cJSON *bo
     cJSON_free(zJson);
     if (cc != CURLE_OK) {
         if (b.toobig)
-            fprintf(stderr, "thinghz: %s %s: the response is larger than %u bytes\n", zMethod,
-                    zUrl, CLI_MAX_BODY);
+            fprintf(stderr, "thinghz: %s %s: the response is larger than %u bytes\n", zMethod, zUrl,
+                    CLI_MAX_BODY);
         else
             fprintf(stderr, "thinghz: cannot reach %s: %s\n", c->zUrl,
                     zErr[0] ? zErr : curl_easy_strerror(cc));
@@ -183,8 +183,10 @@ const char *cli_value(const cJSON *v, char *zBuf, size_t nBuf)
     if (cJSON_IsString(v)) return v->valuestring;
     if (cJSON_IsNumber(v)) {
         double d = v->valuedouble;
-        if (d == (double)(long long)d) snprintf(zBuf, nBuf, "%lld", (long long)d);
-        else snprintf(zBuf, nBuf, "%g", d);
+        if (d == (double)(long long)d)
+            snprintf(zBuf, nBuf, "%lld", (long long)d);
+        else
+            snprintf(zBuf, nBuf, "%g", d);
         return zBuf;
     }
     if (cJSON_IsObject(v) || cJSON_IsArray(v)) {
@@ -195,9 +197,9 @@ const char *cli_value(const cJSON *v, char *zBuf, size_t nBuf)
         {
             char zItem[256];
             const char *s = cli_value(it, zItem, sizeof zItem);
-            int w = cJSON_IsObject(v) ? snprintf(zBuf + n, nBuf - n, "%s%s=%s", n ? "," : "",
-                                                 it->string, s)
-                                      : snprintf(zBuf + n, nBuf - n, "%s%s", n ? "," : "", s);
+            int w = cJSON_IsObject(v)
+                        ? snprintf(zBuf + n, nBuf - n, "%s%s=%s", n ? "," : "", it->string, s)
+                        : snprintf(zBuf + n, nBuf - n, "%s%s", n ? "," : "", s);
             if (w < 0 || (size_t)w >= nBuf - n) break;
             n += (size_t)w;
         }
@@ -226,10 +228,10 @@ void cli_table(const cJSON *arr, const cli_col *cols, int nCol)
     for (int i = 0; i < nRow; i++) {
         const cJSON *row = cJSON_GetArrayItem(arr, i);
         for (int j = 0; j < nCol; j++)
-            printf("%-*s%s", j + 1 < nCol ? (int)aw[j] : 0,
-                   cli_value(cJSON_GetObjectItemCaseSensitive(row, cols[j].zKey), zBuf,
-                             sizeof zBuf),
-                   j + 1 < nCol ? "  " : "\n");
+            printf(
+                "%-*s%s", j + 1 < nCol ? (int)aw[j] : 0,
+                cli_value(cJSON_GetObjectItemCaseSensitive(row, cols[j].zKey), zBuf, sizeof zBuf),
+                j + 1 < nCol ? "  " : "\n");
     }
 }
 

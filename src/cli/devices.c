@@ -7,8 +7,8 @@
 #include "cli/cli_int.h"
 
 static const cli_col dev_cols[] = {
-    {"ID", "id"}, {"NAME", "name"}, {"TYPE", "type"}, {"ONLINE", "online"},
-    {"LAST SEEN", "last_seen"},
+    {"ID", "id"},         {"NAME", "name"},           {"TYPE", "type"},
+    {"ONLINE", "online"}, {"LAST SEEN", "last_seen"},
 };
 #define N_DEV_COLS ((int)(sizeof dev_cols / sizeof dev_cols[0]))
 
@@ -63,12 +63,16 @@ static int dev_add(cli_ctx *c, int argc, char **argv)
     cJSON_AddStringToObject(body, "id", zId);
     for (int i = 3; i < argc; i++) {
         const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
-        if (strcmp(a, "--name") == 0 && v) cJSON_AddStringToObject(body, "name", v), i++;
-        else if (strcmp(a, "--type") == 0 && v) cJSON_AddStringToObject(body, "type", v), i++;
-        else if (strcmp(a, "--tag") == 0 && v && add_pair(tags, v)) i++;
+        if (strcmp(a, "--name") == 0 && v)
+            cJSON_AddStringToObject(body, "name", v), i++;
+        else if (strcmp(a, "--type") == 0 && v)
+            cJSON_AddStringToObject(body, "type", v), i++;
+        else if (strcmp(a, "--tag") == 0 && v && add_pair(tags, v))
+            i++;
         else if (strcmp(a, "--group") == 0 && v)
             cJSON_AddItemToArray(groups, cJSON_CreateString(v)), i++;
-        else if (strcmp(a, "--disabled") == 0) cJSON_AddBoolToObject(body, "enabled", 0);
+        else if (strcmp(a, "--disabled") == 0)
+            cJSON_AddBoolToObject(body, "enabled", 0);
         else {
             cJSON_Delete(body);
             cJSON_Delete(tags);
@@ -76,10 +80,14 @@ static int dev_add(cli_ctx *c, int argc, char **argv)
             return cli_usage_error("device add: bad argument '%s'", a);
         }
     }
-    if (cJSON_GetArraySize(tags)) cJSON_AddItemToObject(body, "tags", tags);
-    else cJSON_Delete(tags);
-    if (cJSON_GetArraySize(groups)) cJSON_AddItemToObject(body, "groups", groups);
-    else cJSON_Delete(groups);
+    if (cJSON_GetArraySize(tags))
+        cJSON_AddItemToObject(body, "tags", tags);
+    else
+        cJSON_Delete(tags);
+    if (cJSON_GetArraySize(groups))
+        cJSON_AddItemToObject(body, "groups", groups);
+    else
+        cJSON_Delete(groups);
 
     int rc;
     if (use_offline(c)) {
@@ -91,7 +99,8 @@ static int dev_add(cli_ctx *c, int argc, char **argv)
             if (e != THZ_OK) rc = cli_reg_fail("device add", e, err);
         }
         if (rc == CLI_OK) {
-            if (c->json) cli_print_json(out);
+            if (c->json)
+                cli_print_json(out);
             else {
                 printf("device %s created (offline, in %s)\n", zId, c->zDataDir);
                 print_secret(zId, out);
@@ -105,7 +114,8 @@ static int dev_add(cli_ctx *c, int argc, char **argv)
     rc = cli_api(c, "POST", "/api/v1/devices", body, &r);
     cJSON_Delete(body);
     if (rc == CLI_OK) {
-        if (c->json) cli_print_raw(&r);
+        if (c->json)
+            cli_print_raw(&r);
         else {
             printf("device %s created\n", zId);
             print_secret(zId, r.json);
@@ -121,11 +131,16 @@ static int dev_list(cli_ctx *c, int argc, char **argv)
     int online = -1, limit = 0;
     for (int i = 2; i < argc; i++) {
         const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
-        if (strcmp(a, "--tag") == 0 && v) zTag = v, i++;
-        else if (strcmp(a, "--group") == 0 && v) zGroup = v, i++;
-        else if (strcmp(a, "--online") == 0) online = 1;
-        else if (strcmp(a, "--offline") == 0) online = 0;
-        else if (strcmp(a, "--cursor") == 0 && v) zCursor = v, i++;
+        if (strcmp(a, "--tag") == 0 && v)
+            zTag = v, i++;
+        else if (strcmp(a, "--group") == 0 && v)
+            zGroup = v, i++;
+        else if (strcmp(a, "--online") == 0)
+            online = 1;
+        else if (strcmp(a, "--offline") == 0)
+            online = 0;
+        else if (strcmp(a, "--cursor") == 0 && v)
+            zCursor = v, i++;
         else if (strcmp(a, "--limit") == 0 && v && atoi(v) >= 1 && atoi(v) <= 1000)
             limit = atoi(v), i++;
         else
@@ -206,23 +221,30 @@ static int dev_one(cli_ctx *c, int argc, char **argv)
     const char *zId = argv[2];
     if (strcmp(zSub, "rm") == 0 && use_offline(c)) return dev_rm_offline(c, zId);
     const char *zMethod = "GET", *zSuffix = "";
-    if (strcmp(zSub, "rotate") == 0) zMethod = "POST", zSuffix = "/rotate";
-    else if (strcmp(zSub, "disable") == 0) zMethod = "POST", zSuffix = "/disable";
-    else if (strcmp(zSub, "enable") == 0) zMethod = "POST", zSuffix = "/enable";
-    else if (strcmp(zSub, "rm") == 0) zMethod = "DELETE";
+    if (strcmp(zSub, "rotate") == 0)
+        zMethod = "POST", zSuffix = "/rotate";
+    else if (strcmp(zSub, "disable") == 0)
+        zMethod = "POST", zSuffix = "/disable";
+    else if (strcmp(zSub, "enable") == 0)
+        zMethod = "POST", zSuffix = "/enable";
+    else if (strcmp(zSub, "rm") == 0)
+        zMethod = "DELETE";
     char zPath[1024];
-    if (!dev_path(zPath, sizeof zPath, zId, zSuffix))
-        return cli_usage_error("device id too long");
+    if (!dev_path(zPath, sizeof zPath, zId, zSuffix)) return cli_usage_error("device id too long");
     cli_resp r;
     int rc = cli_api(c, zMethod, zPath, NULL, &r);
     if (rc == CLI_OK) {
-        if (c->json) cli_print_raw(&r);
-        else if (strcmp(zSub, "show") == 0) cli_record(r.json);
+        if (c->json)
+            cli_print_raw(&r);
+        else if (strcmp(zSub, "show") == 0)
+            cli_record(r.json);
         else if (strcmp(zSub, "rotate") == 0) {
             printf("device %s has a new secret; the old one no longer works\n", zId);
             print_secret(zId, r.json);
-        } else if (strcmp(zSub, "rm") == 0) printf("device %s deleted\n", zId);
-        else printf("device %s %sd\n", zId, zSub);
+        } else if (strcmp(zSub, "rm") == 0)
+            printf("device %s deleted\n", zId);
+        else
+            printf("device %s %sd\n", zId, zSub);
     }
     cli_resp_free(&r);
     return rc;
