@@ -120,14 +120,6 @@ static int cmd_serve(int argc, char **argv)
     sigaddset(&set, SIGHUP);
     pthread_sigmask(SIG_BLOCK, &set, NULL);
     signal(SIGPIPE, SIG_IGN);
-    /* after the mask: the registry's thread must not take the signals */
-    registry *reg = NULL;
-    char rerr[REG_ERR_LEN];
-    if (reg_open(cfg.data_dir, &reg, rerr) != THZ_OK) {
-        log_error("main", "registry: %s", rerr);
-        return 1;
-    }
-
     /* After the mask: the registry starts a thread, which must not take
      * SIGTERM with its default action. */
     registry *reg = NULL;
