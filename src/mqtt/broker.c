@@ -1170,7 +1170,9 @@ static void on_tick(uv_timer_t *t)
             continue;
         }
         if (c->state == CONN_NEW) {
-            if (now - c->accepted_ms > (int64_t)B.cfg->connect_timeout * 1000) conn_close(c, -1);
+            /* a client whose CONNECT waits for its password check did its part */
+            if (!c->authing && now - c->accepted_ms > (int64_t)B.cfg->connect_timeout * 1000)
+                conn_close(c, -1);
         } else if (c->state == CONN_ACTIVE && c->keepalive &&
                    now - c->last_rx_ms > (int64_t)c->keepalive * 1500) {
             log_info("mqtt", "client %s: keep alive expired", c->s ? c->s->cid : "?");
