@@ -4,7 +4,7 @@
 
 BUILD    ?= build
 CC       ?= gcc
-PKGS     := libuv libcrypto libcjson sqlite3 libargon2 zlib libzstd libcurl
+PKGS     := libuv libcrypto libcjson sqlite3 libargon2 zlib libcurl libzstd
 # Debian's libwslay-dev ships no pkg-config file: use it when present, else -lwslay.
 WSLAY_LIBS := $(shell pkg-config --libs libwslay 2>/dev/null || echo -lwslay)
 # llhttp's C sources ship in Debian's node-llhttp package; they are compiled
@@ -28,7 +28,8 @@ FUZZ_SRC := $(sort $(wildcard tests/fuzz/fuzz_*.c))
 PYTEST   := /usr/bin/python3 -m pytest
 FUZZ_SECONDS ?= 60
 
-.PHONY: all run test unit integration asan tsan fuzz fuzz-build bench bench-registry bench-tsdb deps clean format
+.PHONY: all run test unit integration asan tsan fuzz fuzz-build bench bench-registry bench-tsdb deps \
+        clean format
 
 all: $(BUILD)/thinghz
 
