@@ -1466,7 +1466,13 @@ thz_err tsdb_open(const tsdb_options *o, tsdb **out, char err[TSDB_ERR_LEN])
     db->idx_fd = -1;
     atomic_store(&db->max_ts, INT64_MIN);
     atomic_store(&db->head_min_ts, INT64_MAX);
-    pthread_rwlock_init(&db->cut, NULL);
+    /* Writer-preferring: a cut must not starve behind a steady stream of
+     * tsdb_write calls (none of which takes the lock recursively). */
+    pthread_rwlockattr_t ra;
+    pthread_rwlockattr_init(&ra);
+    pthread_rwlockattr_setkind_np(&ra, PTHREAD_RWLOCK_PREFER_WRITER_NONRECURSIVE_NP);
+    pthread_rwlock_init(&db->cut, &ra);
+    pthread_rwlockattr_destroy(&ra);
     pthread_rwlock_init(&db->idx, NULL);
     pthread_rwlock_init(&db->blk_mu, NULL);
     for (int i = 0; i < TSDB_NSTRIPE; i++) pthread_mutex_init(&db->stripe[i], NULL);
