@@ -145,17 +145,24 @@ static q_val arith(qx *x, q_op op, q_val a, q_val b, int pos)
         default: break;
         }
     }
-    if (a.t == QV_TIME && b.t == QV_INTERVAL && (op == Q_ADD || op == Q_SUB))
-        return vtime(op == Q_ADD ? a.u.ns + b.u.ns : a.u.ns - b.u.ns);
-    if (a.t == QV_INTERVAL && b.t == QV_TIME && op == Q_ADD) return vtime(a.u.ns + b.u.ns);
-    if (a.t == QV_TIME && b.t == QV_TIME && op == Q_SUB)
-        return (q_val){.t = QV_INTERVAL, .u.ns = a.u.ns - b.u.ns};
+    int64_t r = 0;
+    bool tt = (a.t == QV_TIME || a.t == QV_INTERVAL) && (b.t == QV_TIME || b.t == QV_INTERVAL);
+    if (tt && (op == Q_ADD || op == Q_SUB) &&
+        (op == Q_ADD ? __builtin_add_overflow(a.u.ns, b.u.ns, &r)
+                     : __builtin_sub_overflow(a.u.ns, b.u.ns, &r))) {
+        qx_fail(x, THZ_EINVAL, pos, "time arithmetic out of range");
+        return vnull();
+    }
+    if (a.t == QV_TIME && b.t == QV_INTERVAL && (op == Q_ADD || op == Q_SUB)) return vtime(r);
+    if (a.t == QV_INTERVAL && b.t == QV_TIME && op == Q_ADD) return vtime(r);
+    if (a.t == QV_TIME && b.t == QV_TIME && op == Q_SUB) return (q_val){.t = QV_INTERVAL, .u.ns = r};
     if (a.t == QV_INTERVAL && b.t == QV_INTERVAL && (op == Q_ADD || op == Q_SUB))
-        return (q_val){.t = QV_INTERVAL, .u.ns = op == Q_ADD ? a.u.ns + b.u.ns : a.u.ns - b.u.ns};
-    if (a.t == QV_INTERVAL && numeric(b, &fb) && (op == Q_MUL || (op == Q_DIV && fb != 0)))
+        return (q_val){.t = QV_INTERVAL, .u.ns = r};
+    if (a.t == QV_INTERVAL && numeric(b, &fb) && (op == Q_MUL || (op == Q_DIV && fb != 0)) &&
+        fabs(op == Q_MUL ? a.u.ns * fb : a.u.ns / fb) < 9.2e18)
         return (q_val){.t = QV_INTERVAL,
                        .u.ns = (int64_t)llround(op == Q_MUL ? a.u.ns * fb : a.u.ns / fb)};
-    if (numeric(a, &fa) && b.t == QV_INTERVAL && op == Q_MUL)
+    if (numeric(a, &fa) && b.t == QV_INTERVAL && op == Q_MUL && fabs(b.u.ns * fa) < 9.2e18)
         return (q_val){.t = QV_INTERVAL, .u.ns = (int64_t)llround(b.u.ns * fa)};
     static const char *ops = "?+-*/%";
     qx_fail(x, THZ_EINVAL, pos, "cannot apply '%c' to %s and %s", op <= Q_MOD ? ops[op] : '?',
@@ -218,12 +225,16 @@ static q_val call(qx *x, const q_expr *e, rowctx *rc)
     for (int i = 0; i < n; i++)
         if (a[i].t == QV_NULL) return vnull();
     if (strcmp(f, "ago") == 0) {
-        if (a[0].t != QV_INTERVAL) goto bad;
-        return vtime(x->now - a[0].u.ns);
+        int64_t t;
+        if (a[0].t != QV_INTERVAL || __builtin_sub_overflow(x->now, a[0].u.ns, &t)) goto bad;
+        return vtime(t);
     }
     if (strcmp(f, "bin") == 0) {
-        if (a[0].t != QV_TIME || a[1].t != QV_INTERVAL || a[1].u.ns <= 0) goto bad;
-        return vtime(floordiv(a[0].u.ns, a[1].u.ns) * a[1].u.ns);
+        int64_t t;
+        if (a[0].t != QV_TIME || a[1].t != QV_INTERVAL || a[1].u.ns <= 0 ||
+            __builtin_mul_overflow(floordiv(a[0].u.ns, a[1].u.ns), a[1].u.ns, &t))
+            goto bad;
+        return vtime(t);
     }
     if (strcmp(f, "from_milliseconds") == 0 || strcmp(f, "from_nanoseconds") == 0 ||
         strcmp(f, "from_unixtime") == 0) {
