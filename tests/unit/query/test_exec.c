@@ -307,7 +307,6 @@ static void check_stats(void)
     for (int i = 0; i < NPT; i++) m2 += (v[i] - mean) * (v[i] - mean);
     near(num(&q_result_row(r, 0)[0]), sqrt(m2 / (NPT - 1)));
     near(num(&q_result_row(r, 0)[1]), sqrt(m2 / NPT));
-    qsort(v, NPT, sizeof(double), (int (*)(const void *, const void *))cmp_desc);
     /* nearest rank over ascending order */
     double asc[NPT];
     for (int i = 0; i < NPT; i++) asc[i] = val(2, i);
