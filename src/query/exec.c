@@ -311,6 +311,9 @@ q_val qx_eval(qx *x, const q_expr *e, rowctx *rc)
         case RK_DEVICE: return rc->e ? vstr(rc->e->device) : vnull();
         case RK_TAG: return rc->e ? rc->e->tagv[e->ref] : vnull();
         case RK_METRIC: return rc->mv ? rc->mv[e->ref] : vnull();
+        case RK_MNAME: return rc->e && rc->e->metric ? vstr(rc->e->metric) : vnull();
+        case RK_MVAL:
+            return rc->mv && rc->e && (int)rc->e->type[0] == e->ref ? rc->mv[0] : vnull();
         default: return vnull();
         }
     case Q_CALL: return call(x, e, rc);
@@ -407,8 +410,10 @@ static bool ent_fn(void *ctx, const tsdb_series *s)
     qx *x = ctx;
     if (!budget(x)) return false;
     int slot = -1;
-    for (int i = 0; i < x->nmetrics; i++)
-        if (strcmp(x->metrics[i], s->metric) == 0) slot = i;
+    if (x->narrow) slot = 0;
+    else
+        for (int i = 0; i < x->nmetrics; i++)
+            if (strcmp(x->metrics[i], s->metric) == 0) slot = i;
     if (slot < 0) {
         if (!x->all_metrics) return true;
         /* every metric of the entity counts as a column (count(*), SELECT *) */
@@ -421,11 +426,18 @@ static bool ent_fn(void *ctx, const tsdb_series *s)
         x->metrics[slot] = name;
     }
     size_t dl = strlen(s->device), tl = strlen(s->tags);
-    char key[1024 + 128];
+    char key[2048];
     if (dl + tl + 2 > sizeof key) return true;
     memcpy(key, s->device, dl);
     key[dl] = 0;
     memcpy(key + dl + 1, s->tags, tl);
+    if (x->narrow) { /* one entity per series */
+        size_t ml = strlen(s->metric);
+        if (dl + tl + ml + 3 > sizeof key) return true;
+        key[dl + 1 + tl] = 0;
+        memcpy(key + dl + 2 + tl, s->metric, ml);
+        tl += ml + 1;
+    }
     entity *en = hmap_get(&x->ent_map, key, dl + 1 + tl);
     if (!en) {
         en = q_alloc(&x->ar, sizeof *en);
@@ -433,6 +445,7 @@ static bool ent_fn(void *ctx, const tsdb_series *s)
         if (en) {
             en->device = s->device;
             en->tags = s->tags;
+            en->metric = x->narrow ? s->metric : NULL;
             en->tagv = q_alloc(&x->ar, sizeof(q_val) * (x->ntags ? x->ntags : 1));
             en->sid = q_alloc(&x->ar, sizeof(uint64_t) * Q_MAX_COLS);
             en->type = q_alloc(&x->ar, sizeof(tsdb_type) * Q_MAX_COLS);
@@ -492,7 +505,9 @@ static int ent_cmp(const void *a, const void *b)
 {
     const entity *x = *(entity *const *)a, *y = *(entity *const *)b;
     int c = strcmp(x->device, y->device);
-    return c ? c : strcmp(x->tags, y->tags);
+    if (!c) c = strcmp(x->tags, y->tags);
+    if (!c && x->metric && y->metric) c = strcmp(x->metric, y->metric);
+    return c;
 }
 
 /* ---- reading points ---- */
