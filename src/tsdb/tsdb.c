@@ -876,7 +876,7 @@ static thz_err write_blocks(tsdb *db, cut_ser *cs, size_t n, int64_t end)
                 wins[nw++] = w;
             }
         }
-        qsort(wins, nw, sizeof *wins, i64_cmp);
+        if (nw) qsort(wins, nw, sizeof *wins, i64_cmp);
         tsdb_bser *bs = malloc((j - i) * sizeof *bs);
         size_t *pos = calloc(j - i, sizeof *pos);
         if (!bs || !pos) rc = THZ_ENOMEM;
@@ -924,7 +924,7 @@ static thz_err sort_run(const tsdb_run *r, cut_ser *out)
         return THZ_ENOMEM;
     }
     for (uint32_t i = 0; i < r->n; i++) m[i] = (mpt){r->ts[i], r->v[i], i};
-    qsort(m, r->n, sizeof *m, mpt_cmp);
+    if (r->n) qsort(m, r->n, sizeof *m, mpt_cmp);
     size_t o = 0;
     for (uint32_t i = 0; i < r->n; i++) {
         if (o && out->ts[o - 1] == m[i].ts) out->v[o - 1] = m[i].v;
@@ -1205,7 +1205,7 @@ static thz_err compact_one(tsdb *db, tsdb_block **in, size_t nin)
             }
             ids[nid++] = in[k]->e[i].id;
         }
-    qsort(ids, nid, sizeof *ids, i64_cmp);
+    if (nid) qsort(ids, nid, sizeof *ids, i64_cmp);
     size_t u = 0;
     for (size_t i = 0; i < nid; i++)
         if (!u || ids[u - 1] != ids[i]) ids[u++] = ids[i];
@@ -1239,7 +1239,7 @@ static thz_err compact_one(tsdb *db, tsdb_block **in, size_t nin)
             free(v);
         }
         if (!rc) {
-            qsort(m, nm, sizeof *m, mpt_cmp);
+            if (nm) qsort(m, nm, sizeof *m, mpt_cmp);
             cs[n].s = s;
             cs[n].ts = malloc((nm + 1) * sizeof(int64_t));
             cs[n].v = malloc((nm + 1) * sizeof(uint64_t));

@@ -206,7 +206,7 @@ thz_err tsdb_ser_def_encode(const tsdb_ser *s, thz_buf *out)
     for (int i = 0; i < 3; i++) {
         p[0] = (uint8_t)l[i];
         p[1] = (uint8_t)(l[i] >> 8);
-        memcpy(p + 2, f[i], l[i]);
+        if (l[i]) memcpy(p + 2, f[i], l[i]);
         p += 2 + l[i];
     }
     out->len += n;
