@@ -1,0 +1,549 @@
+/* tsdb_wal.c - the write-ahead log of tsdb: group commit, segments,
+ * checkpoints and replay.
+ *
+ * Files in DIR/wal/: segments SSSSSSSSSSSSSSSS.wal (16 hex digits, the
+ * sequence) and at most one checkpoint ckpt.SSSSSSSSSSSSSSSS holding, in the
+ * same record format, the head points that were still in memory when
+ * segments <= S were retired (points of windows not yet cut to blocks).
+ *
+ * Record: [u32 CRC-32C of the next 4 + len bytes][u32 len][payload]. The
+ * payload is a sequence of entries:
+ *   'S' series definition (tsdb_index.c) - precedes the first point of a
+ *       new series, so replay rebuilds the index even when DIR/index lags;
+ *   'P' u64 series id, i64 ts, value: 8 bytes (float bits, int), 1 byte
+ *       (bool), or u32 length + bytes (string); the type is the series'.
+ * One tsdb_write is one record (its new-series definitions go in records
+ * of their own, appended while the index lock is held, so they always
+ * precede any use by another writer).
+ *
+ * Group commit. Writers append encoded records to wal.cur under wal.mu and
+ * queue their done callbacks; the WAL thread swaps cur with a spare buffer,
+ * write()s it, fdatasync()s it (ALWAYS: every batch; EVERYSEC: at most once
+ * a second, and done was already called by tsdb_write) and then calls the
+ * done callbacks of every write in the batch. A checkpoint asks for a
+ * rotation at the current end of cur (tsdb_wal_mark_rotation), so the
+ * segments <= S hold exactly the points that the cut detached.
+ *
+ * Replay on open: the checkpoint, then every segment after it in order.
+ * Each file is read to its first bad record (bad CRC or torn), truncated
+ * there with a warning, and replay goes on with the next file. A record
+ * whose CRC verifies but that does not parse is skipped with a warning, as
+ * is the rest of a record after a point of an unknown series. New writes go
+ * to a fresh segment. */
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <inttypes.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "core/crc32c.h"
+#include "core/log.h"
+#include "tsdb/tsdb_int.h"
+
+static int64_t now_ms(void)
+{
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return (int64_t)t.tv_sec * 1000 + t.tv_nsec / 1000000;
+}
+
+static void seg_path(const tsdb *db, uint64_t seq, char *out, size_t cap)
+{
+    snprintf(out, cap, "%s/wal/%016" PRIx64 ".wal", db->dir, seq);
+}
+
+static int fsync_dir(const char *dir)
+{
+    int fd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (fd < 0) return -1;
+    int r = fsync(fd);
+    close(fd);
+    return r;
+}
+
+thz_err tsdb_wal_frame(thz_buf *out, const thz_buf *payload)
+{
+    if (thz_buf_reserve(out, 8 + payload->len)) return THZ_ENOMEM;
+    uint8_t *p = out->p + out->len;
+    tsdb_put32(p + 4, (uint32_t)payload->len);
+    if (payload->len) memcpy(p + 8, payload->p, payload->len);
+    tsdb_put32(p, thz_crc32c(0, p + 4, 4 + payload->len));
+    out->len += 8 + payload->len;
+    return THZ_OK;
+}
+
+thz_err tsdb_wal_reserve(tsdb *db, size_t payload, uint8_t **p)
+{
+    if (payload > TSDB_REC_MAX) return THZ_ETOOBIG;
+    if (thz_buf_reserve(&db->wal.cur, 8 + payload)) return THZ_ENOMEM;
+    *p = db->wal.cur.p + db->wal.cur.len;
+    return THZ_OK;
+}
+
+void tsdb_wal_commit(tsdb *db, uint8_t *rec, size_t payload)
+{
+    tsdb_put32(rec + 4, (uint32_t)payload);
+    tsdb_put32(rec, thz_crc32c(0, rec + 4, 4 + payload));
+    db->wal.cur.len += 8 + payload;
+    db->wal.appended += 8 + payload;
+    pthread_cond_signal(&db->wal.cv);
+}
+
+thz_err tsdb_wal_put_point(thz_buf *out, const tsdb_ser *s, int64_t ts, uint64_t v,
+                           const thz_buf *str)
+{
+    uint32_t sl = s->type == TSDB_STRING ? (uint32_t)v : 0;
+    if (thz_buf_reserve(out, 1 + 16 + 8 + sl)) return THZ_ENOMEM;
+    uint8_t *p = out->p + out->len;
+    p[0] = 'P';
+    tsdb_put64(p + 1, s->id);
+    tsdb_put64(p + 9, (uint64_t)ts);
+    size_t o = 17;
+    switch (s->type) {
+    case TSDB_BOOL: p[o++] = (uint8_t)(v != 0); break;
+    case TSDB_STRING:
+        tsdb_put32(p + o, sl);
+        if (sl) memcpy(p + o + 4, str->p + (v >> 32), sl);
+        o += 4 + sl;
+        break;
+    default: tsdb_put64(p + o, v); o += 8;
+    }
+    out->len += o;
+    return THZ_OK;
+}
+
+/* ---- replay ---- */
+
+/* Applies one record payload; false when it does not parse. */
+static bool replay_payload(tsdb *db, const uint8_t *p, size_t n)
+{
+    size_t o = 0;
+    while (o < n) {
+        uint8_t kind = p[o++];
+        if (kind == 'S') {
+            uint64_t id;
+            int64_t tenant;
+            uint8_t type;
+            const char *d, *m, *t;
+            uint32_t dl, ml, tl;
+            size_t used =
+                tsdb_ser_def_decode(p + o, n - o, &id, &tenant, &type, &d, &dl, &m, &ml, &t, &tl);
+            if (!used) return false;
+            tsdb_ser *s;
+            pthread_rwlock_wrlock(&db->idx);
+            tsdb_point probe = {.device = d, .device_len = dl, .metric = m, .metric_len = ml,
+                                .tags = t, .tags_len = tl};
+            if (!tsdb_idx_find(db, tenant, &probe)) {
+                thz_err rc = tsdb_idx_add(db, tenant, d, dl, m, ml, t, tl, type, id, &s);
+                if (rc && rc != THZ_EEXIST)
+                    log_warn(TSDB_MOD, "replay: series %" PRIu64 ": %s", id, thz_strerror(rc));
+            }
+            pthread_rwlock_unlock(&db->idx);
+            o += used;
+        } else if (kind == 'P') {
+            if (n - o < 16) return false;
+            uint64_t id = tsdb_get64(p + o);
+            int64_t ts = (int64_t)tsdb_get64(p + o + 8);
+            o += 16;
+            tsdb_ser *s = NULL;
+            pthread_rwlock_rdlock(&db->idx);
+            if (id < db->cap_id) s = db->by_id[id];
+            pthread_rwlock_unlock(&db->idx);
+            /* The type of an unknown series is unknown, and so is the
+             * entry's length: the rest of the record cannot be parsed. */
+            if (!s) {
+                log_warn(TSDB_MOD, "replay: point of unknown series %" PRIu64
+                                   ", rest of the record skipped", id);
+                return true;
+            }
+            uint64_t v = 0;
+            const char *str = NULL;
+            uint32_t sl = 0;
+            switch (s->type) {
+            case TSDB_BOOL:
+                if (n - o < 1) return false;
+                v = p[o++] != 0;
+                break;
+            case TSDB_STRING:
+                if (n - o < 4) return false;
+                sl = tsdb_get32(p + o);
+                if (n - o - 4 < sl) return false;
+                str = (const char *)p + o + 4;
+                o += 4 + sl;
+                break;
+            default:
+                if (n - o < 8) return false;
+                v = tsdb_get64(p + o);
+                o += 8;
+            }
+            pthread_mutex_lock(tsdb_stripe(db, s));
+            tsdb_head_append(db, s, ts, v, str, sl);
+            pthread_mutex_unlock(tsdb_stripe(db, s));
+        } else {
+            return false;
+        }
+    }
+    return true;
+}
+
+size_t tsdb_wal_replay_buf(tsdb *db, const uint8_t *p, size_t n)
+{
+    size_t off = 0;
+    while (n - off >= 8) {
+        uint32_t crc = tsdb_get32(p + off), len = tsdb_get32(p + off + 4);
+        if (len > TSDB_REC_MAX || len > n - off - 8) break;
+        if (thz_crc32c(0, p + off + 4, 4 + (size_t)len) != crc) break;
+        /* A record whose CRC verifies was written whole: one that does not
+         * parse is skipped (a bug or a newer format), the log goes on. */
+        if (!replay_payload(db, p + off + 8, len))
+            log_warn(TSDB_MOD, "replay: record at byte %zu does not parse, skipped", off);
+        off += 8 + (size_t)len;
+    }
+    return off;
+}
+
+/* Replays a file, truncating it after its last good record. */
+static thz_err replay_file(tsdb *db, const char *path)
+{
+    int fd = open(path, O_RDWR | O_CLOEXEC);
+    if (fd < 0) return THZ_EIO;
+    struct stat st;
+    if (fstat(fd, &st) < 0) {
+        close(fd);
+        return THZ_EIO;
+    }
+    size_t sz = (size_t)st.st_size;
+    uint8_t *data = malloc(sz ? sz : 1);
+    if (!data) {
+        close(fd);
+        return THZ_ENOMEM;
+    }
+    size_t got = 0;
+    while (got < sz) {
+        ssize_t r = pread(fd, data + got, sz - got, (off_t)got);
+        if (r <= 0) break;
+        got += (size_t)r;
+    }
+    size_t good = tsdb_wal_replay_buf(db, data, got);
+    if (good != sz) {
+        log_warn(TSDB_MOD, "%s: bad or torn record at byte %zu, truncating %zu bytes", path, good,
+                 sz - good);
+        if (ftruncate(fd, (off_t)good) < 0 || fsync(fd) < 0)
+            log_warn(TSDB_MOD, "truncate %s: %s", path, strerror(errno));
+    }
+    free(data);
+    close(fd);
+    return THZ_OK;
+}
+
+static int u64_cmp(const void *a, const void *b)
+{
+    uint64_t x = *(const uint64_t *)a, y = *(const uint64_t *)b;
+    return x < y ? -1 : x > y;
+}
+
+/* Lists segment and checkpoint sequences in DIR/wal. */
+static thz_err list_wal(tsdb *db, uint64_t **segs, size_t *nseg, uint64_t **ckpts, size_t *nck)
+{
+    char path[4096];
+    snprintf(path, sizeof path, "%s/wal", db->dir);
+    DIR *d = opendir(path);
+    if (!d) return THZ_EIO;
+    struct dirent *e;
+    size_t cs = 0, cc = 0;
+    *segs = NULL;
+    *ckpts = NULL;
+    *nseg = *nck = 0;
+    while ((e = readdir(d))) {
+        uint64_t seq;
+        char tail[8];
+        int is_seg = sscanf(e->d_name, "%16" SCNx64 ".wa%1[l]", &seq, tail) == 2 &&
+                     strlen(e->d_name) == 20;
+        int is_ck = !is_seg && strncmp(e->d_name, "ckpt.", 5) == 0 && strlen(e->d_name) == 21 &&
+                    sscanf(e->d_name + 5, "%16" SCNx64, &seq) == 1;
+        if (!is_seg && !is_ck) {
+            if (strstr(e->d_name, ".tmp")) {
+                char p2[4400];
+                snprintf(p2, sizeof p2, "%s/%s", path, e->d_name);
+                unlink(p2);
+            }
+            continue;
+        }
+        uint64_t **arr = is_seg ? segs : ckpts;
+        size_t *n = is_seg ? nseg : nck, *cap = is_seg ? &cs : &cc;
+        if (*n == *cap) {
+            *cap = *cap ? *cap * 2 : 16;
+            uint64_t *na = realloc(*arr, *cap * sizeof *na);
+            if (!na) {
+                closedir(d);
+                return THZ_ENOMEM;
+            }
+            *arr = na;
+        }
+        (*arr)[(*n)++] = seq;
+    }
+    closedir(d);
+    if (*nseg) qsort(*segs, *nseg, sizeof **segs, u64_cmp);
+    if (*nck) qsort(*ckpts, *nck, sizeof **ckpts, u64_cmp);
+    return THZ_OK;
+}
+
+static thz_err open_segment(tsdb *db, uint64_t seq)
+{
+    char path[4096];
+    seg_path(db, seq, path, sizeof path);
+    int fd = open(path, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0644);
+    if (fd < 0) {
+        log_error(TSDB_MOD, "open %s: %s", path, strerror(errno));
+        return THZ_EIO;
+    }
+    char dir[4096];
+    snprintf(dir, sizeof dir, "%s/wal", db->dir);
+    fsync_dir(dir);
+    db->wal.fd = fd;
+    db->wal.seq = seq;
+    db->wal.seg_bytes = 0;
+    return THZ_OK;
+}
+
+thz_err tsdb_wal_open(tsdb *db)
+{
+    uint64_t *segs, *ck;
+    size_t ns, nc;
+    thz_err rc = list_wal(db, &segs, &ns, &ck, &nc);
+    if (rc) return rc;
+    char path[4096];
+    uint64_t base = 0;
+    if (nc) {
+        base = ck[nc - 1];
+        db->ckpt_seq = base;
+        snprintf(path, sizeof path, "%s/wal/ckpt.%016" PRIx64, db->dir, base);
+        replay_file(db, path);
+        for (size_t i = 0; i + 1 < nc; i++) {
+            snprintf(path, sizeof path, "%s/wal/ckpt.%016" PRIx64, db->dir, ck[i]);
+            unlink(path);
+        }
+    }
+    uint64_t last = base;
+    db->wal.first_seq = 0;
+    for (size_t i = 0; i < ns; i++) {
+        seg_path(db, segs[i], path, sizeof path);
+        if (nc && segs[i] <= base) {
+            unlink(path); /* retired by the checkpoint; a crash left it behind */
+            continue;
+        }
+        if (!db->wal.first_seq) db->wal.first_seq = segs[i];
+        replay_file(db, path);
+        last = segs[i];
+    }
+    free(segs);
+    free(ck);
+    rc = open_segment(db, last + 1);
+    if (!db->wal.first_seq) db->wal.first_seq = last + 1;
+    return rc;
+}
+
+/* ---- the WAL thread ---- */
+
+static bool write_all(int fd, const uint8_t *p, size_t n)
+{
+    while (n) {
+        ssize_t w = write(fd, p, n);
+        if (w < 0 && errno == EINTR) continue;
+        if (w <= 0) return false;
+        p += w;
+        n -= (size_t)w;
+    }
+    return true;
+}
+
+static bool do_sync(tsdb *db)
+{
+    if (fdatasync(db->wal.fd) < 0) return false;
+    atomic_fetch_add(&db->fsyncs, 1);
+    db->wal.last_sync_ms = now_ms();
+    return true;
+}
+
+/* Closes the current segment (synced) and opens the next. */
+static bool rotate(tsdb *db)
+{
+    if (!do_sync(db)) return false;
+    close(db->wal.fd);
+    db->wal.fd = -1;
+    return open_segment(db, db->wal.seq + 1) == THZ_OK;
+}
+
+static void *wal_main(void *arg)
+{
+    tsdb *db = arg;
+    tsdb_wal *w = &db->wal;
+    bool dirty = false; /* written but not synced (EVERYSEC) */
+    pthread_mutex_lock(&w->mu);
+    for (;;) {
+        while (!w->stop && w->cur.len == 0 && !w->rot_req) {
+            if (dirty && now_ms() - w->last_sync_ms >= 1000) break;
+            struct timespec ts;
+            clock_gettime(CLOCK_REALTIME, &ts);
+            ts.tv_sec += 1;
+            pthread_cond_timedwait(&w->cv, &w->mu, &ts);
+        }
+        if (w->stop && w->cur.len == 0 && !w->rot_req) break;
+        thz_buf b = w->cur;
+        w->cur = w->spare;
+        w->cur.len = 0;
+        w->spare = b;
+        tsdb_done *dn = w->dones;
+        size_t nd = w->ndones, capd = w->cap_dones;
+        w->dones = w->spare_dones;
+        w->cap_dones = w->cap_spare;
+        w->ndones = 0;
+        w->spare_dones = dn;
+        w->cap_spare = capd;
+        bool rot = w->rot_req;
+        size_t rot_at = w->rot_at;
+        uint64_t gen = w->rot_gen;
+        w->rot_req = false;
+        pthread_mutex_unlock(&w->mu);
+
+        bool ok = !w->failed;
+        uint64_t closed = 0;
+        if (ok && rot) {
+            ok = write_all(w->fd, b.p, rot_at);
+            closed = w->seq;
+            ok = ok && rotate(db);
+            ok = ok && write_all(w->fd, b.p + rot_at, b.len - rot_at);
+            w->seg_bytes += b.len - rot_at;
+        } else if (ok) {
+            ok = write_all(w->fd, b.p, b.len);
+            w->seg_bytes += b.len;
+        }
+        if (ok && b.len) dirty = true;
+        if (ok && dirty &&
+            (db->o.fsync == TSDB_FSYNC_ALWAYS || w->stop || now_ms() - w->last_sync_ms >= 1000)) {
+            ok = do_sync(db);
+            dirty = false;
+        }
+        if (ok && w->seg_bytes >= TSDB_SEGMENT_BYTES) ok = rotate(db);
+        if (!ok && !w->failed) {
+            log_error(TSDB_MOD, "WAL write/fsync failed: %s; writes now fail durability",
+                      strerror(errno));
+            w->failed = true;
+        }
+        if (db->o.fsync == TSDB_FSYNC_ALWAYS)
+            for (size_t i = 0; i < nd; i++) dn[i].fn(dn[i].ctx, ok ? THZ_OK : THZ_EIO);
+        if (b.cap > ((size_t)8 << 20)) thz_buf_free(&w->spare);
+        pthread_mutex_lock(&w->mu);
+        w->durable += b.len;
+        if (rot) {
+            w->rot_done_seq = closed;
+            w->rot_gen_done = gen;
+        }
+        pthread_cond_broadcast(&w->cv_done);
+    }
+    if (dirty) do_sync(db);
+    pthread_mutex_unlock(&w->mu);
+    return NULL;
+}
+
+thz_err tsdb_wal_start(tsdb *db)
+{
+    db->wal.last_sync_ms = now_ms();
+    if (pthread_create(&db->wal.thr, NULL, wal_main, db)) return THZ_ENOMEM;
+    db->wal.thr_started = true;
+    return THZ_OK;
+}
+
+void tsdb_wal_stop(tsdb *db)
+{
+    tsdb_wal *w = &db->wal;
+    if (w->thr_started) {
+        pthread_mutex_lock(&w->mu);
+        w->stop = true;
+        pthread_cond_signal(&w->cv);
+        pthread_mutex_unlock(&w->mu);
+        pthread_join(w->thr, NULL);
+        w->thr_started = false;
+    }
+    if (w->fd >= 0) close(w->fd);
+    w->fd = -1;
+    thz_buf_free(&w->cur);
+    thz_buf_free(&w->spare);
+    free(w->dones);
+    free(w->spare_dones);
+    w->dones = w->spare_dones = NULL;
+}
+
+uint64_t tsdb_wal_mark_rotation(tsdb *db)
+{
+    db->wal.rot_req = true;
+    db->wal.rot_at = db->wal.cur.len;
+    pthread_cond_signal(&db->wal.cv);
+    return ++db->wal.rot_gen;
+}
+
+uint64_t tsdb_wal_wait_rot(tsdb *db, uint64_t gen)
+{
+    pthread_mutex_lock(&db->wal.mu);
+    while (db->wal.rot_gen_done < gen) pthread_cond_wait(&db->wal.cv_done, &db->wal.mu);
+    uint64_t s = db->wal.rot_done_seq;
+    pthread_mutex_unlock(&db->wal.mu);
+    return s;
+}
+
+thz_err tsdb_wal_checkpoint(tsdb *db, uint64_t seq, const thz_buf *records)
+{
+    char path[4200], tmp[4300], dir[4096];
+    snprintf(dir, sizeof dir, "%s/wal", db->dir);
+    snprintf(path, sizeof path, "%s/ckpt.%016" PRIx64, dir, seq);
+    snprintf(tmp, sizeof tmp, "%s.tmp", path);
+    int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+    if (fd < 0) return THZ_EIO;
+    bool ok = (!records || write_all(fd, records->p, records->len)) && fsync(fd) == 0;
+    close(fd);
+    if (!ok || rename(tmp, path) < 0 || fsync_dir(dir) < 0) {
+        log_error(TSDB_MOD, "checkpoint %s: %s", path, strerror(errno));
+        unlink(tmp);
+        return THZ_EIO;
+    }
+    uint64_t *segs, *ck;
+    size_t ns, nc;
+    if (list_wal(db, &segs, &ns, &ck, &nc) == THZ_OK) {
+        for (size_t i = 0; i < nc; i++)
+            if (ck[i] < seq) {
+                snprintf(path, sizeof path, "%s/ckpt.%016" PRIx64, dir, ck[i]);
+                unlink(path);
+            }
+        for (size_t i = 0; i < ns; i++)
+            if (segs[i] <= seq) {
+                seg_path(db, segs[i], path, sizeof path);
+                unlink(path);
+            }
+        free(segs);
+        free(ck);
+    }
+    db->ckpt_seq = seq;
+    return THZ_OK;
+}
+
+void tsdb_wal_sizes(tsdb *db, uint64_t *bytes)
+{
+    char dir[4096], p[4400];
+    snprintf(dir, sizeof dir, "%s/wal", db->dir);
+    *bytes = 0;
+    DIR *d = opendir(dir);
+    if (!d) return;
+    struct dirent *e;
+    while ((e = readdir(d))) {
+        if (e->d_name[0] == '.') continue;
+        snprintf(p, sizeof p, "%s/%s", dir, e->d_name);
+        struct stat st;
+        if (stat(p, &st) == 0) *bytes += (uint64_t)st.st_size;
+    }
+    closedir(d);
+}

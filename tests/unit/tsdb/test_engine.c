@@ -1,0 +1,913 @@
+/* test_engine.c - unit tests of the tsdb engine (src/tsdb): round trips of
+ * every type through head and blocks, out-of-order and duplicate points,
+ * series selection, aggregates against brute force, last values, tenants,
+ * limits, WAL replay (clean, crash copy, torn and corrupt tails), retention,
+ * compaction, backup, group commit and concurrency. */
+#include <stdarg.h>
+#include <stddef.h>
+#include <setjmp.h>
+#include <stdint.h>
+#include <cmocka.h>
+
+#include <dirent.h>
+#include <fcntl.h>
+#include <inttypes.h>
+#include <math.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "core/log.h"
+#include "tsdb/tsdb.h"
+#include "tsdb/tsdb_int.h"
+
+#define S(x) x, sizeof(x) - 1
+#define SEC  1000000000ll
+#define T0   (1700000000ll * SEC) /* 2023-11-14, a window boundary is every hour */
+
+static char base[256];
+static int dir_seq;
+
+static void rm_rf(const char *p)
+{
+    char cmd[600];
+    snprintf(cmd, sizeof cmd, "rm -rf '%s'", p);
+    if (system(cmd) != 0) fail_msg("rm failed");
+}
+
+static void new_dir(char *out, size_t n)
+{
+    snprintf(out, n, "%s/db%d", base, ++dir_seq);
+}
+
+static tsdb *open_db(const char *dir, tsdb_fsync f, uint64_t limit)
+{
+    tsdb_options o = {.dir = dir, .fsync = f, .max_series_per_tenant = limit};
+    tsdb *db = NULL;
+    char err[TSDB_ERR_LEN];
+    thz_err rc = tsdb_open(&o, &db, err);
+    if (rc) fail_msg("tsdb_open: %s: %s", thz_strerror(rc), err);
+    return db;
+}
+
+static tsdb_point fpt(const char *dev, const char *met, int64_t ts, double v)
+{
+    return (tsdb_point){.device = dev, .device_len = strlen(dev), .metric = met,
+                        .metric_len = strlen(met), .ts = ts,
+                        .v = {.type = TSDB_FLOAT, .u.f = v}};
+}
+
+static void wr(tsdb *db, int64_t tenant, const tsdb_point *p, size_t n)
+{
+    char err[TSDB_ERR_LEN];
+    thz_err rc = tsdb_write(db, tenant, p, n, NULL, NULL, err);
+    if (rc) fail_msg("tsdb_write: %s: %s", thz_strerror(rc), err);
+}
+
+/* Finds the id of (device, metric). */
+typedef struct find_ctx {
+    uint64_t id;
+    int n;
+} find_ctx;
+
+static bool find_cb(void *ctx, const tsdb_series *s)
+{
+    find_ctx *c = ctx;
+    c->id = s->id;
+    c->n++;
+    return true;
+}
+
+static uint64_t series_id(tsdb *db, int64_t tenant, const char *dev, const char *met)
+{
+    tsdb_matcher m[2] = {{"device", TSDB_EQ, dev}, {"metric", TSDB_EQ, met}};
+    find_ctx c = {0, 0};
+    assert_int_equal(tsdb_series_select(db, tenant, m, 2, find_cb, &c), THZ_OK);
+    assert_int_equal(c.n, 1);
+    return c.id;
+}
+
+/* Collects points read. */
+typedef struct coll {
+    int64_t *ts;
+    tsdb_value *v;
+    char **str;
+    size_t n, cap;
+    size_t batches;
+} coll;
+
+static bool coll_cb(void *ctx, const int64_t *ts, const tsdb_value *v, size_t n)
+{
+    coll *c = ctx;
+    c->batches++;
+    assert_true(n <= 4096);
+    for (size_t i = 0; i < n; i++) {
+        if (c->n == c->cap) {
+            c->cap = c->cap ? c->cap * 2 : 64;
+            c->ts = realloc(c->ts, c->cap * sizeof *c->ts);
+            c->v = realloc(c->v, c->cap * sizeof *c->v);
+            c->str = realloc(c->str, c->cap * sizeof *c->str);
+        }
+        if (c->n) assert_true(ts[i] > c->ts[c->n - 1]);
+        c->ts[c->n] = ts[i];
+        c->v[c->n] = v[i];
+        c->str[c->n] = NULL;
+        if (v[i].type == TSDB_STRING) {
+            c->str[c->n] = strndup(v[i].u.s.p, v[i].u.s.n);
+            c->v[c->n].u.s.p = c->str[c->n];
+        }
+        c->n++;
+    }
+    return true;
+}
+
+static void coll_free(coll *c)
+{
+    for (size_t i = 0; i < c->n; i++) free(c->str[i]);
+    free(c->ts);
+    free(c->v);
+    free(c->str);
+    memset(c, 0, sizeof *c);
+}
+
+static coll read_all(tsdb *db, int64_t tenant, uint64_t id, int64_t t0, int64_t t1)
+{
+    coll c = {0};
+    assert_int_equal(tsdb_read(db, tenant, id, t0, t1, coll_cb, &c), THZ_OK);
+    return c;
+}
+
+/* ---- tests ---- */
+
+static void test_roundtrip_types(void **state)
+{
+    char dir[300];
+    new_dir(dir, sizeof dir);
+    tsdb *db = open_db(dir, TSDB_FSYNC_EVERYSEC, 0);
+    for (int round = 0; round < 3; round++) {
+        /* 0: head; 1: after flush (blocks); 2: after reopen */
+        if (round == 0) {
+            for (int i = 0; i < 5000; i++) {
+                tsdb_point p[4];
+                p[0] = fpt("dev1", "temp", T0 + i * SEC, i * 0.25);
+                p[1] = fpt("dev1", "count", T0 + i * SEC, 0);
+                p[1].v = (tsdb_value){.type = TSDB_INT, .u.i = (int64_t)i * 1000003 - 7};
+                p[2] = fpt("dev1", "on", T0 + i * SEC, 0);
+                p[2].v = (tsdb_value){.type = TSDB_BOOL, .u.b = i % 3 == 0};
+                char s[32];
+                int sl = snprintf(s, sizeof s, "state-%d", i % 7);
+                p[3] = fpt("dev1", "state", T0 + i * 2 * SEC, 0);
+                p[3].v = (tsdb_value){.type = TSDB_STRING, .u.s = {s, (uint32_t)sl}};
+                wr(db, 1, p, 4);
+            }
+        } else if (round == 1) {
+            assert_int_equal(tsdb_flush(db), THZ_OK);
+            tsdb_stats st;
+            tsdb_get_stats(db, &st);
+            assert_int_equal(st.head_points, 0);
+            assert_true(st.blocks >= 2);
+        } else {
+            tsdb_close(db);
+            db = open_db(dir, TSDB_FSYNC_EVERYSEC, 0);
+        }
+        coll c = read_all(db, 1, series_id(db, 1, "dev1", "temp"), INT64_MIN, INT64_MAX);
+        assert_int_equal(c.n, 5000);
+        for (int i = 0; i < 5000; i++) {
+            assert_true(c.ts[i] == T0 + i * SEC);
+            assert_true(c.v[i].type == TSDB_FLOAT && c.v[i].u.f == i * 0.25);
+        }
+        assert_true(c.batches >= 2);
+        coll_free(&c);
+        c = read_all(db, 1, series_id(db, 1, "dev1", "count"), T0 + 10 * SEC, T0 + 20 * SEC);
+        assert_int_equal(c.n, 10);
+        for (int i = 0; i < 10; i++) assert_true(c.v[i].u.i == (int64_t)(i + 10) * 1000003 - 7);
+        coll_free(&c);
+        c = read_all(db, 1, series_id(db, 1, "dev1", "on"), INT64_MIN, INT64_MAX);
+        assert_int_equal(c.n, 5000);
+        for (int i = 0; i < 5000; i++) assert_true(c.v[i].u.b == (i % 3 == 0));
+        coll_free(&c);
+        c = read_all(db, 1, series_id(db, 1, "dev1", "state"), INT64_MIN, INT64_MAX);
+        assert_int_equal(c.n, 5000);
+        for (int i = 0; i < 5000; i++) {
+            char s[32];
+            snprintf(s, sizeof s, "state-%d", i % 7);
+            assert_true(c.ts[i] == T0 + i * 2 * SEC);
+            assert_int_equal(c.v[i].u.s.n, strlen(s));
+            assert_memory_equal(c.v[i].u.s.p, s, strlen(s));
+        }
+        coll_free(&c);
+    }
+    tsdb_close(db);
+}
+
+static void test_out_of_order_and_duplicates(void **state)
+{
+    char dir[300];
+    new_dir(dir, sizeof dir);
+    tsdb *db = open_db(dir, TSDB_FSYNC_EVERYSEC, 0);
+    /* reverse order, then duplicates overwriting even points */
+    for (int i = 999; i >= 0; i--) {
+        tsdb_point p = fpt("d", "m", T0 + i * SEC, i);
+        wr(db, 1, &p, 1);
+    }
+    for (int i = 0; i < 1000; i += 2) {
+        tsdb_point p = fpt("d", "m", T0 + i * SEC, -i);
+        wr(db, 1, &p, 1);
+    }
+    uint64_t id = series_id(db, 1, "d", "m");
+    for (int round = 0; round < 3; round++) {
+        coll c = read_all(db, 1, id, INT64_MIN, INT64_MAX);
+        assert_int_equal(c.n, 1000);
+        for (int i = 0; i < 1000; i++) assert_true(c.v[i].u.f == (i % 2 ? i : -i));
+        coll_free(&c);
+        if (round == 0) {
+            assert_int_equal(tsdb_flush(db), THZ_OK);
+            /* duplicates again, now over block data: the newer write wins */
+            tsdb_point p = fpt("d", "m", T0 + 1 * SEC, 42);
+            wr(db, 1, &p, 1);
+            coll c2 = read_all(db, 1, id, T0, T0 + 2 * SEC);
+            assert_int_equal(c2.n, 2);
+            assert_true(c2.v[1].u.f == 42);
+            coll_free(&c2);
+            p = fpt("d", "m", T0 + 1 * SEC, 1);
+            wr(db, 1, &p, 1);
+        } else if (round == 1) {
+            assert_int_equal(tsdb_flush(db), THZ_OK);
+        }
+    }
+    tsdb_close(db);
+}
+
+typedef struct names {
+    char got[64][400];
+    int n;
+} names;
+
+static bool names_cb(void *ctx, const tsdb_series *s)
+{
+    names *c = ctx;
+    snprintf(c->got[c->n++], sizeof c->got[0], "%s/%s{%s}", s->device, s->metric, s->tags);
+    return true;
+}
+
+static int sel(tsdb *db, int64_t tenant, const tsdb_matcher *m, size_t n)
+{
+    names c = {.n = 0};
+    assert_int_equal(tsdb_series_select(db, tenant, m, n, names_cb, &c), THZ_OK);
+    return c.n;
+}
+
+static void test_series_select(void **state)
+{
+    char dir[300];
+    new_dir(dir, sizeof dir);
+    tsdb *db = open_db(dir, TSDB_FSYNC_EVERYSEC, 0);
+    const char *keys[] = {"site", "floor"};
+    size_t kl[] = {4, 5};
+    char tags[3][64];
+    const char *sites[] = {"paris", "berlin", "rome"};
+    for (int i = 0; i < 3; i++) {
+        const char *vals[] = {sites[i], i == 2 ? "2" : "1"};
+        size_t vl[] = {strlen(sites[i]), 1};
+        assert_true(tsdb_tags_canon(keys, kl, vals, vl, 2, tags[i], sizeof tags[i]) > 0);
+    }
+    assert_string_equal(tags[0], "floor=1,site=paris");
+    const char *devs[] = {"sensor-1", "sensor-2", "gw"};
+    const char *mets[] = {"temp", "hum"};
+    for (int d = 0; d < 3; d++)
+        for (int m = 0; m < 2; m++) {
+            tsdb_point p = fpt(devs[d], mets[m], T0, 1);
+            p.tags = tags[d];
+            p.tags_len = strlen(tags[d]);
+            wr(db, 1, &p, 1);
+        }
+    tsdb_point other = fpt("sensor-1", "temp", T0, 1);
+    wr(db, 2, &other, 1);
+    assert_int_equal(sel(db, 1, NULL, 0), 6);
+    assert_int_equal(sel(db, 2, NULL, 0), 1);
+    assert_int_equal(sel(db, 3, NULL, 0), 0);
+    tsdb_matcher m1[] = {{"device", TSDB_EQ, "sensor-1"}};
+    assert_int_equal(sel(db, 1, m1, 1), 2);
+    tsdb_matcher m2[] = {{"device", TSDB_NE, "sensor-1"}};
+    assert_int_equal(sel(db, 1, m2, 1), 4);
+    tsdb_matcher m3[] = {{"device", TSDB_RE, "sensor-.*"}, {"metric", TSDB_EQ, "hum"}};
+    assert_int_equal(sel(db, 1, m3, 2), 2);
+    tsdb_matcher m4[] = {{"device", TSDB_NRE, "sensor"}}; /* anchored: matches no full name */
+    assert_int_equal(sel(db, 1, m4, 1), 6);
+    tsdb_matcher m5[] = {{"site", TSDB_EQ, "rome"}};
+    assert_int_equal(sel(db, 1, m5, 1), 2);
+    tsdb_matcher m6[] = {{"floor", TSDB_NE, "1"}};
+    assert_int_equal(sel(db, 1, m6, 1), 2);
+    tsdb_matcher m7[] = {{"site", TSDB_RE, "par.*|ber.*"}, {"metric", TSDB_NE, "temp"}};
+    assert_int_equal(sel(db, 1, m7, 2), 2);
+    tsdb_matcher m8[] = {{"missing", TSDB_EQ, ""}};
+    assert_int_equal(sel(db, 1, m8, 1), 6);
+    tsdb_matcher m9[] = {{"missing", TSDB_NE, ""}};
+    assert_int_equal(sel(db, 1, m9, 1), 0);
+    tsdb_matcher m10[] = {{"site", TSDB_EQ, "nowhere"}};
+    assert_int_equal(sel(db, 1, m10, 1), 0);
+    tsdb_matcher bad[] = {{"device", TSDB_RE, "(unclosed"}};
+    names c = {.n = 0};
+    assert_int_equal(tsdb_series_select(db, 1, bad, 1, names_cb, &c), THZ_EINVAL);
+    /* escaping in tags */
+    const char *k2[] = {"a,b"};
+    size_t kl2[] = {3};
+    const char *v2[] = {"x=y"};
+    size_t vl2[] = {3};
+    char t2[64];
+    assert_int_equal(tsdb_tags_canon(k2, kl2, v2, vl2, 1, t2, sizeof t2), 9);
+    assert_string_equal(t2, "a\\,b=x\\=y");
+    tsdb_point p = fpt("esc", "m", T0, 1);
+    p.tags = t2;
+    p.tags_len = strlen(t2);
+    wr(db, 1, &p, 1);
+    tsdb_matcher m11[] = {{"a,b", TSDB_EQ, "x=y"}};
+    assert_int_equal(sel(db, 1, m11, 1), 1);
+    tsdb_matcher m12[] = {{"a,b", TSDB_RE, "x=.*"}};
+    assert_int_equal(sel(db, 1, m12, 1), 1);
+    const char *dk[] = {"k", "k"};
+    size_t dkl[] = {1, 1};
+    assert_int_equal(tsdb_tags_canon(dk, dkl, dk, dkl, 2, t2, sizeof t2), -1);
+    /* survives reopen (index file + WAL) */
+    tsdb_close(db);
+    db = open_db(dir, TSDB_FSYNC_EVERYSEC, 0);
+    assert_int_equal(sel(db, 1, m5, 1), 2);
+    assert_int_equal(sel(db, 1, m11, 1), 1);
+    assert_int_equal(tsdb_flush(db), THZ_OK);
+    tsdb_close(db);
+    db = open_db(dir, TSDB_FSYNC_EVERYSEC, 0);
+    assert_int_equal(sel(db, 1, NULL, 0), 7);
+    tsdb_close(db);
+}
+
+/* Brute-force aggregate reference. */
+static void brute(const int64_t *ts, const double *v, size_t n, int64_t t0, int64_t t1,
+                  int64_t step, tsdb_agg *out, size_t nb)
+{
+    memset(out, 0, nb * sizeof *out);
+    for (size_t i = 0; i < n; i++) {
+        if (ts[i] < t0 || ts[i] >= t1) continue;
+        size_t b = step ? (size_t)((ts[i] - t0) / step) : 0;
+        if (b >= nb) continue;
+        tsdb_agg *a = &out[b];
+        if (!a->count) {
+            *a = (tsdb_agg){1, v[i], v[i], v[i], v[i], v[i], ts[i], ts[i]};
+            continue;
+        }
+        a->count++;
+        a->sum += v[i];
+        if (v[i] < a->min) a->min = v[i];
+        if (v[i] > a->max) a->max = v[i];
+        if (ts[i] < a->first_ts) {
+            a->first_ts = ts[i];
+            a->first = v[i];
+        }
+        if (ts[i] >= a->last_ts) {
+            a->last_ts = ts[i];
+            a->last = v[i];
+        }
+    }
+}
+
+static void check_aggs(tsdb *db, uint64_t id, const int64_t *ts, const double *v, size_t n)
+{
+    struct {
+        int64_t t0, t1, step;
+        size_t nb;
+    } cases[] = {
+        {INT64_MIN / 2, INT64_MAX / 2, 0, 1},
+        {T0, T0 + 4 * 3600 * SEC, 3600 * SEC, 4},                /* bins = windows */
+        {T0 + 1800 * SEC, T0 + 3 * 3600 * SEC, 3600 * SEC, 3},   /* bins cut blocks */
+        {T0, T0 + 3 * 3600 * SEC, 60 * SEC, 180},                /* minute bins: rollups */
+        {T0 + 7 * SEC, T0 + 3 * 3600 * SEC, 300 * SEC + 3, 40},  /* unaligned */
+        {T0 + 3599 * SEC, T0 + 3601 * SEC, SEC, 2},
+        {T0 - 100 * SEC, T0 + 100 * SEC, 7 * SEC, 10},
+    };
+    for (size_t c = 0; c < sizeof cases / sizeof *cases; c++) {
+        tsdb_agg got[200], want[200];
+        size_t nb = cases[c].nb;
+        assert_int_equal(tsdb_aggregate(db, 1, id, cases[c].t0, cases[c].t1, cases[c].step, got, nb),
+                         THZ_OK);
+        brute(ts, v, n, cases[c].t0, cases[c].t1, cases[c].step, want, nb);
+        for (size_t b = 0; b < nb; b++) {
+            if (got[b].count != want[b].count)
+                fail_msg("case %zu bin %zu: count %" PRIu64 " want %" PRIu64, c, b, got[b].count,
+                         want[b].count);
+            if (!want[b].count) continue;
+            assert_true(fabs(got[b].sum - want[b].sum) < 1e-6 * (1 + fabs(want[b].sum)));
+            assert_true(got[b].min == want[b].min && got[b].max == want[b].max);
+            assert_true(got[b].first == want[b].first && got[b].last == want[b].last);
+            assert_true(got[b].first_ts == want[b].first_ts && got[b].last_ts == want[b].last_ts);
+        }
+    }
+}
+
+static void test_aggregate(void **state)
+{
+    char dir[300];
+    new_dir(dir, sizeof dir);
+    tsdb *db = open_db(dir, TSDB_FSYNC_EVERYSEC, 0);
+    size_t n = 3 * 3600;
+    int64_t *ts = malloc(n * sizeof *ts);
+    double *v = malloc(n * sizeof *v);
+    double x = 20;
+    srand(7);
+    for (size_t i = 0; i < n; i++) {
+        ts[i] = T0 + (int64_t)i * SEC + (i % 5 == 0 ? 0 : 0);
+        x += ((rand() % 201) - 100) / 100.0;
+        v[i] = round(x * 100) / 100;
+        tsdb_point p = fpt("agg", "temp", ts[i], v[i]);
+        wr(db, 1, &p, 1);
+    }
+    uint64_t id = series_id(db, 1, "agg", "temp");
+    check_aggs(db, id, ts, v, n);
+    assert_int_equal(tsdb_flush(db), THZ_OK);
+    check_aggs(db, id, ts, v, n);
+    /* a late side block in the first window, then compaction */
+    tsdb_point late = fpt("agg", "temp", T0 + 10 * SEC + 1, 999);
+    wr(db, 1, &late, 1);
+    int64_t *ts2 = malloc((n + 1) * sizeof *ts2);
+    double *v2 = malloc((n + 1) * sizeof *v2);
+    memcpy(ts2, ts, 11 * sizeof *ts);
+    memcpy(v2, v, 11 * sizeof *v);
+    ts2[11] = late.ts;
+    v2[11] = 999;
+    memcpy(ts2 + 12, ts + 11, (n - 11) * sizeof *ts);
+    memcpy(v2 + 12, v + 11, (n - 11) * sizeof *v);
+    check_aggs(db, id, ts2, v2, n + 1);
+    assert_int_equal(tsdb_flush(db), THZ_OK);
+    tsdb_stats st;
+    tsdb_get_stats(db, &st);
+    uint64_t before = st.blocks;
+    check_aggs(db, id, ts2, v2, n + 1);
+    tsdb__maintain(db);
+    tsdb_get_stats(db, &st);
+    assert_true(st.blocks < before);
+    check_aggs(db, id, ts2, v2, n + 1);
+    tsdb_close(db);
+    db = open_db(dir, TSDB_FSYNC_EVERYSEC, 0);
+    check_aggs(db, id, ts2, v2, n + 1);
+    tsdb_close(db);
+    free(ts);
+    free(v);
+    free(ts2);
+    free(v2);
+}
+
+typedef struct last_ctx {
+    int64_t ts;
+    tsdb_value v;
+    char s[64];
+    int calls;
+} last_ctx;
+
+static bool last_cb(void *ctx, const int64_t *ts, const tsdb_value *v, size_t n)
+{
+    last_ctx *c = ctx;
+    assert_int_equal(n, 1);
+    c->calls++;
+    c->ts = ts[0];
+    c->v = v[0];
+    if (v[0].type == TSDB_STRING) snprintf(c->s, sizeof c->s, "%.*s", (int)v[0].u.s.n, v[0].u.s.p);
+    return true;
+}
+
+static void test_last(void **state)
+{
+    char dir[300];
+    new_dir(dir, sizeof dir);
+    tsdb *db = open_db(dir, TSDB_FSYNC_EVERYSEC, 0);
+    tsdb_point p[3] = {fpt("d", "m", T0 + 5 * SEC, 5), fpt("d", "m", T0 + 9 * SEC, 9),
+                       fpt("d", "m", T0 + 7 * SEC, 7)};
+    wr(db, 1, p, 3);
+    tsdb_point s = fpt("d", "s", T0, 0);
+    s.v = (tsdb_value){.type = TSDB_STRING, .u.s = {"hello", 5}};
+    wr(db, 1, &s, 1);
+    uint64_t id = series_id(db, 1, "d", "m"), sid = series_id(db, 1, "d", "s");
+    for (int round = 0; round < 3; round++) {
+        last_ctx c = {0};
+        assert_int_equal(tsdb_last(db, 1, id, last_cb, &c), THZ_OK);
+        assert_int_equal(c.calls, 1);
+        assert_true(c.ts == T0 + 9 * SEC && c.v.u.f == 9);
+        memset(&c, 0, sizeof c);
+        assert_int_equal(tsdb_last(db, 1, sid, last_cb, &c), THZ_OK);
+        assert_string_equal(c.s, "hello");
+        if (round == 0) assert_int_equal(tsdb_flush(db), THZ_OK);
+        tsdb_close(db);
+        db = open_db(dir, TSDB_FSYNC_EVERYSEC, 0);
+    }
+    /* a series with no point yet cannot exist; another tenant's id is unknown */
+    last_ctx c = {0};
+    assert_int_equal(tsdb_last(db, 2, id, last_cb, &c), THZ_ENOTFOUND);
+    tsdb_close(db);
+}
+
+static void test_tenants_limits_types(void **state)
+{
+    char dir[300];
+    new_dir(dir, sizeof dir);
+    tsdb *db = open_db(dir, TSDB_FSYNC_EVERYSEC, 3);
+    tsdb_point p[3] = {fpt("d", "a", T0, 1), fpt("d", "b", T0, 1), fpt("d", "c", T0, 1)};
+    wr(db, 1, p, 3);
+    uint64_t id = series_id(db, 1, "d", "a");
+    coll c = {0};
+    assert_int_equal(tsdb_read(db, 2, id, INT64_MIN, INT64_MAX, coll_cb, &c), THZ_ENOTFOUND);
+    assert_int_equal(tsdb_read(db, 1, 999999, INT64_MIN, INT64_MAX, coll_cb, &c), THZ_ENOTFOUND);
+    tsdb_agg a;
+    assert_int_equal(tsdb_aggregate(db, 2, id, 0, INT64_MAX, 0, &a, 1), THZ_ENOTFOUND);
+    char err[TSDB_ERR_LEN];
+    /* the limit: all or nothing */
+    tsdb_point q[2] = {fpt("d", "a", T0 + SEC, 2), fpt("d", "new", T0, 1)};
+    assert_int_equal(tsdb_write(db, 1, q, 2, NULL, NULL, err), THZ_EQUOTA);
+    c = read_all(db, 1, id, INT64_MIN, INT64_MAX);
+    assert_int_equal(c.n, 1);
+    coll_free(&c);
+    /* another tenant has its own count */
+    wr(db, 2, q, 2);
+    /* a type conflict is refused, naming the point */
+    tsdb_point t = fpt("d", "a", T0 + 2 * SEC, 0);
+    t.v = (tsdb_value){.type = TSDB_INT, .u.i = 3};
+    assert_int_equal(tsdb_write(db, 1, &t, 1, NULL, NULL, err), THZ_EINVAL);
+    assert_non_null(strstr(err, "point 0"));
+    tsdb_point t2[2] = {fpt("x", "y", T0, 1), fpt("x", "y", T0 + 1, 0)};
+    t2[1].v = (tsdb_value){.type = TSDB_BOOL, .u.b = true};
+    assert_int_equal(tsdb_write(db, 2, t2, 2, NULL, NULL, err), THZ_EINVAL);
+    tsdb_point bad = fpt("", "y", T0, 1);
+    assert_int_equal(tsdb_write(db, 1, &bad, 1, NULL, NULL, err), THZ_EINVAL);
+    tsdb_stats st;
+    tsdb_get_stats(db, &st);
+    assert_int_equal(st.series, 5);
+    assert_true(st.points_rejected >= 4);
+    tsdb_close(db);
+}
+
+/* Copies a directory tree (the state a crash would leave, page cache included). */
+static void cp_r(const char *from, const char *to)
+{
+    char cmd[700];
+    snprintf(cmd, sizeof cmd, "cp -r '%s' '%s'", from, to);
+    assert_int_equal(system(cmd), 0);
+}
+
+typedef struct done_ctx {
+    pthread_mutex_t mu;
+    int done, bad;
+    tsdb *db;
+    uint64_t fsyncs_at_write;
+    int early; /* done before an fsync happened after the write */
+} done_ctx;
+
+static void done_cb(void *ctx, thz_err rc)
+{
+    done_ctx *d = ctx;
+    tsdb_stats st;
+    tsdb_get_stats(d->db, &st);
+    pthread_mutex_lock(&d->mu);
+    if (rc) d->bad++;
+    if (st.fsyncs <= d->fsyncs_at_write) d->early++;
+    d->done++;
+    pthread_mutex_unlock(&d->mu);
+}
+
+static void wait_done(done_ctx *d, int n)
+{
+    for (int i = 0; i < 5000; i++) {
+        pthread_mutex_lock(&d->mu);
+        int k = d->done;
+        pthread_mutex_unlock(&d->mu);
+        if (k >= n) return;
+        usleep(1000);
+    }
+    fail_msg("done callbacks did not come");
+}
+
+static void test_fsync_always_and_crash_copy(void **state)
+{
+    char dir[300], copy[300];
+    new_dir(dir, sizeof dir);
+    new_dir(copy, sizeof copy);
+    tsdb *db = open_db(dir, TSDB_FSYNC_ALWAYS, 0);
+    done_ctx d = {PTHREAD_MUTEX_INITIALIZER, 0, 0, db, 0, 0};
+    tsdb_stats st;
+    tsdb_get_stats(db, &st);
+    d.fsyncs_at_write = st.fsyncs;
+    for (int i = 0; i < 200; i++) {
+        tsdb_point p = fpt("crash", "m", T0 + i * SEC, i);
+        char err[TSDB_ERR_LEN];
+        assert_int_equal(tsdb_write(db, 1, &p, 1, done_cb, &d, err), THZ_OK);
+    }
+    wait_done(&d, 200);
+    assert_int_equal(d.bad, 0);
+    assert_int_equal(d.early, 0);
+    tsdb_get_stats(db, &st);
+    assert_true(st.fsyncs >= 1 && st.fsyncs <= 200); /* group commit */
+    /* everything acknowledged is in the WAL files now: copy them as a crash would leave them */
+    cp_r(dir, copy);
+    tsdb *db2 = open_db(copy, TSDB_FSYNC_ALWAYS, 0);
+    uint64_t id = series_id(db2, 1, "crash", "m");
+    coll c = read_all(db2, 1, id, INT64_MIN, INT64_MAX);
+    assert_int_equal(c.n, 200);
+    coll_free(&c);
+    tsdb_close(db2);
+    /* the same after a flush and more writes (checkpoint + newer segment) */
+    assert_int_equal(tsdb_flush(db), THZ_OK);
+    for (int i = 200; i < 300; i++) {
+        tsdb_point p = fpt("crash", "m", T0 + i * SEC, i);
+        assert_int_equal(tsdb_write(db, 1, &p, 1, done_cb, &d, NULL), THZ_OK);
+    }
+    wait_done(&d, 300);
+    rm_rf(copy);
+    cp_r(dir, copy);
+    db2 = open_db(copy, TSDB_FSYNC_ALWAYS, 0);
+    c = read_all(db2, 1, id, INT64_MIN, INT64_MAX);
+    assert_int_equal(c.n, 300);
+    for (int i = 0; i < 300; i++) assert_true(c.v[i].u.f == i);
+    coll_free(&c);
+    tsdb_close(db2);
+    tsdb_close(db);
+}
+
+static void test_everysec_done_inline(void **state)
+{
+    char dir[300];
+    new_dir(dir, sizeof dir);
+    tsdb *db = open_db(dir, TSDB_FSYNC_EVERYSEC, 0);
+    done_ctx d = {PTHREAD_MUTEX_INITIALIZER, 0, 0, db, UINT64_MAX, 0};
+    tsdb_point p = fpt("e", "m", T0, 1);
+    assert_int_equal(tsdb_write(db, 1, &p, 1, done_cb, &d, NULL), THZ_OK);
+    assert_int_equal(d.done, 1); /* called inside tsdb_write */
+    tsdb_close(db);
+    db = open_db(dir, TSDB_FSYNC_EVERYSEC, 0);
+    coll c = read_all(db, 1, series_id(db, 1, "e", "m"), INT64_MIN, INT64_MAX);
+    assert_int_equal(c.n, 1);
+    coll_free(&c);
+    tsdb_close(db);
+}
+
+static char *newest_segment(const char *dir)
+{
+    char w[400];
+    snprintf(w, sizeof w, "%s/wal", dir);
+    DIR *d = opendir(w);
+    assert_non_null(d);
+    struct dirent *e;
+    char best[256] = "";
+    while ((e = readdir(d)))
+        if (strstr(e->d_name, ".wal") && strcmp(e->d_name, best) > 0) {
+            struct stat st;
+            char p[700];
+            snprintf(p, sizeof p, "%s/%s", w, e->d_name);
+            if (stat(p, &st) == 0 && st.st_size > 0) snprintf(best, sizeof best, "%s", e->d_name);
+        }
+    closedir(d);
+    assert_true(best[0]);
+    char *out = malloc(800);
+    snprintf(out, 800, "%s/%s", w, best);
+    return out;
+}
+
+static void test_wal_torn_and_corrupt(void **state)
+{
+    for (int mode = 0; mode < 2; mode++) {
+        char dir[300];
+        new_dir(dir, sizeof dir);
+        tsdb *db = open_db(dir, TSDB_FSYNC_EVERYSEC, 0);
+        for (int i = 0; i < 100; i++) {
+            tsdb_point p = fpt("w", "m", T0 + i * SEC, i);
+            wr(db, 1, &p, 1);
+        }
+        tsdb_close(db);
+        char *seg = newest_segment(dir);
+        struct stat st;
+        assert_int_equal(stat(seg, &st), 0);
+        /* each point record: 8 frame + 25 payload = 33 bytes, at the end */
+        if (mode == 0) {
+            assert_int_equal(truncate(seg, st.st_size - 10), 0); /* torn last record */
+        } else {
+            int fd = open(seg, O_RDWR);
+            uint8_t b;
+            off_t at = st.st_size - 33 * 10 + 20; /* inside the 91st point's record */
+            assert_int_equal(pread(fd, &b, 1, at), 1);
+            b ^= 0x55;
+            assert_int_equal(pwrite(fd, &b, 1, at), 1);
+            close(fd);
+        }
+        db = open_db(dir, TSDB_FSYNC_EVERYSEC, 0);
+        coll c = read_all(db, 1, series_id(db, 1, "w", "m"), INT64_MIN, INT64_MAX);
+        assert_int_equal(c.n, mode == 0 ? 99 : 90);
+        for (size_t i = 0; i < c.n; i++) assert_true(c.v[i].u.f == (double)i);
+        coll_free(&c);
+        /* writes after the truncation survive the next open */
+        tsdb_point p = fpt("w", "m", T0 + 500 * SEC, 500);
+        wr(db, 1, &p, 1);
+        tsdb_close(db);
+        db = open_db(dir, TSDB_FSYNC_EVERYSEC, 0);
+        c = read_all(db, 1, series_id(db, 1, "w", "m"), INT64_MIN, INT64_MAX);
+        assert_int_equal(c.n, mode == 0 ? 100 : 91);
+        coll_free(&c);
+        tsdb_close(db);
+        free(seg);
+    }
+}
+
+static void test_retention(void **state)
+{
+    char dir[300];
+    new_dir(dir, sizeof dir);
+    tsdb *db = open_db(dir, TSDB_FSYNC_EVERYSEC, 0);
+    struct timespec now;
+    clock_gettime(CLOCK_REALTIME, &now);
+    int64_t n = (int64_t)now.tv_sec * SEC;
+    tsdb_point p[4] = {fpt("r", "m", n - 10 * 86400 * SEC, 1), fpt("r", "m", n - 60 * SEC, 2),
+                       fpt("r", "keep", n - 10 * 86400 * SEC, 3), fpt("r", "short", n - 2 * 86400 * SEC, 3)};
+    wr(db, 1, p, 4);
+    wr(db, 2, p, 1);
+    assert_int_equal(tsdb_flush(db), THZ_OK);
+    assert_int_equal(tsdb_set_retention(db, 1, NULL, 86400), THZ_OK);
+    tsdb_close(db); /* persisted */
+    db = open_db(dir, TSDB_FSYNC_EVERYSEC, 0);
+    tsdb__maintain(db);
+    uint64_t id = series_id(db, 1, "r", "m");
+    coll c = read_all(db, 1, id, INT64_MIN, INT64_MAX);
+    assert_int_equal(c.n, 1);
+    assert_true(c.v[0].u.f == 2);
+    coll_free(&c);
+    /* tenant 2 keeps everything */
+    c = read_all(db, 2, series_id(db, 2, "r", "m"), INT64_MIN, INT64_MAX);
+    assert_int_equal(c.n, 1);
+    coll_free(&c);
+    assert_int_equal(tsdb_set_retention(db, 1, "m", 0), THZ_OK);
+    assert_int_equal(tsdb_set_retention(db, 2, NULL, 86400), THZ_OK);
+    tsdb__maintain(db);
+    c = read_all(db, 2, series_id(db, 2, "r", "m"), INT64_MIN, INT64_MAX);
+    assert_int_equal(c.n, 0);
+    coll_free(&c);
+    assert_int_equal(tsdb_set_retention(db, 1, NULL, -1), THZ_EINVAL);
+    tsdb_close(db);
+}
+
+typedef struct cmp_ctx {
+    tsdb *a, *b;
+    int64_t tenant;
+    int n;
+} cmp_ctx;
+
+static bool cmp_cb(void *ctx, const tsdb_series *s)
+{
+    cmp_ctx *c = ctx;
+    coll x = read_all(c->a, c->tenant, s->id, INT64_MIN, INT64_MAX);
+    coll y = read_all(c->b, c->tenant, s->id, INT64_MIN, INT64_MAX);
+    assert_int_equal(x.n, y.n);
+    assert_memory_equal(x.ts, y.ts, x.n * sizeof *x.ts);
+    for (size_t i = 0; i < x.n; i++) assert_true(x.v[i].u.f == y.v[i].u.f);
+    coll_free(&x);
+    coll_free(&y);
+    c->n++;
+    return true;
+}
+
+static void test_backup(void **state)
+{
+    char dir[300], bak[300];
+    new_dir(dir, sizeof dir);
+    new_dir(bak, sizeof bak);
+    tsdb *db = open_db(dir, TSDB_FSYNC_EVERYSEC, 0);
+    for (int i = 0; i < 7200; i += 3) {
+        tsdb_point p[2] = {fpt("b1", "m", T0 + i * SEC, i), fpt("b2", "m", T0 + i * SEC, -i)};
+        wr(db, 1, p, 2);
+    }
+    assert_int_equal(tsdb_flush(db), THZ_OK);
+    tsdb_point late = fpt("b1", "m", T0 + 1, 5);
+    wr(db, 1, &late, 1);
+    char err[TSDB_ERR_LEN];
+    assert_int_equal(tsdb_backup(db, bak, err), THZ_OK);
+    assert_int_equal(tsdb_backup(db, bak, err), THZ_EEXIST);
+    tsdb_point after = fpt("b1", "m", T0 + 2, 5); /* not in the backup */
+    wr(db, 1, &after, 1);
+    tsdb *copy = open_db(bak, TSDB_FSYNC_EVERYSEC, 0);
+    coll x = read_all(copy, 1, series_id(copy, 1, "b1", "m"), INT64_MIN, INT64_MAX);
+    assert_int_equal(x.n, 2401);
+    coll_free(&x);
+    /* drop the later write and compare everything */
+    tsdb_close(db);
+    cmp_ctx c = {copy, copy, 1, 0};
+    assert_int_equal(tsdb_series_select(copy, 1, NULL, 0, cmp_cb, &c), THZ_OK);
+    assert_int_equal(c.n, 2);
+    tsdb_close(copy);
+}
+
+typedef struct wthread {
+    tsdb *db;
+    int idx;
+    int n;
+} wthread;
+
+static void *writer_main(void *arg)
+{
+    wthread *w = arg;
+    char dev[32];
+    snprintf(dev, sizeof dev, "dev-%d", w->idx);
+    for (int i = 0; i < w->n; i++) {
+        tsdb_point p[2] = {fpt(dev, "a", T0 + i * SEC, i), fpt(dev, "b", T0 + i * SEC, -i)};
+        char err[TSDB_ERR_LEN];
+        if (tsdb_write(w->db, 1, p, 2, NULL, NULL, err)) abort();
+        if (i % 5000 == 2500 && w->idx == 0) tsdb_flush(w->db);
+    }
+    return NULL;
+}
+
+static bool conc_read_cb(void *ctx, const int64_t *ts, const tsdb_value *v, size_t n)
+{
+    size_t *cnt = ctx;
+    for (size_t i = 0; i < n; i++)
+        if (v[i].u.f != (double)((ts[i] - T0) / SEC)) abort();
+    *cnt += n;
+    return true;
+}
+
+static bool conc_sel_cb(void *ctx, const tsdb_series *s)
+{
+    tsdb *db = ctx;
+    size_t cnt = 0;
+    if (strcmp(s->metric, "a") == 0 &&
+        tsdb_read(db, 1, s->id, INT64_MIN, INT64_MAX, conc_read_cb, &cnt))
+        abort();
+    return true;
+}
+
+static void test_concurrency(void **state)
+{
+    char dir[300];
+    new_dir(dir, sizeof dir);
+    tsdb *db = open_db(dir, TSDB_FSYNC_ALWAYS, 0);
+    enum { NW = 4, N = 20000 };
+    pthread_t th[NW];
+    wthread w[NW];
+    for (int i = 0; i < NW; i++) {
+        w[i] = (wthread){db, i, N};
+        pthread_create(&th[i], NULL, writer_main, &w[i]);
+    }
+    for (int r = 0; r < 20; r++) {
+        assert_int_equal(tsdb_series_select(db, 1, NULL, 0, conc_sel_cb, db), THZ_OK);
+        usleep(2000);
+    }
+    for (int i = 0; i < NW; i++) pthread_join(th[i], NULL);
+    for (int i = 0; i < NW; i++) {
+        char dev[32];
+        snprintf(dev, sizeof dev, "dev-%d", i);
+        coll c = read_all(db, 1, series_id(db, 1, dev, "b"), INT64_MIN, INT64_MAX);
+        assert_int_equal(c.n, N);
+        coll_free(&c);
+    }
+    tsdb_stats st;
+    tsdb_get_stats(db, &st);
+    assert_int_equal(st.points_written, NW * N * 2);
+    tsdb_close(db);
+    db = open_db(dir, TSDB_FSYNC_ALWAYS, 0);
+    for (int i = 0; i < NW; i++) {
+        char dev[32];
+        snprintf(dev, sizeof dev, "dev-%d", i);
+        coll c = read_all(db, 1, series_id(db, 1, dev, "a"), INT64_MIN, INT64_MAX);
+        assert_int_equal(c.n, N);
+        coll_free(&c);
+    }
+    tsdb_close(db);
+}
+
+static int setup(void **state)
+{
+    thz_log_level = THZ_LOG_ERROR;
+    const char *b = access("/dev/shm", W_OK) == 0 ? "/dev/shm" : "/tmp";
+    snprintf(base, sizeof base, "%s/thz-tsdb-test-XXXXXX", b);
+    if (!mkdtemp(base)) return -1;
+    return 0;
+}
+
+static int teardown(void **state)
+{
+    rm_rf(base);
+    return 0;
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_roundtrip_types),
+        cmocka_unit_test(test_out_of_order_and_duplicates),
+        cmocka_unit_test(test_series_select),
+        cmocka_unit_test(test_aggregate),
+        cmocka_unit_test(test_last),
+        cmocka_unit_test(test_tenants_limits_types),
+        cmocka_unit_test(test_fsync_always_and_crash_copy),
+        cmocka_unit_test(test_everysec_done_inline),
+        cmocka_unit_test(test_wal_torn_and_corrupt),
+        cmocka_unit_test(test_retention),
+        cmocka_unit_test(test_backup),
+        cmocka_unit_test(test_concurrency),
+    };
+    return cmocka_run_group_tests(tests, setup, teardown);
+}
