@@ -16,6 +16,7 @@
 #include "ingest/ingest.h"
 #include "mqtt/mqtt.h"
 #include "net/net.h"
+#include "query/query.h"
 #include "registry/registry.h"
 
 static void usage(FILE *out)
@@ -153,7 +154,8 @@ static int cmd_serve(int argc, char **argv)
     }
     mqtt_set_registry(reg);
     if (http_start(&cfg, a) != THZ_OK || api_start(reg) != THZ_OK ||
-        ingest_start(db, reg) != THZ_OK || net_start() != THZ_OK) {
+        ingest_start(db, reg) != THZ_OK || query_start(db) != THZ_OK ||
+        net_start() != THZ_OK) {
         log_error("main", "startup failed");
         return 1;
     }

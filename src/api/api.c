@@ -154,6 +154,7 @@ static void call_free(api_call *c)
 {
     cJSON_Delete(c->body);
     cJSON_Delete(c->out);
+    if (c->raw_owned) free(c->raw);
     free(c);
 }
 
@@ -180,7 +181,7 @@ static void call_finish(api_call *c, http_response *res)
     }
     if (c->raw) {
         http_res_status(res, c->status);
-        if (http_res_header(res, "Content-Type", "application/json") ||
+        if (http_res_header(res, "Content-Type", c->raw_type ? c->raw_type : "application/json") ||
             http_res_body(res, c->raw, c->nraw))
             http_res_error(res, 503, "out_of_memory", "the server is out of memory");
         return;

@@ -51,12 +51,19 @@ struct api_call {
     char err[REG_ERR_LEN]; /* message for THZ_EINVAL and friends */
     int status;          /* success status: 200, 201 or 204 */
     cJSON *out;          /* the success body (NULL for 204), owned by the call */
-    char *raw;           /* a prebuilt body instead of out (openapi.json); not owned */
+    char *raw;           /* a prebuilt body instead of out (openapi.json); not owned... */
     size_t nraw;
+    bool raw_owned;      /* ...unless this is set (malloc'd, freed with the call) */
+    const char *raw_type; /* Content-Type of raw (static); NULL: application/json */
 };
 
 /* routes.c: the table of every API route, terminated by {0}. */
 extern const api_route api_routes[];
+
+/* query_ops.c: the time-series routes (SQL, telemetry, latest). */
+void op_query(api_call *c);
+void op_device_telemetry(api_call *c);
+void op_device_latest(api_call *c);
 
 /* openapi.c: the embedded OpenAPI document (NUL-terminated) and its length. */
 const char *api_openapi_json(size_t *len);

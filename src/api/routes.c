@@ -286,6 +286,10 @@ const api_route api_routes[] = {
     {HTTP_POST, "/api/v1/devices/{id}/disable", 0, O, op_device_disable},
     {HTTP_POST, "/api/v1/devices/{id}/enable", 0, O, op_device_enable},
 
+    {HTTP_GET, "/api/v1/devices/{id}/telemetry", 0, V, op_device_telemetry},
+    {HTTP_GET, "/api/v1/devices/{id}/latest", 0, V, op_device_latest},
+    {HTTP_POST, "/api/v1/query", API_BODY, V, op_query},
+
     {HTTP_GET, "/api/v1/fleet", API_FAST, V, op_fleet},
 
     {HTTP_GET, "/api/v1/groups", 0, V, op_group_list},

@@ -51,6 +51,9 @@ EXPECTED_ROUTES = {
     ("put", "/api/v1/groups/{id}/devices/{device}"),
     ("delete", "/api/v1/groups/{id}/devices/{device}"),
     ("get", "/api/v1/openapi.json"),
+    ("get", "/api/v1/devices/{id}/telemetry"),
+    ("get", "/api/v1/devices/{id}/latest"),
+    ("post", "/api/v1/query"),
 }
 
 # The routes that need a token, with a concrete path.

@@ -1,0 +1,1 @@
+SELECT bin(time, 1h) AS hour, avg(temperature) FROM telemetry WHERE time > ago(1d) GROUP BY 1 ORDER BY 1

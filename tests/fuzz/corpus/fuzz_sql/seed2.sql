@@ -1,0 +1,1 @@
+SELECT device, max(temperature) FROM telemetry WHERE device IN ('a', 'b') GROUP BY device ORDER BY 2 DESC LIMIT 10

@@ -1,0 +1,1 @@
+SELECT time, "env.temp" * 1.8 + 32 AS f FROM telemetry WHERE device = 'x' AND time BETWEEN '2026-11-26 10:00:00' AND TIMESTAMP '2026-11-26 11:00:00'

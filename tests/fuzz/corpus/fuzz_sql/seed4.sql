@@ -1,0 +1,1 @@
+SELECT bin(time, 1m), interpolate_linear(avg(x)), locf(avg(x)) FROM telemetry GROUP BY 1

@@ -1,0 +1,1 @@
+SELECT * FROM telemetry WHERE site <> 'b' OR x NOT BETWEEN -1 AND 1e3 LIMIT 5;

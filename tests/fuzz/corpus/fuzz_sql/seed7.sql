@@ -1,0 +1,1 @@
+SELECT derivative(avg(c), 1m), rate(max(c)) FROM telemetry WHERE time >= now() - INTERVAL '5' MINUTE GROUP BY bin(time, 30s)

@@ -1,0 +1,1 @@
+SELECT measure_value::double FROM telemetry -- narrow
