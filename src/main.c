@@ -136,10 +136,7 @@ static int cmd_serve(int argc, char **argv)
         tsdb_options to = {.dir = tdir,
                            .fsync = cfg.fsync == THZ_FSYNC_ALWAYS ? TSDB_FSYNC_ALWAYS
                                                                   : TSDB_FSYNC_EVERYSEC};
-        thz_err trc = tsdb_open(&to, &db, terr);
-        if (trc == THZ_EUNSUPPORTED) {
-            log_warn("main", "tsdb: %s", terr);
-        } else if (trc) {
+        if (tsdb_open(&to, &db, terr) != THZ_OK) {
             log_error("main", "tsdb: %s", terr);
             return 1;
         }

@@ -56,6 +56,7 @@ enum {
                           (leading zero, "1.", too long for the bounded copy, overflow to inf) */
     INGEST_E_STRICT,   /* raw control character or invalid UTF-8 (cJSON accepts both) */
     INGEST_E_NULNAME,  /* a field name with \u0000 (cJSON cuts the name there) */
+    INGEST_E_UHEX,     /* a \u escape without four hex digits (cJSON reads \u0000) */
     INGEST_E_SEMANTIC, /* valid JSON that is not valid telemetry: array field, limits,
                           bad ts, empty or too long name, batch element not an object */
     INGEST_E_NOMEM

@@ -5,12 +5,14 @@
  * checks: every input both accept gives the same field set and values; the
  * inputs only cJSON accepts are exactly these, each with its own error class:
  *  - INGEST_E_NUMBER: numbers outside the RFC grammar that strtod reads
- *    ("01", "1.", "1.e5", "-01"), and numbers that overflow to +-inf;
+ *    ("01", "1.", "1.e5", "-01", "-.5"), numbers that overflow to +-inf, and
+ *    numbers longer than 63 bytes (we parse with strtod on a bounded copy;
+ *    Debian's patched cJSON reads any length);
  *  - INGEST_E_STRICT: raw control characters (in strings or as "whitespace":
  *    cJSON skips every byte <= 0x20) and invalid UTF-8 in strings;
- *  - INGEST_E_NULNAME: a field name with \u0000 (cJSON cuts it there).
- * Numbers longer than 63 bytes are refused by both (cJSON's bounded copy is
- * 64 bytes; ours is the same, as the brief asks: strtod on a bounded copy).
+ *  - INGEST_E_NULNAME: a field name with \u0000 (cJSON cuts it there);
+ *  - INGEST_E_UHEX: "\u" without four hex digits (cJSON's parse_hex4 reads
+ *    a bad digit as the code point 0 and goes on).
  * A UTF-8 BOM at the start is skipped by both. Duplicate names: the last one
  * wins (the fuzz target's cJSON model does the same; cJSON itself keeps
  * both, and cJSON_GetObjectItem would return the first). */
@@ -141,7 +143,7 @@ static thz_err scan_string(jscan *s, const uint8_t **raw, size_t *rawlen, bool *
             break;
         case 'u': {
             int u = i + 6 <= n ? hex4(p + i + 2) : -1;
-            if (u < 0) return fail(s, i, INGEST_E_SYNTAX, "bad \\u escape (four hex digits)");
+            if (u < 0) return fail(s, i, INGEST_E_UHEX, "bad \\u escape (four hex digits)");
             if (u >= 0xDC00 && u <= 0xDFFF)
                 return fail(s, i, INGEST_E_SYNTAX, "lone low surrogate \\u%04x", u);
             if (u >= 0xD800 && u <= 0xDBFF) {
@@ -235,7 +237,7 @@ static thz_err scan_number(jscan *s, double *v, const uint8_t **tok, size_t *tok
     bool simple = true;
     if (p[i] == '-') neg = true, i++;
     if (i >= n || p[i] < '0' || p[i] > '9')
-        return fail(s, st, INGEST_E_SYNTAX, "a number needs a digit after '-'");
+        return fail(s, st, INGEST_E_NUMBER, "a number needs a digit after '-'");
     if (p[i] == '0') {
         i++;
         if (i < n && p[i] >= '0' && p[i] <= '9')
@@ -314,7 +316,7 @@ static int dig(const uint8_t *p, int k)
  * fractional digits; second 60 (a leap second) counts as the next second. */
 const char *ingest_rfc3339(const uint8_t *p, size_t n, int64_t *out)
 {
-    if (n < 20) return "too short for an RFC 3339 time";
+    if (n < 19) return "too short for an RFC 3339 time";
     int y = dig(p, 4), mo = dig(p + 5, 2), d = dig(p + 8, 2), h = dig(p + 11, 2),
         mi = dig(p + 14, 2), se = dig(p + 17, 2);
     if (y < 0 || p[4] != '-' || mo < 0 || p[7] != '-' || d < 0 ||

@@ -186,7 +186,7 @@ static thz_err scan_value(lpscan *s, tsdb_value *v)
     }
 #undef IS
     char buf[72];
-    if (t[tl - 1] == 'i' || t[tl - 1] == 'u') {
+    if ((t[tl - 1] == 'i' || t[tl - 1] == 'u') && (t[0] == '-' || (t[0] >= '0' && t[0] <= '9'))) {
         bool uns = t[tl - 1] == 'u';
         size_t dl = tl - 1, k = 0;
         bool neg = dl > 0 && t[0] == '-';
@@ -345,7 +345,10 @@ static thz_err scan_line(lpscan *s, int64_t mult, int64_t now_ns, tagcache *tc)
         size_t kst = s->i;
         slice k;
         if ((rc = scan_elem(s, K_KEY, ",= \t\r", &k))) return rc;
-        if (!k.n) return lfail(s, kst, s->i >= n || p[s->i] == '\n' ? "missing fields" : "missing field key");
+        if (!k.n)
+            return lfail(s, kst,
+                         s->b->n == first && (s->i >= n || p[s->i] == '\n') ? "missing fields"
+                                                                            : "missing field key");
         if (s->i >= n || p[s->i] != '=') return lfail(s, s->i, "missing '=' after field key");
         s->i++;
         tsdb_value v;
