@@ -805,6 +805,8 @@ static void agg_add(qx *x, int ai, agg_st *s, q_val v, int64_t t)
     }
 }
 
+static int val_cmp(q_val a, q_val b);
+
 static bool agg_row(qx *x, rowctx *rc)
 {
     q_val keys[256];
@@ -812,8 +814,14 @@ static bool agg_row(qx *x, rowctx *rc)
         keys[i] = qx_eval(x, x->group[i], rc);
         if (x->rc) return false;
     }
-    group *g = group_get(x, keys);
+    /* rows come in time order per entity: the group of the previous row is
+     * usually this one's too (no key building, no hash lookup) */
+    group *g = x->lastg;
+    for (int i = 0; g && i < x->ngroup; i++)
+        if (keys[i].t != g->keys[i].t || val_cmp(keys[i], g->keys[i]) != 0) g = NULL;
+    if (!g) g = group_get(x, keys);
     if (!g) return false;
+    x->lastg = g;
     for (int i = 0; i < x->naggs && !x->rc; i++) {
         q_val v = x->aggs[i].arg ? qx_eval(x, x->aggs[i].arg, rc) : vnull();
         agg_add(x, i, &g->st[i], v, rc->t);
