@@ -12,6 +12,18 @@
 
 #include "query/plan.h"
 
+/* the budgets in force (query_set_limits) */
+static _Atomic int64_t lim_time_ms = QUERY_TIME_LIMIT_MS;
+static _Atomic int64_t lim_rows = QUERY_MAX_ROWS;
+static _Atomic uint64_t lim_points = QUERY_MAX_POINTS;
+
+void query_set_limits(int64_t time_ms, int64_t max_rows, uint64_t max_points)
+{
+    lim_time_ms = time_ms > 0 ? time_ms : QUERY_TIME_LIMIT_MS;
+    lim_rows = max_rows > 0 ? max_rows : QUERY_MAX_ROWS;
+    lim_points = max_points > 0 ? max_points : QUERY_MAX_POINTS;
+}
+
 void qx_fail(qx *x, thz_err rc, int pos, const char *fmt, ...)
 {
     if (x->rc) return;
@@ -29,8 +41,8 @@ static bool budget(qx *x)
     if (x->rc) return false;
     if ((++x->checks & 63) == 0 && q_mono_ns() > x->deadline) {
         x->err->limit = true;
-        qx_fail(x, THZ_ETOOBIG, -1, "the query ran longer than its limit of %d ms",
-                QUERY_TIME_LIMIT_MS);
+        qx_fail(x, THZ_ETOOBIG, -1, "the query ran longer than its limit of %lld ms",
+                (long long)lim_time_ms);
         return false;
     }
     return true;
@@ -145,17 +157,24 @@ static q_val arith(qx *x, q_op op, q_val a, q_val b, int pos)
         default: break;
         }
     }
-    if (a.t == QV_TIME && b.t == QV_INTERVAL && (op == Q_ADD || op == Q_SUB))
-        return vtime(op == Q_ADD ? a.u.ns + b.u.ns : a.u.ns - b.u.ns);
-    if (a.t == QV_INTERVAL && b.t == QV_TIME && op == Q_ADD) return vtime(a.u.ns + b.u.ns);
-    if (a.t == QV_TIME && b.t == QV_TIME && op == Q_SUB)
-        return (q_val){.t = QV_INTERVAL, .u.ns = a.u.ns - b.u.ns};
+    int64_t r = 0;
+    bool tt = (a.t == QV_TIME || a.t == QV_INTERVAL) && (b.t == QV_TIME || b.t == QV_INTERVAL);
+    if (tt && (op == Q_ADD || op == Q_SUB) &&
+        (op == Q_ADD ? __builtin_add_overflow(a.u.ns, b.u.ns, &r)
+                     : __builtin_sub_overflow(a.u.ns, b.u.ns, &r))) {
+        qx_fail(x, THZ_EINVAL, pos, "time arithmetic out of range");
+        return vnull();
+    }
+    if (a.t == QV_TIME && b.t == QV_INTERVAL && (op == Q_ADD || op == Q_SUB)) return vtime(r);
+    if (a.t == QV_INTERVAL && b.t == QV_TIME && op == Q_ADD) return vtime(r);
+    if (a.t == QV_TIME && b.t == QV_TIME && op == Q_SUB) return (q_val){.t = QV_INTERVAL, .u.ns = r};
     if (a.t == QV_INTERVAL && b.t == QV_INTERVAL && (op == Q_ADD || op == Q_SUB))
-        return (q_val){.t = QV_INTERVAL, .u.ns = op == Q_ADD ? a.u.ns + b.u.ns : a.u.ns - b.u.ns};
-    if (a.t == QV_INTERVAL && numeric(b, &fb) && (op == Q_MUL || (op == Q_DIV && fb != 0)))
+        return (q_val){.t = QV_INTERVAL, .u.ns = r};
+    if (a.t == QV_INTERVAL && numeric(b, &fb) && (op == Q_MUL || (op == Q_DIV && fb != 0)) &&
+        fabs(op == Q_MUL ? a.u.ns * fb : a.u.ns / fb) < 9.2e18)
         return (q_val){.t = QV_INTERVAL,
                        .u.ns = (int64_t)llround(op == Q_MUL ? a.u.ns * fb : a.u.ns / fb)};
-    if (numeric(a, &fa) && b.t == QV_INTERVAL && op == Q_MUL)
+    if (numeric(a, &fa) && b.t == QV_INTERVAL && op == Q_MUL && fabs(b.u.ns * fa) < 9.2e18)
         return (q_val){.t = QV_INTERVAL, .u.ns = (int64_t)llround(b.u.ns * fa)};
     static const char *ops = "?+-*/%";
     qx_fail(x, THZ_EINVAL, pos, "cannot apply '%c' to %s and %s", op <= Q_MOD ? ops[op] : '?',
@@ -218,12 +237,16 @@ static q_val call(qx *x, const q_expr *e, rowctx *rc)
     for (int i = 0; i < n; i++)
         if (a[i].t == QV_NULL) return vnull();
     if (strcmp(f, "ago") == 0) {
-        if (a[0].t != QV_INTERVAL) goto bad;
-        return vtime(x->now - a[0].u.ns);
+        int64_t t;
+        if (a[0].t != QV_INTERVAL || __builtin_sub_overflow(x->now, a[0].u.ns, &t)) goto bad;
+        return vtime(t);
     }
     if (strcmp(f, "bin") == 0) {
-        if (a[0].t != QV_TIME || a[1].t != QV_INTERVAL || a[1].u.ns <= 0) goto bad;
-        return vtime(floordiv(a[0].u.ns, a[1].u.ns) * a[1].u.ns);
+        int64_t t;
+        if (a[0].t != QV_TIME || a[1].t != QV_INTERVAL || a[1].u.ns <= 0 ||
+            __builtin_mul_overflow(floordiv(a[0].u.ns, a[1].u.ns), a[1].u.ns, &t))
+            goto bad;
+        return vtime(t);
     }
     if (strcmp(f, "from_milliseconds") == 0 || strcmp(f, "from_nanoseconds") == 0 ||
         strcmp(f, "from_unixtime") == 0) {
@@ -300,6 +323,9 @@ q_val qx_eval(qx *x, const q_expr *e, rowctx *rc)
         case RK_DEVICE: return rc->e ? vstr(rc->e->device) : vnull();
         case RK_TAG: return rc->e ? rc->e->tagv[e->ref] : vnull();
         case RK_METRIC: return rc->mv ? rc->mv[e->ref] : vnull();
+        case RK_MNAME: return rc->e && rc->e->metric ? vstr(rc->e->metric) : vnull();
+        case RK_MVAL:
+            return rc->mv && rc->e && (int)rc->e->type[0] == e->ref ? rc->mv[0] : vnull();
         default: return vnull();
         }
     case Q_CALL: return call(x, e, rc);
@@ -396,8 +422,10 @@ static bool ent_fn(void *ctx, const tsdb_series *s)
     qx *x = ctx;
     if (!budget(x)) return false;
     int slot = -1;
-    for (int i = 0; i < x->nmetrics; i++)
-        if (strcmp(x->metrics[i], s->metric) == 0) slot = i;
+    if (x->narrow) slot = 0;
+    else
+        for (int i = 0; i < x->nmetrics; i++)
+            if (strcmp(x->metrics[i], s->metric) == 0) slot = i;
     if (slot < 0) {
         if (!x->all_metrics) return true;
         /* every metric of the entity counts as a column (count(*), SELECT *) */
@@ -410,11 +438,18 @@ static bool ent_fn(void *ctx, const tsdb_series *s)
         x->metrics[slot] = name;
     }
     size_t dl = strlen(s->device), tl = strlen(s->tags);
-    char key[1024 + 128];
+    char key[2048];
     if (dl + tl + 2 > sizeof key) return true;
     memcpy(key, s->device, dl);
     key[dl] = 0;
     memcpy(key + dl + 1, s->tags, tl);
+    if (x->narrow) { /* one entity per series */
+        size_t ml = strlen(s->metric);
+        if (dl + tl + ml + 3 > sizeof key) return true;
+        key[dl + 1 + tl] = 0;
+        memcpy(key + dl + 2 + tl, s->metric, ml);
+        tl += ml + 1;
+    }
     entity *en = hmap_get(&x->ent_map, key, dl + 1 + tl);
     if (!en) {
         en = q_alloc(&x->ar, sizeof *en);
@@ -422,6 +457,7 @@ static bool ent_fn(void *ctx, const tsdb_series *s)
         if (en) {
             en->device = s->device;
             en->tags = s->tags;
+            en->metric = x->narrow ? s->metric : NULL;
             en->tagv = q_alloc(&x->ar, sizeof(q_val) * (x->ntags ? x->ntags : 1));
             en->sid = q_alloc(&x->ar, sizeof(uint64_t) * Q_MAX_COLS);
             en->type = q_alloc(&x->ar, sizeof(tsdb_type) * Q_MAX_COLS);
@@ -481,7 +517,9 @@ static int ent_cmp(const void *a, const void *b)
 {
     const entity *x = *(entity *const *)a, *y = *(entity *const *)b;
     int c = strcmp(x->device, y->device);
-    return c ? c : strcmp(x->tags, y->tags);
+    if (!c) c = strcmp(x->tags, y->tags);
+    if (!c && x->metric && y->metric) c = strcmp(x->metric, y->metric);
+    return c;
 }
 
 /* ---- reading points ---- */
@@ -500,10 +538,10 @@ static bool pt_fn(void *ctx, const int64_t *ts, const tsdb_value *v, size_t n)
     qx *x = b->x;
     if (!budget(x)) return false;
     x->points += n;
-    if (x->points > QUERY_MAX_POINTS) {
+    if (x->points > lim_points) {
         x->err->limit = true;
         qx_fail(x, THZ_ETOOBIG, -1, "the query would read more than %llu points; narrow the time range",
-                (unsigned long long)QUERY_MAX_POINTS);
+                (unsigned long long)lim_points);
         return false;
     }
     if (b->n + n > b->cap) {
@@ -599,10 +637,10 @@ static bool entity_rows(qx *x, entity *en, row_fn row)
 static q_val *res_row(qx *x)
 {
     q_result *r = x->res;
-    if (r->nrows >= QUERY_MAX_ROWS) {
+    if ((int64_t)r->nrows >= lim_rows) {
         x->err->limit = true;
-        qx_fail(x, THZ_ETOOBIG, -1, "the result has more than %d rows; add a LIMIT or narrow the query",
-                QUERY_MAX_ROWS);
+        qx_fail(x, THZ_ETOOBIG, -1, "the result has more than %lld rows; add a LIMIT or narrow the query",
+                (long long)lim_rows);
         return NULL;
     }
     if (r->nrows == r->cap) {
@@ -667,10 +705,10 @@ static group *group_get(qx *x, q_val *keys)
         thz_buf_free(&b);
         return g;
     }
-    if (x->ng >= QUERY_MAX_ROWS) {
+    if ((int64_t)x->ng >= lim_rows) {
         thz_buf_free(&b);
         x->err->limit = true;
-        qx_fail(x, THZ_ETOOBIG, -1, "the query has more than %d groups", QUERY_MAX_ROWS);
+        qx_fail(x, THZ_ETOOBIG, -1, "the query has more than %lld groups", (long long)lim_rows);
         return NULL;
     }
     g = q_alloc(&x->ar, sizeof *g);
@@ -779,6 +817,8 @@ static void agg_add(qx *x, int ai, agg_st *s, q_val v, int64_t t)
     }
 }
 
+static int val_cmp(q_val a, q_val b);
+
 static bool agg_row(qx *x, rowctx *rc)
 {
     q_val keys[256];
@@ -786,8 +826,14 @@ static bool agg_row(qx *x, rowctx *rc)
         keys[i] = qx_eval(x, x->group[i], rc);
         if (x->rc) return false;
     }
-    group *g = group_get(x, keys);
+    /* rows come in time order per entity: the group of the previous row is
+     * usually this one's too (no key building, no hash lookup) */
+    group *g = x->lastg;
+    for (int i = 0; g && i < x->ngroup; i++)
+        if (keys[i].t != g->keys[i].t || val_cmp(keys[i], g->keys[i]) != 0) g = NULL;
+    if (!g) g = group_get(x, keys);
     if (!g) return false;
+    x->lastg = g;
     for (int i = 0; i < x->naggs && !x->rc; i++) {
         q_val v = x->aggs[i].arg ? qx_eval(x, x->aggs[i].arg, rc) : vnull();
         agg_add(x, i, &g->st[i], v, rc->t);
@@ -971,9 +1017,9 @@ static bool gap_fill(qx *x)
         int64_t lo = x->gv[s]->keys[bk].u.ns, hi = x->gv[e - 1]->keys[bk].u.ns;
         if (x->t0 != INT64_MIN) lo = floordiv(x->t0, w) * w;
         if (x->t1 != INT64_MAX) hi = floordiv(x->t1 - 1, w) * w;
-        if ((double)(hi - lo) / (double)w > QUERY_MAX_ROWS) {
+        if ((double)(hi - lo) / (double)w > (double)lim_rows) {
             x->err->limit = true;
-            qx_fail(x, THZ_ETOOBIG, -1, "gap filling would make more than %d rows", QUERY_MAX_ROWS);
+            qx_fail(x, THZ_ETOOBIG, -1, "gap filling would make more than %lld rows", (long long)lim_rows);
             return false;
         }
         q_val keys[256];
@@ -1174,7 +1220,7 @@ thz_err query_run(tsdb *db, int64_t tenant, const char *sql, size_t len, int64_t
         now_ns = (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
     }
     x->now = now_ns;
-    x->deadline = q_mono_ns() + (int64_t)QUERY_TIME_LIMIT_MS * 1000000;
+    x->deadline = q_mono_ns() + lim_time_ms * 1000000;
     rc = qx_plan(x);
     if (!rc) {
         r->ncols = (size_t)x->nitems;
