@@ -468,7 +468,9 @@ static thz_err scan_member_value(jscan *s, int depth, size_t len, const uint8_t 
 {
     uint8_t c = s->p[s->i];
     size_t voff = s->i;
-    if (depth == 0 && rec && len == 2 && s->path[0] == 't' && s->path[1] == 's') {
+    /* a plain top-level key is not copied into path unless it prefixes */
+    const char *name = depth == 0 && keyplain ? (const char *)key : s->path;
+    if (depth == 0 && rec && len == 2 && name[0] == 't' && name[1] == 's') {
         /* the timestamp */
         if (c == '"') {
             const uint8_t *raw;
@@ -514,12 +516,13 @@ static thz_err scan_member_value(jscan *s, int depth, size_t len, const uint8_t 
         if (depth + 1 >= INGEST_MAX_DEPTH)
             return fail(s, voff, INGEST_E_SEMANTIC, "objects nested deeper than %d levels",
                         INGEST_MAX_DEPTH);
+        if (name != s->path) memcpy(s->path, name, len);
         s->path[len] = '.';
         return scan_object(s, depth + 1, len + 1, NULL);
     }
     if (c == '[')
         return fail(s, voff, INGEST_E_SEMANTIC, "field \"%.*s\": arrays are not supported", (int)len,
-                    s->path);
+                    name);
     tsdb_value v;
     if (c == '"') {
         const uint8_t *raw;
@@ -606,7 +609,7 @@ static thz_err scan_object(jscan *s, int depth, size_t plen, record *rec)
         if (plain) {
             kl = rl;
             if (plen + kl > INGEST_MAX_NAME) kl = INGEST_MAX_NAME + 1;
-            else memcpy(s->path + plen, raw, kl);
+            else if (plen) memcpy(s->path + plen, raw, kl); /* top level: used in place */
         } else {
             size_t cap = plen < INGEST_MAX_NAME ? INGEST_MAX_NAME - plen : 0;
             kl = decode_string(raw, rl, s->path + plen, cap);
