@@ -149,6 +149,8 @@ typedef struct tsdb_wal {
     uint64_t rot_gen, rot_gen_done;
     bool stop;
     bool failed;
+    bool idle;   /* the WAL thread waits on cv */
+    bool ticked; /* its 10 ms tick passed (EVERYSEC) */
     /* Owned by the WAL thread: */
     int fd;
     uint64_t seq;       /* current segment */

@@ -91,7 +91,13 @@ void tsdb_wal_commit(tsdb *db, uint8_t *rec, size_t payload)
     tsdb_put32(rec, thz_crc32c(0, rec + 4, 4 + payload));
     db->wal.cur.len += 8 + payload;
     db->wal.appended += 8 + payload;
-    pthread_cond_signal(&db->wal.cv);
+    /* Wake the WAL thread only when it sleeps and there is a reason:
+     * ALWAYS (someone waits for the fsync) or a large buffer; EVERYSEC
+     * otherwise relies on the thread's 10 ms tick. */
+    if (db->wal.idle && (db->o.fsync == TSDB_FSYNC_ALWAYS || db->wal.cur.len >= ((size_t)1 << 20))) {
+        db->wal.idle = false;
+        pthread_cond_signal(&db->wal.cv);
+    }
 }
 
 thz_err tsdb_wal_put_point(thz_buf *out, const tsdb_ser *s, int64_t ts, uint64_t v,
@@ -386,13 +392,26 @@ static void *wal_main(void *arg)
     bool dirty = false; /* written but not synced (EVERYSEC) */
     pthread_mutex_lock(&w->mu);
     for (;;) {
-        while (!w->stop && w->cur.len == 0 && !w->rot_req) {
+        for (;;) {
+            if (w->stop || w->rot_req) break;
             if (dirty && now_ms() - w->last_sync_ms >= 1000) break;
+            if (w->cur.len && (db->o.fsync == TSDB_FSYNC_ALWAYS || w->ticked ||
+                               w->cur.len >= ((size_t)1 << 20)))
+                break;
+            /* ALWAYS: sleep until signalled; EVERYSEC: write every 10 ms,
+             * so kill -9 loses at most that (the fsync is once a second). */
             struct timespec ts;
             clock_gettime(CLOCK_REALTIME, &ts);
-            ts.tv_sec += 1;
-            pthread_cond_timedwait(&w->cv, &w->mu, &ts);
+            ts.tv_nsec += db->o.fsync == TSDB_FSYNC_ALWAYS ? 100000000 : 10000000;
+            if (ts.tv_nsec >= 1000000000) {
+                ts.tv_sec++;
+                ts.tv_nsec -= 1000000000;
+            }
+            w->idle = true;
+            w->ticked = pthread_cond_timedwait(&w->cv, &w->mu, &ts) != 0 || w->ticked;
+            w->idle = false;
         }
+        w->ticked = false;
         if (w->stop && w->cur.len == 0 && !w->rot_req) break;
         thz_buf b = w->cur;
         w->cur = w->spare;
