@@ -145,17 +145,24 @@ static q_val arith(qx *x, q_op op, q_val a, q_val b, int pos)
         default: break;
         }
     }
-    if (a.t == QV_TIME && b.t == QV_INTERVAL && (op == Q_ADD || op == Q_SUB))
-        return vtime(op == Q_ADD ? a.u.ns + b.u.ns : a.u.ns - b.u.ns);
-    if (a.t == QV_INTERVAL && b.t == QV_TIME && op == Q_ADD) return vtime(a.u.ns + b.u.ns);
-    if (a.t == QV_TIME && b.t == QV_TIME && op == Q_SUB)
-        return (q_val){.t = QV_INTERVAL, .u.ns = a.u.ns - b.u.ns};
+    int64_t r = 0;
+    bool tt = (a.t == QV_TIME || a.t == QV_INTERVAL) && (b.t == QV_TIME || b.t == QV_INTERVAL);
+    if (tt && (op == Q_ADD || op == Q_SUB) &&
+        (op == Q_ADD ? __builtin_add_overflow(a.u.ns, b.u.ns, &r)
+                     : __builtin_sub_overflow(a.u.ns, b.u.ns, &r))) {
+        qx_fail(x, THZ_EINVAL, pos, "time arithmetic out of range");
+        return vnull();
+    }
+    if (a.t == QV_TIME && b.t == QV_INTERVAL && (op == Q_ADD || op == Q_SUB)) return vtime(r);
+    if (a.t == QV_INTERVAL && b.t == QV_TIME && op == Q_ADD) return vtime(r);
+    if (a.t == QV_TIME && b.t == QV_TIME && op == Q_SUB) return (q_val){.t = QV_INTERVAL, .u.ns = r};
     if (a.t == QV_INTERVAL && b.t == QV_INTERVAL && (op == Q_ADD || op == Q_SUB))
-        return (q_val){.t = QV_INTERVAL, .u.ns = op == Q_ADD ? a.u.ns + b.u.ns : a.u.ns - b.u.ns};
-    if (a.t == QV_INTERVAL && numeric(b, &fb) && (op == Q_MUL || (op == Q_DIV && fb != 0)))
+        return (q_val){.t = QV_INTERVAL, .u.ns = r};
+    if (a.t == QV_INTERVAL && numeric(b, &fb) && (op == Q_MUL || (op == Q_DIV && fb != 0)) &&
+        fabs(op == Q_MUL ? a.u.ns * fb : a.u.ns / fb) < 9.2e18)
         return (q_val){.t = QV_INTERVAL,
                        .u.ns = (int64_t)llround(op == Q_MUL ? a.u.ns * fb : a.u.ns / fb)};
-    if (numeric(a, &fa) && b.t == QV_INTERVAL && op == Q_MUL)
+    if (numeric(a, &fa) && b.t == QV_INTERVAL && op == Q_MUL && fabs(b.u.ns * fa) < 9.2e18)
         return (q_val){.t = QV_INTERVAL, .u.ns = (int64_t)llround(b.u.ns * fa)};
     static const char *ops = "?+-*/%";
     qx_fail(x, THZ_EINVAL, pos, "cannot apply '%c' to %s and %s", op <= Q_MOD ? ops[op] : '?',
@@ -218,12 +225,16 @@ static q_val call(qx *x, const q_expr *e, rowctx *rc)
     for (int i = 0; i < n; i++)
         if (a[i].t == QV_NULL) return vnull();
     if (strcmp(f, "ago") == 0) {
-        if (a[0].t != QV_INTERVAL) goto bad;
-        return vtime(x->now - a[0].u.ns);
+        int64_t t;
+        if (a[0].t != QV_INTERVAL || __builtin_sub_overflow(x->now, a[0].u.ns, &t)) goto bad;
+        return vtime(t);
     }
     if (strcmp(f, "bin") == 0) {
-        if (a[0].t != QV_TIME || a[1].t != QV_INTERVAL || a[1].u.ns <= 0) goto bad;
-        return vtime(floordiv(a[0].u.ns, a[1].u.ns) * a[1].u.ns);
+        int64_t t;
+        if (a[0].t != QV_TIME || a[1].t != QV_INTERVAL || a[1].u.ns <= 0 ||
+            __builtin_mul_overflow(floordiv(a[0].u.ns, a[1].u.ns), a[1].u.ns, &t))
+            goto bad;
+        return vtime(t);
     }
     if (strcmp(f, "from_milliseconds") == 0 || strcmp(f, "from_nanoseconds") == 0 ||
         strcmp(f, "from_unixtime") == 0) {
@@ -300,6 +311,9 @@ q_val qx_eval(qx *x, const q_expr *e, rowctx *rc)
         case RK_DEVICE: return rc->e ? vstr(rc->e->device) : vnull();
         case RK_TAG: return rc->e ? rc->e->tagv[e->ref] : vnull();
         case RK_METRIC: return rc->mv ? rc->mv[e->ref] : vnull();
+        case RK_MNAME: return rc->e && rc->e->metric ? vstr(rc->e->metric) : vnull();
+        case RK_MVAL:
+            return rc->mv && rc->e && (int)rc->e->type[0] == e->ref ? rc->mv[0] : vnull();
         default: return vnull();
         }
     case Q_CALL: return call(x, e, rc);
@@ -396,8 +410,10 @@ static bool ent_fn(void *ctx, const tsdb_series *s)
     qx *x = ctx;
     if (!budget(x)) return false;
     int slot = -1;
-    for (int i = 0; i < x->nmetrics; i++)
-        if (strcmp(x->metrics[i], s->metric) == 0) slot = i;
+    if (x->narrow) slot = 0;
+    else
+        for (int i = 0; i < x->nmetrics; i++)
+            if (strcmp(x->metrics[i], s->metric) == 0) slot = i;
     if (slot < 0) {
         if (!x->all_metrics) return true;
         /* every metric of the entity counts as a column (count(*), SELECT *) */
@@ -410,11 +426,18 @@ static bool ent_fn(void *ctx, const tsdb_series *s)
         x->metrics[slot] = name;
     }
     size_t dl = strlen(s->device), tl = strlen(s->tags);
-    char key[1024 + 128];
+    char key[2048];
     if (dl + tl + 2 > sizeof key) return true;
     memcpy(key, s->device, dl);
     key[dl] = 0;
     memcpy(key + dl + 1, s->tags, tl);
+    if (x->narrow) { /* one entity per series */
+        size_t ml = strlen(s->metric);
+        if (dl + tl + ml + 3 > sizeof key) return true;
+        key[dl + 1 + tl] = 0;
+        memcpy(key + dl + 2 + tl, s->metric, ml);
+        tl += ml + 1;
+    }
     entity *en = hmap_get(&x->ent_map, key, dl + 1 + tl);
     if (!en) {
         en = q_alloc(&x->ar, sizeof *en);
@@ -422,6 +445,7 @@ static bool ent_fn(void *ctx, const tsdb_series *s)
         if (en) {
             en->device = s->device;
             en->tags = s->tags;
+            en->metric = x->narrow ? s->metric : NULL;
             en->tagv = q_alloc(&x->ar, sizeof(q_val) * (x->ntags ? x->ntags : 1));
             en->sid = q_alloc(&x->ar, sizeof(uint64_t) * Q_MAX_COLS);
             en->type = q_alloc(&x->ar, sizeof(tsdb_type) * Q_MAX_COLS);
@@ -481,7 +505,9 @@ static int ent_cmp(const void *a, const void *b)
 {
     const entity *x = *(entity *const *)a, *y = *(entity *const *)b;
     int c = strcmp(x->device, y->device);
-    return c ? c : strcmp(x->tags, y->tags);
+    if (!c) c = strcmp(x->tags, y->tags);
+    if (!c && x->metric && y->metric) c = strcmp(x->metric, y->metric);
+    return c;
 }
 
 /* ---- reading points ---- */

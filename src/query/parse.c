@@ -108,6 +108,7 @@ bool q_time_parse(const char *s, size_t n, int64_t *ns)
         s[7] != '-' || !digits(s, n, 8, 2, &d))
         return false;
     if (mo < 1 || mo > 12 || d < 1 || d > 31) return false;
+    if (y < 1678 || y > 2261) return false; /* int64 nanoseconds span 1677..2262 */
     static const int mdays[] = {31, 29, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31};
     if (d > mdays[mo - 1]) return false;
     if (mo == 2 && d == 29 && !((y % 4 == 0 && y % 100 != 0) || y % 400 == 0)) return false;

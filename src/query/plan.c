@@ -123,14 +123,42 @@ static bool bind_col(qx *x, q_expr *e)
         return true;
     }
     if (strcmp(name, "measure_name") == 0 || strncmp(name, "measure_value", 13) == 0) {
-        qx_fail(x, THZ_EINVAL, e->pos,
-                "the narrow form (%s) is not supported: every metric is its own column, e.g. "
-                "SELECT temperature FROM telemetry",
-                name);
-        return false;
+        static const struct {
+            const char *n;
+            tsdb_type t;
+        } mv[] = {{"measure_value::double", TSDB_FLOAT},
+                  {"measure_value::bigint", TSDB_INT},
+                  {"measure_value::varchar", TSDB_STRING},
+                  {"measure_value::boolean", TSDB_BOOL}};
+        e->rk = 0;
+        if (strcmp(name, "measure_name") == 0) e->rk = RK_MNAME;
+        for (int i = 0; i < 4; i++)
+            if (strcmp(name, mv[i].n) == 0) e->rk = RK_MVAL, e->ref = (int)mv[i].t;
+        if (!e->rk) {
+            qx_fail(x, THZ_EINVAL, e->pos,
+                    "unknown column '%s' (measure_value::double, ::bigint, ::varchar or ::boolean)",
+                    name);
+            return false;
+        }
+        if (x->wide_pos >= 0) {
+            qx_fail(x, THZ_EINVAL, e->pos,
+                    "the narrow form (measure_name, measure_value::...) cannot be mixed with "
+                    "metric columns (first used at position %d)", x->wide_pos);
+            return false;
+        }
+        if (x->narrow_pos < 0) x->narrow_pos = e->pos;
+        x->narrow = true;
+        return true;
     }
     const char *m = cat_find(&x->cat_metrics, name);
+    if (m && x->narrow_pos >= 0) {
+        qx_fail(x, THZ_EINVAL, e->pos,
+                "metric columns cannot be mixed with the narrow form (measure_name, first used at "
+                "position %d)", x->narrow_pos);
+        return false;
+    }
     if (m) {
+        if (x->wide_pos < 0) x->wide_pos = e->pos;
         int s = slot_of(x, x->metrics, &x->nmetrics, m);
         if (s < 0) {
             qx_fail(x, THZ_EINVAL, e->pos, "too many columns");
@@ -288,7 +316,7 @@ static bool is_const(const q_expr *e)
 static bool series_level(const q_expr *e)
 {
     if (!e) return true;
-    if (e->kind == Q_COL) return e->rk == RK_DEVICE || e->rk == RK_TAG;
+    if (e->kind == Q_COL) return e->rk == RK_DEVICE || e->rk == RK_TAG || e->rk == RK_MNAME;
     if (e->kind == Q_CALL) {
         const fn_info *f = fn_find(e->str);
         if (!f || f->agg || f->post) return false;
@@ -386,6 +414,7 @@ static const char *label_of(qx *x, const q_expr *e)
     if (e->kind != Q_COL) return NULL;
     if (e->rk == RK_DEVICE) return "device";
     if (e->rk == RK_TAG) return x->tags[e->ref];
+    if (e->rk == RK_MNAME) return "metric";
     return NULL;
 }
 
@@ -640,6 +669,7 @@ thz_err qx_plan(qx *x)
     x->t0 = INT64_MIN;
     x->t1 = INT64_MAX;
     x->bin_key = -1;
+    x->narrow_pos = x->wide_pos = -1;
     if (q->table && strcmp(q->table, "telemetry") != 0) {
         qx_fail(x, THZ_EINVAL, q->table_pos, "unknown table '%s' (the table is telemetry)", q->table);
         return x->rc;
@@ -721,7 +751,18 @@ thz_err qx_plan(qx *x)
         qx_fail(x, THZ_EINVAL, q->having->pos, "HAVING needs GROUP BY or aggregates");
         return x->rc;
     }
-    if (x->nmetrics == 0) x->all_metrics = true;
+    if (x->narrow) {
+        if (x->all_metrics && x->nmetrics) {
+            qx_fail(x, THZ_EINVAL, x->narrow_pos, "SELECT * cannot be mixed with the narrow form");
+            return x->rc;
+        }
+        /* one value slot: each series is its own entity */
+        x->all_metrics = false;
+        x->nmetrics = 1;
+        x->metrics[0] = "measure_value";
+    } else if (x->nmetrics == 0) {
+        x->all_metrics = true;
+    }
 
     /* WHERE: the time range, matchers, filters per series and per row */
     split_and(x, q->where);

@@ -11,7 +11,9 @@
 #include "query/query_int.h"
 
 /* What a node resolved to (q_expr.rk). */
-enum { RK_NONE = 0, RK_TIME, RK_DEVICE, RK_TAG, RK_METRIC, RK_AGG, RK_GROUP, RK_POST, RK_OUTCOL };
+/* RK_MNAME, RK_MVAL: the narrow form's measure_name and measure_value::TYPE
+ * (ref: the tsdb_type the column shows). */
+enum { RK_NONE = 0, RK_TIME, RK_DEVICE, RK_TAG, RK_METRIC, RK_AGG, RK_GROUP, RK_POST, RK_MNAME, RK_MVAL };
 
 /* Aggregates. */
 enum { A_AVG, A_MIN, A_MAX, A_SUM, A_COUNT, A_COUNTSTAR, A_FIRST, A_LAST, A_STDDEV, A_STDDEV_POP, A_PCT };
@@ -62,6 +64,7 @@ typedef struct group {
 
 typedef struct entity {
     const char *device;
+    const char *metric; /* narrow form only */
     const char *tags;
     q_val *tagv;    /* ntags, NULL values for missing tags */
     uint64_t *sid;  /* nmetrics; 0: no such series */
@@ -120,6 +123,8 @@ typedef struct qx {
     int64_t bin_w;
     bool gapfill;     /* interpolate_linear / locf present */
     bool all_metrics; /* rows need every metric (count(*), SELECT *, none named) */
+    bool narrow;      /* the narrow form: one row per point, entities per series */
+    int narrow_pos, wide_pos; /* where each form was first used (-1) */
 
     /* ORDER BY: each is an output column (ordinal/alias) or a hidden key */
     int order_col[256];

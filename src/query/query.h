@@ -6,8 +6,9 @@
  * ns), `device` (string), every tag key (string) and one column per metric
  * name (nested JSON fields arrive as dotted names: quote them, "env.temp").
  * A row is (device, tag set, time) with the metric values present then.
- * The narrow Timestream form (measure_name, measure_value::double...) is not
- * supported: those names parse, and the planner says so with a position.
+ * The narrow Timestream form works too (one row per point: measure_name,
+ * measure_value::double/::bigint/::varchar/::boolean), not mixed with
+ * metric columns in one query.
  *
  * Layers: q_parse (pure: text -> AST with byte positions, no tsdb needed),
  * query_run (plans and executes against a tsdb, result rows in memory with

@@ -307,7 +307,6 @@ static void check_stats(void)
     for (int i = 0; i < NPT; i++) m2 += (v[i] - mean) * (v[i] - mean);
     near(num(&q_result_row(r, 0)[0]), sqrt(m2 / (NPT - 1)));
     near(num(&q_result_row(r, 0)[1]), sqrt(m2 / NPT));
-    qsort(v, NPT, sizeof(double), (int (*)(const void *, const void *))cmp_desc);
     /* nearest rank over ascending order */
     double asc[NPT];
     for (int i = 0; i < NPT; i++) asc[i] = val(2, i);
@@ -323,8 +322,40 @@ static void check_stats(void)
     q_result_free(r);
 }
 
+static void check_narrow(void)
+{
+    q_result *r = run(1, "SELECT measure_name, count(*), count(measure_value::double), "
+                         "count(measure_value::bigint) FROM telemetry WHERE device = 'd1' "
+                         "GROUP BY measure_name ORDER BY 1");
+    assert_int_equal(q_result_nrows(r), 2);
+    assert_string_equal(q_result_row(r, 0)[0].u.s.p, "humidity");
+    near(num(&q_result_row(r, 0)[1]), NPT / 2);
+    near(num(&q_result_row(r, 0)[2]), NPT / 2);
+    near(num(&q_result_row(r, 0)[3]), 0);
+    assert_string_equal(q_result_row(r, 1)[0].u.s.p, "temperature");
+    near(num(&q_result_row(r, 1)[1]), NPT);
+    q_result_free(r);
+    r = run(1, "SELECT device, avg(measure_value::double) FROM telemetry WHERE "
+               "measure_name = 'temperature' AND device IN ('d2', 'd3') GROUP BY device ORDER BY 1");
+    assert_int_equal(q_result_nrows(r), 2);
+    for (int d = 1; d < 3; d++) {
+        double s = 0;
+        for (int i = 0; i < NPT; i++) s += val(d, i);
+        near(num(&q_result_row(r, d - 1)[1]), s / NPT);
+    }
+    q_result_free(r);
+    /* one row per point */
+    r = run(1, "SELECT time, measure_name, measure_value::double FROM telemetry WHERE device = 'd1' "
+               "AND time < '2026-11-26 10:00:10' ORDER BY 2");
+    assert_int_equal(q_result_nrows(r), 2);
+    assert_string_equal(q_result_row(r, 0)[1].u.s.p, "humidity");
+    near(num(&q_result_row(r, 1)[2]), val(0, 0));
+    q_result_free(r);
+}
+
 static void test_answers_head(void **st)
 {
+    check_narrow();
     check_avg_per_bin();
     check_max();
     check_gapfill();
@@ -379,7 +410,8 @@ static void test_errors(void **st)
     run_err(1, "SELECT nosuch(temperature) FROM telemetry", 7, "unknown function");
     run_err(1, "SELECT avg(temperature, 1) FROM telemetry", 7, "takes 1 argument");
     run_err(1, "SELECT x FROM other", 14, "unknown table");
-    run_err(1, "SELECT measure_name FROM telemetry", 7, "narrow form");
+    run_err(1, "SELECT measure_name, temperature FROM telemetry", 21, "cannot be mixed");
+    run_err(1, "SELECT measure_value::int FROM telemetry", 7, "unknown column");
     run_err(1, "SELECT x FROM telemetry WHERE time > 'yesterday'", 37, "not a timestamp");
     run_err(1, "SELECT x FROM telemetry WHERE device > 3", 30, "cannot compare");
     run_err(1, "SELECT locf(avg(x)) FROM telemetry", 7, "GROUP BY bin");
