@@ -155,3 +155,19 @@ def test_large_batch(broker_factory):
     m = latest(admin, "dev099")
     assert m["sensors.temp"]["value"] == 4999.25
     assert m["sensors.hum"]["value"] == 4999
+
+
+def test_fsync_always_204_means_durable(broker_factory):
+    """Under fsync always, 204 comes after the group-commit fsync: the points
+    survive a kill -9 right after the reply."""
+    b = broker_factory(fsync="always")
+    admin = Api(b).login(b.admin_email, b.admin_password)
+    dev = unique("dur")
+    r = write(b, "m,device=%s v=1.5 1700000000000000000\nm,device=%s w=2i 1700000000000000000"
+              % (dev, dev), token=admin.token)
+    assert r.status_code == 204, r.text
+    b.kill9(pause=0)
+    b.start()
+    admin = Api(b).login(b.admin_email, b.admin_password)
+    m = latest(admin, dev)
+    assert m["m.v"]["value"] == 1.5 and m["m.w"]["value"] == 2
