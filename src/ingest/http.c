@@ -14,6 +14,8 @@
 #include <time.h>
 
 #include <llhttp.h>
+#include <stdlib.h>
+#include <zlib.h>
 
 #include "core/log.h"
 #include "http/http.h"
@@ -91,6 +93,53 @@ static bool find_token(http_request *req, char *tok, size_t len)
     return http_req_query(req, "p", tok, len) == 1 && tok[0];
 }
 
+/* A gzip request body (Content-Encoding: gzip, what Telegraf's influxdb_v2
+ * output and the InfluxDB client libraries send by default) inflated into a
+ * malloc'd buffer of at most INGEST_MAX_INFLATED bytes. Returns 0, or the
+ * HTTP status to answer (400 corrupt, 413 too large, 503 no memory). */
+#define INGEST_MAX_INFLATED (8 * 1024 * 1024)
+static int gunzip(const uint8_t *in, size_t n, uint8_t **out, size_t *outlen)
+{
+    z_stream z = {0};
+    if (inflateInit2(&z, 16 + MAX_WBITS) != Z_OK) return 503;
+    size_t cap = n * 4 + 1024, len = 0;
+    if (cap > INGEST_MAX_INFLATED) cap = INGEST_MAX_INFLATED;
+    uint8_t *buf = malloc(cap);
+    int status = buf ? 0 : 503;
+    z.next_in = (Bytef *)in;
+    z.avail_in = (uInt)n;
+    while (!status) {
+        if (len == cap) {
+            if (cap >= INGEST_MAX_INFLATED) {
+                status = 413;
+                break;
+            }
+            size_t nc = cap * 2 > INGEST_MAX_INFLATED ? INGEST_MAX_INFLATED : cap * 2;
+            uint8_t *nb = realloc(buf, nc);
+            if (!nb) {
+                status = 503;
+                break;
+            }
+            buf = nb;
+            cap = nc;
+        }
+        z.next_out = buf + len;
+        z.avail_out = (uInt)(cap - len);
+        int zr = inflate(&z, Z_NO_FLUSH);
+        len = cap - z.avail_out;
+        if (zr == Z_STREAM_END) break;
+        if (zr != Z_OK && !(zr == Z_BUF_ERROR && len == cap)) status = 400;
+    }
+    inflateEnd(&z);
+    if (status) {
+        free(buf);
+        return status;
+    }
+    *out = buf;
+    *outlen = len;
+    return 0;
+}
+
 static void write_done(void *ctx, thz_err rc)
 {
     http_request *req = ctx;
@@ -139,8 +188,32 @@ static http_result handle_write(http_request *req, http_response *res, bool v2)
     }
     size_t n;
     const uint8_t *body = http_req_body(req, &n);
+    uint8_t *inflated = NULL;
+    const char *enc = http_req_header(req, "content-encoding");
+    if (enc && strcasecmp(enc, "identity") != 0) {
+        if (strcasecmp(enc, "gzip") != 0) {
+            http_res_error(res, 415, "unsupported_media_type",
+                           "Content-Encoding must be gzip or identity");
+            return HTTP_DONE;
+        }
+        int st = gunzip(body, n, &inflated, &n);
+        if (st) {
+            http_res_error(res, st,
+                           st == 400   ? "invalid_gzip"
+                           : st == 413 ? "body_too_large"
+                                       : "out_of_memory",
+                           st == 400   ? "the gzip body does not inflate"
+                           : st == 413 ? "the inflated body is larger than 8 MiB"
+                                       : "the server is out of memory");
+            return HTTP_DONE;
+        }
+        body = inflated;
+    }
     char err[INGEST_ERR_LEN] = "";
+    /* tsdb_write copies the points before it returns: the body (and the
+     * inflated copy) may go once ingest_line_protocol has returned */
     thz_err rc = ingest_line_protocol(DB, p.tenant, body, n, mult, now_ns(), write_done, req, err);
+    free(inflated);
     switch (rc) {
     case THZ_OK: return HTTP_PENDING; /* write_done replies */
     case THZ_EINVAL: http_res_error(res, 400, "invalid_line_protocol", err); break;

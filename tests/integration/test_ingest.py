@@ -171,3 +171,22 @@ def test_fsync_always_204_means_durable(broker_factory):
     admin = Api(b).login(b.admin_email, b.admin_password)
     m = latest(admin, dev)
     assert m["m.v"]["value"] == 1.5 and m["m.w"]["value"] == 2
+
+
+def test_gzip_body(broker_factory):
+    """Telegraf's influxdb_v2 output and the InfluxDB client libraries gzip
+    their bodies by default."""
+    import gzip
+    b, admin = start(broker_factory)
+    dev = unique("gz")
+    body = gzip.compress(("m,device=%s v=%d %d\n" % (dev, 7, 1) * 3).encode())
+    r = write(b, body, token=admin.token, headers={"Content-Encoding": "gzip"})
+    assert r.status_code == 204, r.text
+    assert latest(admin, dev)["m.v"]["value"] == 7
+    r = write(b, b"not gzip", token=admin.token, headers={"Content-Encoding": "gzip"})
+    assert r.status_code == 400 and r.json()["error"]["code"] == "invalid_gzip"
+    r = write(b, "m v=1", token=admin.token, headers={"Content-Encoding": "br"})
+    assert r.status_code == 415
+    bomb = gzip.compress(b"#" * (9 * 1024 * 1024))
+    r = write(b, bomb, token=admin.token, headers={"Content-Encoding": "gzip"})
+    assert r.status_code == 413
