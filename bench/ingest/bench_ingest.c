@@ -87,7 +87,8 @@ int main(int argc, char **argv)
     printf("  ingest_json_parse     %7.1f ns/payload  %6.1f M payloads/s  %6.1f M points/s\n",
            ours * 1e9, 1e-6 / ours, 1e-6 * (double)fields / ours);
     printf("  cJSON_Parse+Delete    %7.1f ns/payload  (parse only, no points)\n", cjp * 1e9);
-    printf("  cJSON + walk to points%7.1f ns/payload  -> scanner is %.1fx faster\n", cj * 1e9, cj / ours);
+    printf("  cJSON + walk to points%7.1f ns/payload  -> scanner is %.1fx faster\n", cj * 1e9,
+           cj / ours);
 
     /* line protocol: 5,000 lines */
     size_t cap = 1 << 20, l = 0;

@@ -70,8 +70,10 @@ static bool find_token(http_request *req, char *tok, size_t len)
     if (h) {
         while (*h == ' ') h++;
         const char *t = NULL;
-        if (!strncasecmp(h, "Bearer ", 7)) t = h + 7;
-        else if (!strncasecmp(h, "Token ", 6)) t = h + 6;
+        if (!strncasecmp(h, "Bearer ", 7))
+            t = h + 7;
+        else if (!strncasecmp(h, "Token ", 6))
+            t = h + 6;
         if (t) {
             while (*t == ' ') t++;
             if (!*t || strlen(t) >= len) return false;
@@ -166,11 +168,13 @@ static http_result handle_write(http_request *req, http_response *res, bool v2)
     reg_principal p;
     if (reg_token_check(R, tok, &p) != THZ_OK) {
         http_res_error(res, 401, "unauthorized", "the token is invalid, expired or revoked");
-        http_res_header(res, "WWW-Authenticate", "Bearer realm=\"thinghz\", error=\"invalid_token\"");
+        http_res_header(res, "WWW-Authenticate",
+                        "Bearer realm=\"thinghz\", error=\"invalid_token\"");
         return HTTP_DONE;
     }
     if (p.role < REG_OPERATOR) {
-        http_res_error(res, 403, "forbidden", "writing needs the operator role; the token has viewer");
+        http_res_error(res, 403, "forbidden",
+                       "writing needs the operator role; the token has viewer");
         return HTTP_DONE;
     }
     char prec[16] = "";
@@ -218,7 +222,9 @@ static http_result handle_write(http_request *req, http_response *res, bool v2)
     case THZ_OK: return HTTP_PENDING; /* write_done replies */
     case THZ_EINVAL: http_res_error(res, 400, "invalid_line_protocol", err); break;
     case THZ_EQUOTA: http_res_error(res, 403, "quota_exceeded", err); break;
-    case THZ_ENOMEM: http_res_error(res, 503, "out_of_memory", "the server is out of memory"); break;
+    case THZ_ENOMEM:
+        http_res_error(res, 503, "out_of_memory", "the server is out of memory");
+        break;
     default:
         log_error("ingest", "write failed: %s: %s", thz_strerror(rc), err);
         http_res_error(res, 500, "internal", "internal error (logged)");
