@@ -4,7 +4,7 @@
 
 BUILD    ?= build
 CC       ?= gcc
-PKGS     := libuv libcrypto libcjson sqlite3 libargon2 zlib libzstd
+PKGS     := libuv libcrypto libcjson sqlite3 libargon2 zlib libcurl libzstd
 # Debian's libwslay-dev ships no pkg-config file: use it when present, else -lwslay.
 WSLAY_LIBS := $(shell pkg-config --libs libwslay 2>/dev/null || echo -lwslay)
 # llhttp's C sources ship in Debian's node-llhttp package; they are compiled
@@ -28,7 +28,8 @@ FUZZ_SRC := $(sort $(wildcard tests/fuzz/fuzz_*.c))
 PYTEST   := /usr/bin/python3 -m pytest
 FUZZ_SECONDS ?= 60
 
-.PHONY: all run test unit integration asan tsan fuzz fuzz-build bench deps clean format
+.PHONY: all run test unit integration asan tsan fuzz fuzz-build bench bench-registry bench-tsdb deps \
+        clean format
 
 all: $(BUILD)/thinghz
 
@@ -112,6 +113,17 @@ fuzz: fuzz-build
 bench: deps
 	@$(MAKE) --no-print-directory all
 	bench/mqtt/run
+
+# The registry benchmarks (bench/registry/README.md): REST device read vs nginx, CONNECT rate
+# vs mosquitto. BENCH_ARGS passes flags, e.g. BENCH_ARGS=--quick.
+bench-registry: deps
+	@$(MAKE) --no-print-directory all
+	bench/registry/run $(BENCH_ARGS)
+
+# The time-series benchmark against InfluxDB 1.6 (BENCH_ARGS=--quick for a small data set).
+bench-tsdb: deps
+	@$(MAKE) --no-print-directory all
+	bench/tsdb/run $(BENCH_ARGS)
 
 format:
 	clang-format -i $$(find src tests bench -name '*.[ch]')

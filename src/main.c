@@ -9,6 +9,7 @@
 
 #include "api/api.h"
 #include "auth/auth.h"
+#include "cli/cli.h"
 #include "core/config.h"
 #include "core/log.h"
 #include "core/version.h"
@@ -29,6 +30,7 @@ static void usage(FILE *out)
             "  thinghz sample-config                   print a commented config file\n"
             "  thinghz version                         print the version\n\n",
             THINGHZ_VERSION);
+    cli_usage(out);
     config_print_help(out);
 }
 
@@ -120,7 +122,8 @@ static int cmd_serve(int argc, char **argv)
     sigaddset(&set, SIGHUP);
     pthread_sigmask(SIG_BLOCK, &set, NULL);
     signal(SIGPIPE, SIG_IGN);
-    /* after the mask: the registry's thread must not take the signals */
+    /* After the mask: the registry starts a thread, which must not take
+     * SIGTERM with its default action. */
     registry *reg = NULL;
     char rerr[REG_ERR_LEN];
     if (reg_open(cfg.data_dir, &reg, rerr) != THZ_OK) {
@@ -201,6 +204,7 @@ int main(int argc, char **argv)
     const char *cmd = argv[1];
     if (strcmp(cmd, "serve") == 0) return cmd_serve(argc, argv);
     if (strcmp(cmd, "passwd") == 0) return cmd_passwd(argc, argv);
+    if (cli_handles(cmd)) return cli_main(argc, argv);
     if (strcmp(cmd, "sample-config") == 0) {
         config_print_sample(stdout);
         return 0;

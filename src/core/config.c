@@ -93,8 +93,15 @@ static const config_opt opts[] = {
     {U32("sys-interval", sys_interval, 0, 86400), "10",
      "Seconds between $SYS topic updates; 0 turns them off.", true},
     {BOOL("retain-available", retain_available), "true", "Support retained messages.", false},
-    {ENUM("fsync", fsync, fsync_names), "everysec",
-     "When the state log is flushed to disk: never, everysec or always.", false},
+    {ENUM("fsync", fsync, fsync_names), "always",
+     "When telemetry reaches the disk: always (a QoS 1 PUBACK or an HTTP 204 leaves only after "
+     "the fsync that covers it; group commit) or everysec (at most one second of data at "
+     "risk; never acts as everysec).",
+     false},
+    {ENUM("state-fsync", state_fsync, fsync_names), "everysec",
+     "When the broker's state log (sessions, queued messages, retained messages) is flushed to "
+     "disk: never, everysec or always.",
+     false},
     {U32("store-segment-mb", store_segment_mb, 1, 4096), "64",
      "State log segment size in MiB before a new segment is started.", false},
     /* Not reloadable: main.c's SIGHUP path copies settings into the live

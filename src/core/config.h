@@ -37,7 +37,8 @@ typedef struct thz_config {
     uint32_t slow_consumer_timeout;  /* slow-consumer-timeout: seconds a congested reader lasts */
     uint32_t sys_interval;           /* sys-interval: seconds between $SYS updates; 0 = off */
     bool retain_available;           /* retain-available */
-    int fsync;                       /* fsync: THZ_FSYNC_* for the broker state log */
+    int fsync;       /* fsync: THZ_FSYNC_* for the telemetry WAL (never acts as everysec) */
+    int state_fsync; /* state-fsync: THZ_FSYNC_* for the broker state log */
     uint32_t store_segment_mb;       /* store-segment-mb: state log segment size before rotating */
     char cors_origins[THZ_PATH_MAX]; /* cors-origins: "*" or comma-separated origins; empty = off */
 } thz_config;

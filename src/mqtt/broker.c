@@ -1170,7 +1170,9 @@ static void on_tick(uv_timer_t *t)
             continue;
         }
         if (c->state == CONN_NEW) {
-            if (now - c->accepted_ms > (int64_t)B.cfg->connect_timeout * 1000) conn_close(c, -1);
+            /* a client whose CONNECT waits for its password check did its part */
+            if (!c->authing && now - c->accepted_ms > (int64_t)B.cfg->connect_timeout * 1000)
+                conn_close(c, -1);
         } else if (c->state == CONN_ACTIVE && c->keepalive &&
                    now - c->last_rx_ms > (int64_t)c->keepalive * 1500) {
             log_info("mqtt", "client %s: keep alive expired", c->s ? c->s->cid : "?");
@@ -1296,7 +1298,7 @@ thz_err mqtt_start(const thz_config *cfg, auth *a)
         if (!w->out || !w->outn || !w->outcap || !w->gb || !w->gbn || !w->gbcap) return THZ_ENOMEM;
         B.w[i] = w;
     }
-    store_options so = {.fsync = cfg->fsync,
+    store_options so = {.fsync = cfg->state_fsync,
                         .segment_bytes = (uint64_t)cfg->store_segment_mb << 20};
     char dir[THZ_PATH_MAX + 16];
     snprintf(dir, sizeof dir, "%s/mqtt", cfg->data_dir);

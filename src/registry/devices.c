@@ -125,7 +125,7 @@ void reg__tenant_free(reg_tenant *t)
 static bool str_in_array(const cJSON *a, const char *z)
 {
     const cJSON *e;
-    cJSON_ArrayForEach(e, a) if (strcmp(e->valuestring, z) == 0) return true;
+    cJSON_ArrayForEach(e, a) if (cJSON_IsString(e) && strcmp(e->valuestring, z) == 0) return true;
     return false;
 }
 
@@ -139,7 +139,8 @@ static bool in_group(const reg_dev *d, const reg_group *g)
     cJSON_ArrayForEach(q, g->query)
     {
         const cJSON *v = cJSON_GetObjectItemCaseSensitive(d->tags, q->string);
-        if (!cJSON_IsString(v) || strcmp(v->valuestring, q->valuestring) != 0) return false;
+        if (!cJSON_IsString(q) || !cJSON_IsString(v) || strcmp(v->valuestring, q->valuestring))
+            return false;
     }
     return true;
 }
@@ -642,7 +643,7 @@ thz_err reg_device_list(registry *r, int64_t tenant, const char *tag, const char
             reg_dev *d = t->sorted[i];
             if (tag) {
                 const cJSON *v = cJSON_GetObjectItemCaseSensitive(d->tags, key);
-                if (v == NULL || (val && strcmp(v->valuestring, val) != 0)) continue;
+                if (!cJSON_IsString(v) || (val && strcmp(v->valuestring, val) != 0)) continue;
             }
             if (g && !in_group(d, g)) continue;
             if (online >= 0 && dev_online(d) != (online == 1)) continue;
@@ -1264,7 +1265,7 @@ static bool acl_check(registry *r, reg_dev *d, const char *req, const char *dir)
         const cJSON *f;
         cJSON_ArrayForEach(f, cJSON_GetObjectItemCaseSensitive(g->policy, dir))
         {
-            if (policy_covers(f->valuestring, d->zId, req)) {
+            if (cJSON_IsString(f) && policy_covers(f->valuestring, d->zId, req)) {
                 ok = true;
                 break;
             }

@@ -315,6 +315,7 @@ static void *bg_main(void *arg)
         if (stop) break;
         reg__persist(r);
         sample_rates(r);
+        reg__sweep_tokens(r);
     }
     return NULL;
 }

@@ -158,6 +158,8 @@ bool reg__id_valid(const char *z);
  * req) into *out (borrowed from body; NULL when absent). */
 thz_err reg__field_str(const cJSON *body, const char *name, size_t max, bool req,
                        const char **out, char *err);
+/* Drops expired tokens from the mirror; the background thread calls it. */
+void reg__sweep_tokens(registry *r);
 /* Lookup under registry.lock. */
 reg_tenant *reg__tenant(registry *r, int64_t id);
 thz_err reg__tenant_add(registry *r, int64_t id);

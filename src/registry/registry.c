@@ -202,6 +202,26 @@ static void tok_del_where(registry *r, int64_t tenant, int64_t user)
     free(ids);
 }
 
+void reg__sweep_tokens(registry *r)
+{
+    int64_t now = reg__now_ms();
+    int64_t ids[256];
+    size_t n = 0, pos = 0;
+    pthread_rwlock_rdlock(&r->lock);
+    for (hmap_entry *e = hmap_next(&r->tokById, &pos, NULL); e && n < 256;
+         e = hmap_next(&r->tokById, &pos, e)) {
+        reg_tok *t = e->val;
+        if (t->expiresAt <= now) ids[n++] = t->id;
+    }
+    pthread_rwlock_unlock(&r->lock);
+    if (n == 0) return;
+    /* Expired tokens are refused anyway; this only gives their memory back
+     * (at most 256 per tick, so the write lock is held briefly). */
+    pthread_rwlock_wrlock(&r->lock);
+    for (size_t i = 0; i < n; i++) tok_del(r, ids[i]);
+    pthread_rwlock_unlock(&r->lock);
+}
+
 static thz_err load_tokens(registry *r, char *err)
 {
     sqlite3_stmt *st;

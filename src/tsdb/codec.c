@@ -8,14 +8,20 @@
 #include <string.h>
 #include <zstd.h>
 
-#define FRAME 128       /* values per bit-packed frame */
-#define ZSTD_MIN 24     /* bodies shorter than this are not worth a zstd try */
+#define FRAME      128 /* values per bit-packed frame */
+#define ZSTD_MIN   24  /* bodies shorter than this are not worth a zstd try */
 #define ZSTD_LEVEL 3
 
 /* ---- varints, zigzag ---------------------------------------------------- */
 
-static inline uint64_t zz(uint64_t x) { return (x << 1) ^ (0 - (x >> 63)); }
-static inline uint64_t unzz(uint64_t z) { return (z >> 1) ^ (0 - (z & 1)); }
+static inline uint64_t zz(uint64_t x)
+{
+    return (x << 1) ^ (0 - (x >> 63));
+}
+static inline uint64_t unzz(uint64_t z)
+{
+    return (z >> 1) ^ (0 - (z & 1));
+}
 
 static size_t varint_put(uint8_t *p, uint64_t v)
 {
@@ -123,7 +129,10 @@ static inline int br_get(br *r, unsigned nbits, uint64_t *out)
     return 0;
 }
 
-static inline unsigned bits_of(uint64_t v) { return v ? 64 - (unsigned)__builtin_clzll(v) : 0; }
+static inline unsigned bits_of(uint64_t v)
+{
+    return v ? 64 - (unsigned)__builtin_clzll(v) : 0;
+}
 
 /* ---- integer streams ---------------------------------------------------- */
 
@@ -278,7 +287,10 @@ static thz_err col_open(const uint8_t *p, size_t len, size_t bound, uint8_t *enc
     return THZ_OK;
 }
 
-static size_t sat_add(size_t a, size_t b) { return a > SIZE_MAX - b ? SIZE_MAX : a + b; }
+static size_t sat_add(size_t a, size_t b)
+{
+    return a > SIZE_MAX - b ? SIZE_MAX : a + b;
+}
 
 const char *codec_name(uint8_t first_byte)
 {
@@ -327,8 +339,7 @@ thz_err codec_ts_decode(const uint8_t *p, size_t len, size_t n, int64_t *out)
     rc = THZ_ECORRUPT;
     if (enc == CODEC_TS_REGULAR) {
         uint64_t start, step, count;
-        if (rd_varint(&r, &start) || rd_varint(&r, &step) || rd_varint(&r, &count) ||
-            count != n)
+        if (rd_varint(&r, &start) || rd_varint(&r, &step) || rd_varint(&r, &count) || count != n)
             goto done;
         start = unzz(start);
         step = unzz(step);
@@ -399,7 +410,10 @@ static inline uint64_t f2u(double d)
 }
 
 /* The one expression both sides use to turn a scaled integer back. */
-static inline double decimal_value(int64_t i, unsigned k) { return (double)i / pow10_tab[k]; }
+static inline double decimal_value(int64_t i, unsigned k)
+{
+    return (double)i / pow10_tab[k];
+}
 
 /* Whether every value is v = I / 10^k exactly; fills I. */
 static bool decimal_fits(const double *v, size_t n, unsigned k, int64_t *ints)
@@ -663,7 +677,7 @@ thz_err codec_str_encode(const char *const *s, const uint32_t *lens, size_t n, t
     thz_buf plain = {0}, dict = {0};
     size_t cap = 16;
     while (cap < 2 * n) cap *= 2;
-    size_t *slot = malloc(cap * sizeof *slot);     /* value index + 1, 0 empty */
+    size_t *slot = malloc(cap * sizeof *slot);           /* value index + 1, 0 empty */
     size_t *first = malloc((n ? n : 1) * sizeof *first); /* dict id -> value index */
     uint64_t *ids = malloc((n ? n : 1) * sizeof *ids);
     if (!slot || !first || !ids) {

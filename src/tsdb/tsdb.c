@@ -587,6 +587,7 @@ thz_err tsdb_read(tsdb *db, int64_t tenant, uint64_t series, int64_t t0, int64_t
 /* ---- aggregate ---- */
 
 typedef struct agg_ctx {
+    tsdb *db;
     tsdb_type type;
     int64_t t0, t1, step;
     tsdb_agg *out;
@@ -639,6 +640,7 @@ static bool agg_points(void *ctx, const int64_t *ts, const uint64_t *v, size_t n
 {
     agg_ctx *c = ctx;
     c->decoded += n;
+    atomic_fetch_add(&c->db->agg_decoded, n);
     for (size_t i = 0; i < n; i++) {
         long b = bin_of(c, ts[i]);
         if (b < 0) continue;
@@ -687,7 +689,7 @@ thz_err tsdb_aggregate(tsdb *db, int64_t tenant, uint64_t series, int64_t t0, in
     if (!s) return THZ_ENOTFOUND;
     if (s->type == TSDB_STRING) return THZ_EINVAL;
     memset(out, 0, nbins * sizeof *out);
-    agg_ctx c = {s->type, t0, t1, step, out, step ? nbins : 1, 0};
+    agg_ctx c = {db, s->type, t0, t1, step, out, step ? nbins : 1, 0};
     /* Only the bins asked for are scanned. */
     int64_t span, end = t1;
     if (step && !__builtin_mul_overflow(step, (int64_t)nbins, &span) &&
@@ -1184,6 +1186,17 @@ static void retention_run(tsdb *db)
     free(drop);
 }
 
+/* The data's "now" for cuts and compaction: the newest timestamp written,
+ * but never past the wall clock plus a window, so that one device with a
+ * clock in the future cannot make every point look old and force a cut a
+ * second. (Data entirely in the past, as in tests and benchmarks, is cut
+ * by its own time.) */
+static int64_t data_now(tsdb *db)
+{
+    int64_t m = atomic_load(&db->max_ts), lim = wall_ns() + TSDB_WINDOW_NS;
+    return m < lim ? m : lim;
+}
+
 /* ---- compaction: the blocks of one (tenant, window) into one ---- */
 
 static thz_err compact_one(tsdb *db, tsdb_block **in, size_t nin)
@@ -1296,10 +1309,21 @@ static thz_err compact_one(tsdb *db, tsdb_block **in, size_t nin)
     return rc;
 }
 
+static void compact_upto(tsdb *db, int64_t horizon);
+
 /* Compacts windows with more than one block, once the window is closed. */
 static void compact_run(tsdb *db)
 {
-    int64_t horizon = atomic_load(&db->max_ts) - TSDB_GRACE_NS - TSDB_WINDOW_NS;
+    compact_upto(db, data_now(db) - TSDB_GRACE_NS - TSDB_WINDOW_NS);
+}
+
+static void compact_all(tsdb *db)
+{
+    compact_upto(db, INT64_MAX);
+}
+
+static void compact_upto(tsdb *db, int64_t horizon)
+{
     for (;;) {
         tsdb_block **in = NULL;
         size_t nin = 0;
@@ -1353,7 +1377,7 @@ static void *bg_main(void *arg)
         if (db->bg_stop) break;
         pthread_mutex_unlock(&db->bg_mu);
         pthread_mutex_lock(&db->maint);
-        int64_t end = tsdb_window_of(atomic_load(&db->max_ts) - TSDB_GRACE_NS);
+        int64_t end = tsdb_window_of(data_now(db) - TSDB_GRACE_NS);
         if (atomic_load(&db->head_points) > TSDB_HEAD_MAX) cut(db, INT64_MAX);
         else if (atomic_load(&db->head_min_ts) < end) cut(db, end);
         compact_run(db);
@@ -1372,12 +1396,14 @@ static void *bg_main(void *arg)
 void tsdb__maintain(tsdb *db)
 {
     pthread_mutex_lock(&db->maint);
-    int64_t saved = atomic_load(&db->max_ts);
-    atomic_store(&db->max_ts, INT64_MAX - TSDB_WINDOW_NS * 4); /* every window closed */
-    compact_run(db);
-    atomic_store(&db->max_ts, saved);
+    compact_all(db);
     retention_run(db);
     pthread_mutex_unlock(&db->maint);
+}
+
+uint64_t tsdb__agg_decoded(tsdb *db)
+{
+    return atomic_load(&db->agg_decoded);
 }
 
 /* ---- open / close ---- */

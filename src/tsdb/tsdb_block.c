@@ -14,9 +14,13 @@
  *            u64 id, u8 type, u8 flags (1: presence bitmap follows, bit i =
  *            the series has a point at the i-th timestamp), [bitmap],
  *            u32 count, u32 vlen, value column (count values)
- *   rollup sections, one per numeric series: u32 ncells, then 8 columns
- *            each as u32 len + bytes: first_ts, last_ts (ts), count (i64),
- *            sum, min, max, first, last (f64) of each 1-minute cell
+ *   rollup sections, one per numeric series: u32 ncells, u8 mode, u8 k,
+ *            then 8 columns each as u32 len + bytes: first_ts, last_ts (ts),
+ *            count (i64), then mode 0: sum, min, max, first, last (f64) of
+ *            each 1-minute cell; mode 1 (every value a multiple of 10^-k):
+ *            i64 columns of scaled integers, each relative to what the
+ *            decoder has: last, first - previous cell's last, max -
+ *            max(first, last), min(first, last) - min, sum - count * min
  *   footer   u32 version, i64 tenant, i64 window, u64 seq, i64 min_ts,
  *            i64 max_ts, u32 n, then n entries of 97 bytes, sorted by id:
  *            u64 id, u64 section offset, u32 section len, u8 type,
@@ -214,26 +218,48 @@ static thz_err encode_rollup(const tsdb_bser *s, thz_buf *sec)
     int k = decimal_digits(s);
     if (k >= 0) exact_sums(s, k, cells, nc, NULL);
     thz_err rc = put_u32(sec, (uint32_t)nc);
-    int64_t *iv = malloc(nc * sizeof *iv);
-    double *dv = malloc(nc * sizeof *dv);
+    uint8_t mode[2] = {k >= 0 ? 1 : 0, (uint8_t)(k >= 0 ? k : 0)};
+    if (!rc) rc = thz_buf_append(sec, mode, 2);
+    int64_t *iv = malloc((nc ? nc : 1) * sizeof *iv);
+    double *dv = malloc((nc ? nc : 1) * sizeof *dv);
     if (!iv || !dv) rc = THZ_ENOMEM;
+    static const double p10[] = {1, 10, 100, 1e3, 1e4, 1e5, 1e6};
     for (int col = 0; col < 8 && !rc; col++) {
         thz_buf c = {0};
         for (size_t i = 0; i < nc; i++) {
+            const tsdb_agg *a = &cells[i];
+            if (k >= 0 && col >= 3) {
+                /* Decimal data: scaled integers, each column relative to
+                 * what the decoder already has, so the numbers are small. */
+                double sc = p10[k];
+                int64_t last = (int64_t)nearbyint(a->last * sc);
+                int64_t first = (int64_t)nearbyint(a->first * sc);
+                int64_t mn = (int64_t)nearbyint(a->min * sc), mx = (int64_t)nearbyint(a->max * sc);
+                int64_t prev = i ? (int64_t)nearbyint(cells[i - 1].last * sc) : last;
+                int64_t hi = first > last ? first : last, lo = first < last ? first : last;
+                switch (col) {
+                case 3: iv[i] = last; break;
+                case 4: iv[i] = first - prev; break;
+                case 5: iv[i] = mx - hi; break;
+                case 6: iv[i] = lo - mn; break;
+                default: iv[i] = (int64_t)nearbyint(a->sum * sc) - (int64_t)a->count * mn;
+                }
+                continue;
+            }
             switch (col) {
-            case 0: iv[i] = cells[i].first_ts; break;
-            case 1: iv[i] = cells[i].last_ts; break;
-            case 2: iv[i] = (int64_t)cells[i].count; break;
-            case 3: dv[i] = cells[i].sum; break;
-            case 4: dv[i] = cells[i].min; break;
-            case 5: dv[i] = cells[i].max; break;
-            case 6: dv[i] = cells[i].first; break;
-            default: dv[i] = cells[i].last;
+            case 0: iv[i] = a->first_ts; break;
+            case 1: iv[i] = a->last_ts; break;
+            case 2: iv[i] = (int64_t)a->count; break;
+            case 3: dv[i] = a->sum; break;
+            case 4: dv[i] = a->min; break;
+            case 5: dv[i] = a->max; break;
+            case 6: dv[i] = a->first; break;
+            default: dv[i] = a->last;
             }
         }
-        rc = col < 2   ? codec_ts_encode(iv, nc, &c)
-             : col == 2 ? codec_i64_encode(iv, nc, &c)
-                        : codec_f64_encode(dv, nc, &c);
+        rc = col < 2                 ? codec_ts_encode(iv, nc, &c)
+             : col == 2 || k >= 0    ? codec_i64_encode(iv, nc, &c)
+                                     : codec_f64_encode(dv, nc, &c);
         if (!rc) rc = put_u32(sec, (uint32_t)c.len);
         if (!rc) rc = thz_buf_append(sec, c.p, c.len);
         thz_buf_free(&c);
@@ -711,25 +737,58 @@ thz_err tsdb_block_rollup(const tsdb_block *b, const tsdb_bentry *e, tsdb_agg **
     tsdb_agg *c = NULL;
     int64_t *iv = NULL;
     double *dv = NULL;
-    NEED(4);
+    NEED(6);
     uint32_t n = tsdb_get32(q);
-    q += 4;
-    if (n > (1u << 24)) goto corrupt;
+    uint8_t mode = q[4], k = q[5];
+    q += 6;
+    if (n > (1u << 24) || mode > 1 || k > 6) goto corrupt;
+    static const double p10[] = {1, 10, 100, 1e3, 1e4, 1e5, 1e6};
     c = calloc((size_t)n + 1, sizeof *c);
     iv = malloc(((size_t)n + 1) * sizeof *iv);
     dv = malloc(((size_t)n + 1) * sizeof *dv);
-    if (!c || !iv || !dv) goto nomem;
+    int64_t *sc = calloc(((size_t)n + 1) * 4, sizeof *sc); /* last, first, min, max scaled */
+    if (!c || !iv || !dv || !sc) {
+        free(sc);
+        goto nomem;
+    }
     for (int col = 0; col < 8; col++) {
-        NEED(4);
+        if ((size_t)(end - q) < 4) {
+            free(sc);
+            goto corrupt;
+        }
         uint32_t l = tsdb_get32(q);
         q += 4;
-        NEED(l);
-        thz_err r = col < 2    ? codec_ts_decode(q, l, n, iv)
-                    : col == 2 ? codec_i64_decode(q, l, n, iv)
-                               : codec_f64_decode(q, l, n, dv);
-        if (r) goto corrupt;
+        if ((size_t)(end - q) < l) {
+            free(sc);
+            goto corrupt;
+        }
+        thz_err r = col < 2                  ? codec_ts_decode(q, l, n, iv)
+                    : col == 2 || mode == 1 ? codec_i64_decode(q, l, n, iv)
+                                            : codec_f64_decode(q, l, n, dv);
+        if (r) {
+            free(sc);
+            goto corrupt;
+        }
         q += l;
         for (uint32_t i = 0; i < n; i++) {
+            if (mode == 1 && col >= 3) {
+                /* unsigned arithmetic: corrupt input must not overflow */
+                int64_t *x = &sc[(size_t)i * 4];
+                uint64_t u = (uint64_t)iv[i];
+                switch (col) {
+                case 3: x[0] = iv[i]; break;
+                case 4: x[1] = (int64_t)(u + (uint64_t)(i ? sc[(size_t)(i - 1) * 4] : x[0])); break;
+                case 5: x[3] = (int64_t)(u + (uint64_t)(x[1] > x[0] ? x[1] : x[0])); break;
+                case 6: x[2] = (int64_t)((uint64_t)(x[1] < x[0] ? x[1] : x[0]) - u); break;
+                default:
+                    c[i].sum = (double)(int64_t)(u + c[i].count * (uint64_t)x[2]) / p10[k];
+                    c[i].last = (double)x[0] / p10[k];
+                    c[i].first = (double)x[1] / p10[k];
+                    c[i].min = (double)x[2] / p10[k];
+                    c[i].max = (double)x[3] / p10[k];
+                }
+                continue;
+            }
             switch (col) {
             case 0: c[i].first_ts = iv[i]; break;
             case 1: c[i].last_ts = iv[i]; break;
@@ -742,6 +801,7 @@ thz_err tsdb_block_rollup(const tsdb_block *b, const tsdb_bentry *e, tsdb_agg **
             }
         }
     }
+    free(sc);
     free(dv);
     free(sec);
     for (uint32_t i = 0; i < n; i++) iv[i] = tsdb_floor_div(c[i].first_ts, TSDB_MINUTE_NS) * TSDB_MINUTE_NS;

@@ -133,6 +133,9 @@ thz_err tsdb_idx_add(tsdb *db, int64_t tenant, const char *dev, size_t dlen, con
                      tsdb_ser **out)
 {
     if (id == 0) id = db->next_id;
+    /* Ids are dense (given out in order): a stored id far past the next one
+     * is corruption, and would size by_id from a number read from disk. */
+    if (id > db->next_id + 65536) return THZ_ECORRUPT;
     if (id >= db->cap_id) {
         size_t nc = db->cap_id ? db->cap_id : 1024;
         while (nc <= id) nc *= 2;
@@ -278,6 +281,7 @@ thz_err tsdb_idx_load(tsdb *db)
         tsdb_ser *s;
         thz_err rc = tsdb_idx_add(db, tenant, d, dl, m, ml, t, tl, type, id, &s);
         if (rc == THZ_OK) s->persisted = true;
+        else if (rc == THZ_ECORRUPT) break;
         else if (rc != THZ_EEXIST) {
             free(data);
             close(fd);

@@ -192,6 +192,7 @@ struct tsdb {
     _Atomic int64_t head_min_ts;
     _Atomic uint64_t head_points;
     _Atomic uint64_t points_written, points_rejected, fsyncs;
+    _Atomic uint64_t agg_decoded; /* points tsdb_aggregate decoded (tests) */
     uint64_t ckpt_seq; /* segments <= this are covered by the checkpoint */
 };
 
@@ -271,5 +272,7 @@ void tsdb_block_unref(tsdb_block *b);
 
 /* Test hook: runs compaction (every window treated as closed) and retention now. */
 void tsdb__maintain(tsdb *db);
+/* Test hook: points tsdb_aggregate had to decode since open. */
+uint64_t tsdb__agg_decoded(tsdb *db);
 
 #endif

@@ -259,8 +259,8 @@ def test_port_in_use_fails(tmp_path):
 
 @pytest.mark.parametrize("mode", ["never", "everysec", "always"])
 def test_fsync_modes_persist_retained(broker_factory, mode):
-    skip_on_mosquitto("thinghz --fsync")
-    b = broker_factory(fsync=mode)
+    skip_on_mosquitto("thinghz --state-fsync")
+    b = broker_factory(state_fsync=mode)
     topic = unique("fs")
     c = r.RawClient(b.port, version=4)
     c.connect(unique())

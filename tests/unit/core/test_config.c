@@ -95,7 +95,8 @@ static void test_defaults(void **state)
     assert_int_equal(c.max_outbuf, 8388608);
     assert_int_equal(c.sys_interval, 10);
     assert_true(c.retain_available);
-    assert_int_equal(c.fsync, THZ_FSYNC_EVERYSEC);
+    assert_int_equal(c.fsync, THZ_FSYNC_ALWAYS);
+    assert_int_equal(c.state_fsync, THZ_FSYNC_EVERYSEC);
     assert_int_equal(c.store_segment_mb, 64);
     char err[256];
     assert_int_equal(config_validate(&c, err, sizeof err), THZ_OK);
@@ -122,7 +123,8 @@ static void test_file_parse(void **state)
                        "max-session-expiry = 0\n"
                        "max-connections = 4294967295\n"
                        "retain-available = OFF\n"
-                       "fsync = always\n"
+                       "fsync = everysec\n"
+                       "state-fsync = always\n"
                        "store-segment-mb = 007\n"
                        "\t# indented comment";
     assert_int_equal(load_text(&c, text, err, sizeof err), THZ_OK);
@@ -137,7 +139,8 @@ static void test_file_parse(void **state)
     assert_int_equal(c.max_session_expiry, 0);
     assert_int_equal(c.max_connections, 4294967295u);
     assert_false(c.retain_available);
-    assert_int_equal(c.fsync, THZ_FSYNC_ALWAYS);
+    assert_int_equal(c.fsync, THZ_FSYNC_EVERYSEC);
+    assert_int_equal(c.state_fsync, THZ_FSYNC_ALWAYS);
     assert_int_equal(c.store_segment_mb, 7);
 
     /* Empty values: unquoted and quoted both clear a string. */
@@ -535,14 +538,14 @@ static void test_reload(void **state)
     fresh.max_packet_size = 999;
     fresh.max_queued_messages = 5;
     fresh.sys_interval = 0;
-    fresh.fsync = THZ_FSYNC_ALWAYS;
+    fresh.fsync = THZ_FSYNC_EVERYSEC;
     config_apply_reload(&live, &fresh);
     thz_log_level = saved;
 
     assert_string_equal(live.data_dir, "./data");
     assert_string_equal(live.mqtt_listen, "127.0.0.1:1883");
     assert_int_equal(live.threads, 0);
-    assert_int_equal(live.fsync, THZ_FSYNC_EVERYSEC);
+    assert_int_equal(live.fsync, THZ_FSYNC_ALWAYS);
     assert_int_equal(live.log_level, THZ_LOG_DEBUG);
     assert_string_equal(live.password_file, "/etc/pw");
     assert_string_equal(live.acl_file, "/etc/acl");

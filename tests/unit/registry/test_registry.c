@@ -8,6 +8,8 @@
 #include <stdint.h>
 #include <cmocka.h>
 
+#include <pthread.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -846,6 +848,102 @@ static void test_validation(void **state)
     }
 }
 
+static void test_fleet_rates(void **state)
+{
+    fixture *fx = *state;
+    char secret[128];
+    assert_int_equal(dev_create(fx, 1, "{\"id\":\"busy\"}", secret), THZ_OK);
+    reg_identity id;
+    assert_int_equal(mqtt(fx, "busy", secret, &id), THZ_OK);
+    reg_conn_info ci = {"c", "127.0.0.1:1", 5, 10};
+    reg_presence_connect(fx->r, id.dev, &ci);
+    /* The background thread samples the totals every 2 s. */
+    for (int i = 0; i < 30; i++) {
+        reg_presence_count(id.dev, 100, 1000, 50, 500);
+        usleep(100 * 1000);
+    }
+    cJSON *out;
+    assert_int_equal(reg_fleet_summary(fx->r, 1, &out), THZ_OK);
+    assert_true(N(out, "messages_in_per_s") > 100);
+    assert_true(N(out, "messages_out_per_s") > 50);
+    assert_true(N(out, "messages_in_per_s") < 5000);
+    assert_int_equal((int)N(out, "online"), 1);
+    cJSON_Delete(out);
+    assert_int_equal(reg_fleet_summary(fx->r, 42, &out), THZ_ENOTFOUND);
+    reg_dev_release(id.dev);
+}
+
+typedef struct race {
+    registry *r;
+    reg_dev *held;
+    char tok[128];
+    atomic_int stop;
+    atomic_int errors;
+} race;
+
+static void *race_reader(void *arg)
+{
+    race *rc = arg;
+    reg_conn_info ci = {"c", "127.0.0.1:2", 4, 10};
+    while (!atomic_load(&rc->stop)) {
+        reg_principal p;
+        if (reg_token_check(rc->r, rc->tok, &p) != THZ_OK) atomic_fetch_add(&rc->errors, 1);
+        (void)reg_dev_can_publish(rc->r, rc->held, "devices/held/x");
+        (void)reg_dev_can_subscribe(rc->r, rc->held, "grp/held/+");
+        uint64_t v = reg_presence_connect(rc->r, rc->held, &ci);
+        reg_presence_count(rc->held, 1, 10, 1, 10);
+        reg_presence_disconnect(rc->r, rc->held, v, "race");
+        cJSON *o;
+        if (reg_device_get(rc->r, 1, "held", &o) == THZ_OK) cJSON_Delete(o);
+        char err[REG_ERR_LEN];
+        if (reg_device_list(rc->r, 1, "k", NULL, -1, 5, NULL, &o, err) == THZ_OK) cJSON_Delete(o);
+        if (reg_fleet_summary(rc->r, 1, &o) == THZ_OK) cJSON_Delete(o);
+    }
+    return NULL;
+}
+
+static void test_concurrent(void **state)
+{
+    fixture *fx = *state;
+    race rc = {.r = fx->r};
+    char secret[128];
+    assert_int_equal(login(fx, ADMIN, ADMIN_PW, rc.tok), THZ_OK);
+    assert_int_equal(dev_create(fx, 1, "{\"id\":\"held\",\"tags\":{\"k\":\"v\"}}", secret),
+                     THZ_OK);
+    reg_identity id;
+    assert_int_equal(mqtt(fx, "held", secret, &id), THZ_OK);
+    rc.held = id.dev;
+    pthread_t th[3];
+    for (int i = 0; i < 3; i++) assert_int_equal(pthread_create(&th[i], NULL, race_reader, &rc), 0);
+    for (int i = 0; i < 30; i++) {
+        char body[128], did[32];
+        snprintf(did, sizeof did, "x%d", i);
+        snprintf(body, sizeof body, "{\"id\":\"%s\",\"tags\":{\"k\":\"%d\"}}", did, i);
+        assert_int_equal(dev_create(fx, 1, body, NULL), THZ_OK);
+        assert_int_equal(group_create(fx, 1, "{\"id\":\"grp\",\"query\":{\"k\":\"v\"},"
+                                             "\"policy\":{\"subscribe\":[\"grp/${device}/+\"]}}"),
+                         THZ_OK);
+        assert_int_equal(dev_update(fx, 1, "held", i % 2 ? "{\"tags\":{\"k\":\"v\"}}"
+                                                        : "{\"tags\":{\"k\":\"w\"}}"),
+                         THZ_OK);
+        cJSON *out;
+        assert_int_equal(reg_device_rotate(fx->r, 1, "held", &out), THZ_OK);
+        cJSON_Delete(out);
+        assert_int_equal(reg_group_delete(fx->r, 1, "grp"), THZ_OK);
+        assert_int_equal(reg_device_delete(fx->r, 1, did), THZ_OK);
+        if (i == 20) assert_int_equal(reg_backup(fx->r, "/tmp/thz_test_reg_race_bk", fx->err), THZ_OK);
+    }
+    /* The broker's device is deleted while the readers still use it. */
+    assert_int_equal(reg_device_delete(fx->r, 1, "held"), THZ_OK);
+    usleep(20 * 1000);
+    atomic_store(&rc.stop, 1);
+    for (int i = 0; i < 3; i++) pthread_join(th[i], NULL);
+    assert_int_equal(atomic_load(&rc.errors), 0);
+    rm_rf("/tmp/thz_test_reg_race_bk");
+    assert_false(reg_dev_can_publish(fx->r, rc.held, "devices/held/x"));
+    reg_dev_release(rc.held);
+}
+
 int main(void)
 {
     thz_log_level = THZ_LOG_ERROR;
@@ -862,6 +960,8 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_presence, setup, teardown),
         cmocka_unit_test_setup_teardown(test_backup_restore, setup, teardown),
         cmocka_unit_test_setup_teardown(test_validation, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_fleet_rates, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_concurrent, setup, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -204,15 +204,18 @@ static void test_ts_irregular(void **state)
     printf("ts jitter 5ms: %.2f bytes/value\n", (double)len / N);
     assert_true(len < N * 4);
     /* One missing second in an otherwise regular column. */
-    for (size_t i = 0; i < N; i++) v[i] = 1764000000000000000ll + (int64_t)(i + (i > 100)) * 1000000000ll;
+    for (size_t i = 0; i < N; i++)
+        v[i] = 1764000000000000000ll + (int64_t)(i + (i > 100)) * 1000000000ll;
     len = rt_ts(v, N, -1);
     printf("ts one gap: %zu bytes\n", len);
     assert_true(len < 100);
     /* Out of order. */
-    for (size_t i = 0; i < N; i++) v[i] = 1764000000000000000ll + (int64_t)(rnd() % 1000000000000ll);
+    for (size_t i = 0; i < N; i++)
+        v[i] = 1764000000000000000ll + (int64_t)(rnd() % 1000000000000ll);
     rt_ts(v, N, -1);
     /* Extremes: the deltas overflow int64 and must still round-trip. */
-    int64_t ext[] = {INT64_MIN, INT64_MAX, 0, INT64_MIN, -1, INT64_MAX, INT64_MAX, 1, INT64_MIN + 1};
+    int64_t ext[] = {INT64_MIN, INT64_MAX, 0, INT64_MIN,    -1,
+                     INT64_MAX, INT64_MAX, 1, INT64_MIN + 1};
     rt_ts(ext, sizeof ext / sizeof *ext, CODEC_TS_DELTA);
     int64_t ext2[] = {INT64_MIN, INT64_MAX};
     rt_ts(ext2, 2, CODEC_TS_REGULAR);
@@ -287,6 +290,16 @@ static void test_f64_sensor(void **state)
     /* Percentages with 3 decimals (k = 3). */
     for (size_t i = 0; i < N; i++) v[i] = (double)(rnd() % 100000) / 1000.0;
     rt_f64(v, N, -1);
+    /* The smallest k is chosen: 2 for hundredths, even when some look like tenths. */
+    double h[] = {21.5, 21.52, 21.6, 21.57, 22.0};
+    assert_int_equal(codec_f64_encode(h, 5, &b), THZ_OK);
+    assert_int_equal(b.p[0], CODEC_F64_DECIMAL);
+    assert_int_equal(b.p[1], 2);
+    assert_string_equal(codec_name(b.p[0]), "f64-decimal");
+    assert_string_equal(codec_name(CODEC_F64_DECIMAL | CODEC_ZSTD), "f64-decimal+zstd");
+    assert_string_equal(codec_name(0x7f), "?");
+    thz_buf_free(&b);
+    rt_f64(h, 5, CODEC_F64_DECIMAL);
     /* One value, no values. */
     rt_f64(v, 1, CODEC_F64_DECIMAL);
     rt_f64(v, 0, CODEC_F64_GORILLA); /* 1 byte: Gorilla needs no k */
@@ -406,8 +419,15 @@ static void test_str(void **state)
     rt_str(s, l, 0, CODEC_STR_PLAIN);
     /* A dictionary id out of range. */
     thz_buf arena = {0};
-    uint8_t bad[] = {CODEC_STR_DICT, 1, 0, 0, 0, /* one string, lengths frame: min 0 width 0 */
-                     0, 0, 1, 0x02};            /* ids: min 0, width 1, bits 0,1 */
+    uint8_t bad[] = {CODEC_STR_DICT,
+                     1,
+                     0,
+                     0,
+                     0, /* one string, lengths frame: min 0 width 0 */
+                     0,
+                     0,
+                     1,
+                     0x02}; /* ids: min 0, width 1, bits 0,1 */
     const char *os[2];
     uint32_t ol[2];
     assert_int_equal(codec_str_decode(bad, sizeof bad, 2, os, ol, &arena), THZ_ECORRUPT);

@@ -427,6 +427,15 @@ static void test_aggregate(void **state)
     check_aggs(db, id, ts, v, n);
     assert_int_equal(tsdb_flush(db), THZ_OK);
     check_aggs(db, id, ts, v, n);
+    /* whole windows in minute bins and in one bin come from rollups and
+     * block headers: nothing decoded */
+    int64_t w0 = tsdb_window_of(T0) + TSDB_WINDOW_NS;
+    tsdb_agg bins[120];
+    uint64_t dec = tsdb__agg_decoded(db);
+    assert_int_equal(tsdb_aggregate(db, 1, id, w0, w0 + 2 * 3600 * SEC, 60 * SEC, bins, 120), THZ_OK);
+    assert_int_equal(tsdb_aggregate(db, 1, id, w0, w0 + 3600 * SEC, 0, bins, 1), THZ_OK);
+    assert_int_equal(tsdb__agg_decoded(db), dec);
+    assert_int_equal(bins[0].count, 3600);
     /* a late side block in the first window, then compaction */
     tsdb_point late = fpt("agg", "temp", T0 + 10 * SEC + 1, 999);
     wr(db, 1, &late, 1);
