@@ -12,6 +12,18 @@
 
 #include "query/plan.h"
 
+/* the budgets in force (query_set_limits) */
+static _Atomic int64_t lim_time_ms = QUERY_TIME_LIMIT_MS;
+static _Atomic int64_t lim_rows = QUERY_MAX_ROWS;
+static _Atomic uint64_t lim_points = QUERY_MAX_POINTS;
+
+void query_set_limits(int64_t time_ms, int64_t max_rows, uint64_t max_points)
+{
+    lim_time_ms = time_ms > 0 ? time_ms : QUERY_TIME_LIMIT_MS;
+    lim_rows = max_rows > 0 ? max_rows : QUERY_MAX_ROWS;
+    lim_points = max_points > 0 ? max_points : QUERY_MAX_POINTS;
+}
+
 void qx_fail(qx *x, thz_err rc, int pos, const char *fmt, ...)
 {
     if (x->rc) return;
@@ -29,8 +41,8 @@ static bool budget(qx *x)
     if (x->rc) return false;
     if ((++x->checks & 63) == 0 && q_mono_ns() > x->deadline) {
         x->err->limit = true;
-        qx_fail(x, THZ_ETOOBIG, -1, "the query ran longer than its limit of %d ms",
-                QUERY_TIME_LIMIT_MS);
+        qx_fail(x, THZ_ETOOBIG, -1, "the query ran longer than its limit of %lld ms",
+                (long long)lim_time_ms);
         return false;
     }
     return true;
@@ -526,10 +538,10 @@ static bool pt_fn(void *ctx, const int64_t *ts, const tsdb_value *v, size_t n)
     qx *x = b->x;
     if (!budget(x)) return false;
     x->points += n;
-    if (x->points > QUERY_MAX_POINTS) {
+    if (x->points > lim_points) {
         x->err->limit = true;
         qx_fail(x, THZ_ETOOBIG, -1, "the query would read more than %llu points; narrow the time range",
-                (unsigned long long)QUERY_MAX_POINTS);
+                (unsigned long long)lim_points);
         return false;
     }
     if (b->n + n > b->cap) {
@@ -625,10 +637,10 @@ static bool entity_rows(qx *x, entity *en, row_fn row)
 static q_val *res_row(qx *x)
 {
     q_result *r = x->res;
-    if (r->nrows >= QUERY_MAX_ROWS) {
+    if ((int64_t)r->nrows >= lim_rows) {
         x->err->limit = true;
-        qx_fail(x, THZ_ETOOBIG, -1, "the result has more than %d rows; add a LIMIT or narrow the query",
-                QUERY_MAX_ROWS);
+        qx_fail(x, THZ_ETOOBIG, -1, "the result has more than %lld rows; add a LIMIT or narrow the query",
+                (long long)lim_rows);
         return NULL;
     }
     if (r->nrows == r->cap) {
@@ -693,10 +705,10 @@ static group *group_get(qx *x, q_val *keys)
         thz_buf_free(&b);
         return g;
     }
-    if (x->ng >= QUERY_MAX_ROWS) {
+    if ((int64_t)x->ng >= lim_rows) {
         thz_buf_free(&b);
         x->err->limit = true;
-        qx_fail(x, THZ_ETOOBIG, -1, "the query has more than %d groups", QUERY_MAX_ROWS);
+        qx_fail(x, THZ_ETOOBIG, -1, "the query has more than %lld groups", (long long)lim_rows);
         return NULL;
     }
     g = q_alloc(&x->ar, sizeof *g);
@@ -805,6 +817,8 @@ static void agg_add(qx *x, int ai, agg_st *s, q_val v, int64_t t)
     }
 }
 
+static int val_cmp(q_val a, q_val b);
+
 static bool agg_row(qx *x, rowctx *rc)
 {
     q_val keys[256];
@@ -812,8 +826,14 @@ static bool agg_row(qx *x, rowctx *rc)
         keys[i] = qx_eval(x, x->group[i], rc);
         if (x->rc) return false;
     }
-    group *g = group_get(x, keys);
+    /* rows come in time order per entity: the group of the previous row is
+     * usually this one's too (no key building, no hash lookup) */
+    group *g = x->lastg;
+    for (int i = 0; g && i < x->ngroup; i++)
+        if (keys[i].t != g->keys[i].t || val_cmp(keys[i], g->keys[i]) != 0) g = NULL;
+    if (!g) g = group_get(x, keys);
     if (!g) return false;
+    x->lastg = g;
     for (int i = 0; i < x->naggs && !x->rc; i++) {
         q_val v = x->aggs[i].arg ? qx_eval(x, x->aggs[i].arg, rc) : vnull();
         agg_add(x, i, &g->st[i], v, rc->t);
@@ -997,9 +1017,9 @@ static bool gap_fill(qx *x)
         int64_t lo = x->gv[s]->keys[bk].u.ns, hi = x->gv[e - 1]->keys[bk].u.ns;
         if (x->t0 != INT64_MIN) lo = floordiv(x->t0, w) * w;
         if (x->t1 != INT64_MAX) hi = floordiv(x->t1 - 1, w) * w;
-        if ((double)(hi - lo) / (double)w > QUERY_MAX_ROWS) {
+        if ((double)(hi - lo) / (double)w > (double)lim_rows) {
             x->err->limit = true;
-            qx_fail(x, THZ_ETOOBIG, -1, "gap filling would make more than %d rows", QUERY_MAX_ROWS);
+            qx_fail(x, THZ_ETOOBIG, -1, "gap filling would make more than %lld rows", (long long)lim_rows);
             return false;
         }
         q_val keys[256];
@@ -1200,7 +1220,7 @@ thz_err query_run(tsdb *db, int64_t tenant, const char *sql, size_t len, int64_t
         now_ns = (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
     }
     x->now = now_ns;
-    x->deadline = q_mono_ns() + (int64_t)QUERY_TIME_LIMIT_MS * 1000000;
+    x->deadline = q_mono_ns() + lim_time_ms * 1000000;
     rc = qx_plan(x);
     if (!rc) {
         r->ncols = (size_t)x->nitems;

@@ -142,6 +142,7 @@ typedef struct qx {
     hmap groups;
     group **gv;
     size_t ng, gcap;
+    group *lastg; /* the group of the previous row (agg_row) */
     uint64_t points;
     uint64_t checks;
     q_result *res;

@@ -34,6 +34,10 @@
 #define QUERY_MAX_DEPTH     64               /* nesting of expressions */
 #define QUERY_PCT_SAMPLE    65536            /* values kept per approx_percentile */
 
+/* Replaces the time, row and point budgets for every later query (0: the
+ * default constant). For tests and a future config setting. */
+void query_set_limits(int64_t time_ms, int64_t max_rows, uint64_t max_points);
+
 #define QUERY_MSG_LEN 256
 
 /* An error of parsing, planning or execution. pos is the byte offset in

@@ -427,6 +427,44 @@ static void test_errors(void **st)
     assert_true(e.limit);
 }
 
+static void limit_err(const char *sql, const char *frag)
+{
+    q_result *r = NULL;
+    q_error e;
+    assert_int_equal(query_run(db, 1, sql, strlen(sql), 0, &r, &e), THZ_ETOOBIG);
+    assert_true(e.limit);
+    assert_int_equal(e.pos, -1);
+    if (!strstr(e.msg, frag)) fprintf(stderr, "%s\n", e.msg);
+    assert_non_null(strstr(e.msg, frag));
+    assert_null(r);
+}
+
+static void test_budgets(void **st)
+{
+    query_set_limits(0, 10, 0);
+    limit_err("SELECT time, temperature FROM telemetry", "more than 10 rows");
+    limit_err("SELECT time, count(temperature) FROM telemetry GROUP BY time", "more than 10 groups");
+    q_result *r = run(1, "SELECT time, temperature FROM telemetry LIMIT 10"); /* stops early */
+    assert_int_equal(q_result_nrows(r), 10);
+    q_result_free(r);
+    query_set_limits(0, 0, 100);
+    limit_err("SELECT avg(temperature + 0) FROM telemetry", "more than 100 points");
+    /* 200,000 points in tenant 9 take far more than 1 ms to aggregate */
+    tsdb_point *p = malloc(sizeof *p * 200000);
+    for (int i = 0; i < 200000; i++)
+        p[i] = (tsdb_point){"big", 3, "v", 1, NULL, 0, T0 + i * SEC, {.type = TSDB_FLOAT, .u.f = i}};
+    char err[TSDB_ERR_LEN];
+    assert_int_equal(tsdb_write(db, 9, p, 200000, NULL, NULL, err), THZ_OK);
+    free(p);
+    query_set_limits(1, 0, 0);
+    const char *sql = "SELECT stddev(v), approx_percentile(v, 0.5) FROM telemetry GROUP BY time";
+    q_error e;
+    assert_int_equal(query_run(db, 9, sql, strlen(sql), 0, &r, &e), THZ_ETOOBIG);
+    assert_true(e.limit);
+    assert_non_null(strstr(e.msg, "limit of 1 ms"));
+    query_set_limits(0, 0, 0);
+}
+
 static void test_tenants(void **st)
 {
     /* tenant 2 sees only its own series */
@@ -445,6 +483,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_answers_head), cmocka_unit_test(test_output),
         cmocka_unit_test(test_errors),       cmocka_unit_test(test_tenants),
+        cmocka_unit_test(test_budgets),
         cmocka_unit_test(test_answers_blocks),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
