@@ -14,6 +14,8 @@
 #include <time.h>
 
 #include <llhttp.h>
+#include <stdlib.h>
+#include <zlib.h>
 
 #include "core/log.h"
 #include "http/http.h"
@@ -68,8 +70,10 @@ static bool find_token(http_request *req, char *tok, size_t len)
     if (h) {
         while (*h == ' ') h++;
         const char *t = NULL;
-        if (!strncasecmp(h, "Bearer ", 7)) t = h + 7;
-        else if (!strncasecmp(h, "Token ", 6)) t = h + 6;
+        if (!strncasecmp(h, "Bearer ", 7))
+            t = h + 7;
+        else if (!strncasecmp(h, "Token ", 6))
+            t = h + 6;
         if (t) {
             while (*t == ' ') t++;
             if (!*t || strlen(t) >= len) return false;
@@ -89,6 +93,53 @@ static bool find_token(http_request *req, char *tok, size_t len)
         return false;
     }
     return http_req_query(req, "p", tok, len) == 1 && tok[0];
+}
+
+/* A gzip request body (Content-Encoding: gzip, what Telegraf's influxdb_v2
+ * output and the InfluxDB client libraries send by default) inflated into a
+ * malloc'd buffer of at most INGEST_MAX_INFLATED bytes. Returns 0, or the
+ * HTTP status to answer (400 corrupt, 413 too large, 503 no memory). */
+#define INGEST_MAX_INFLATED (8 * 1024 * 1024)
+static int gunzip(const uint8_t *in, size_t n, uint8_t **out, size_t *outlen)
+{
+    z_stream z = {0};
+    if (inflateInit2(&z, 16 + MAX_WBITS) != Z_OK) return 503;
+    size_t cap = n * 4 + 1024, len = 0;
+    if (cap > INGEST_MAX_INFLATED) cap = INGEST_MAX_INFLATED;
+    uint8_t *buf = malloc(cap);
+    int status = buf ? 0 : 503;
+    z.next_in = (Bytef *)in;
+    z.avail_in = (uInt)n;
+    while (!status) {
+        if (len == cap) {
+            if (cap >= INGEST_MAX_INFLATED) {
+                status = 413;
+                break;
+            }
+            size_t nc = cap * 2 > INGEST_MAX_INFLATED ? INGEST_MAX_INFLATED : cap * 2;
+            uint8_t *nb = realloc(buf, nc);
+            if (!nb) {
+                status = 503;
+                break;
+            }
+            buf = nb;
+            cap = nc;
+        }
+        z.next_out = buf + len;
+        z.avail_out = (uInt)(cap - len);
+        int zr = inflate(&z, Z_NO_FLUSH);
+        len = cap - z.avail_out;
+        if (zr == Z_STREAM_END) break;
+        if (zr != Z_OK && !(zr == Z_BUF_ERROR && len == cap)) status = 400;
+    }
+    inflateEnd(&z);
+    if (status) {
+        free(buf);
+        return status;
+    }
+    *out = buf;
+    *outlen = len;
+    return 0;
 }
 
 static void write_done(void *ctx, thz_err rc)
@@ -117,11 +168,13 @@ static http_result handle_write(http_request *req, http_response *res, bool v2)
     reg_principal p;
     if (reg_token_check(R, tok, &p) != THZ_OK) {
         http_res_error(res, 401, "unauthorized", "the token is invalid, expired or revoked");
-        http_res_header(res, "WWW-Authenticate", "Bearer realm=\"thinghz\", error=\"invalid_token\"");
+        http_res_header(res, "WWW-Authenticate",
+                        "Bearer realm=\"thinghz\", error=\"invalid_token\"");
         return HTTP_DONE;
     }
     if (p.role < REG_OPERATOR) {
-        http_res_error(res, 403, "forbidden", "writing needs the operator role; the token has viewer");
+        http_res_error(res, 403, "forbidden",
+                       "writing needs the operator role; the token has viewer");
         return HTTP_DONE;
     }
     char prec[16] = "";
@@ -139,13 +192,39 @@ static http_result handle_write(http_request *req, http_response *res, bool v2)
     }
     size_t n;
     const uint8_t *body = http_req_body(req, &n);
+    uint8_t *inflated = NULL;
+    const char *enc = http_req_header(req, "content-encoding");
+    if (enc && strcasecmp(enc, "identity") != 0) {
+        if (strcasecmp(enc, "gzip") != 0) {
+            http_res_error(res, 415, "unsupported_media_type",
+                           "Content-Encoding must be gzip or identity");
+            return HTTP_DONE;
+        }
+        int st = gunzip(body, n, &inflated, &n);
+        if (st) {
+            http_res_error(res, st,
+                           st == 400   ? "invalid_gzip"
+                           : st == 413 ? "body_too_large"
+                                       : "out_of_memory",
+                           st == 400   ? "the gzip body does not inflate"
+                           : st == 413 ? "the inflated body is larger than 8 MiB"
+                                       : "the server is out of memory");
+            return HTTP_DONE;
+        }
+        body = inflated;
+    }
     char err[INGEST_ERR_LEN] = "";
+    /* tsdb_write copies the points before it returns: the body (and the
+     * inflated copy) may go once ingest_line_protocol has returned */
     thz_err rc = ingest_line_protocol(DB, p.tenant, body, n, mult, now_ns(), write_done, req, err);
+    free(inflated);
     switch (rc) {
     case THZ_OK: return HTTP_PENDING; /* write_done replies */
     case THZ_EINVAL: http_res_error(res, 400, "invalid_line_protocol", err); break;
     case THZ_EQUOTA: http_res_error(res, 403, "quota_exceeded", err); break;
-    case THZ_ENOMEM: http_res_error(res, 503, "out_of_memory", "the server is out of memory"); break;
+    case THZ_ENOMEM:
+        http_res_error(res, 503, "out_of_memory", "the server is out of memory");
+        break;
     default:
         log_error("ingest", "write failed: %s: %s", thz_strerror(rc), err);
         http_res_error(res, 500, "internal", "internal error (logged)");

@@ -41,11 +41,11 @@
 #include "registry/registry.h"
 #include "tsdb/tsdb.h"
 
-#define INGEST_ERR_LEN    256
-#define INGEST_MAX_DEPTH  16     /* nesting of objects in a telemetry payload */
-#define INGEST_MAX_FIELDS 1000   /* members of one object */
-#define INGEST_MAX_POINTS 10000  /* points per telemetry payload */
-#define INGEST_MAX_NAME   256    /* metric (flattened field) name, bytes */
+#define INGEST_ERR_LEN       256
+#define INGEST_MAX_DEPTH     16     /* nesting of objects in a telemetry payload */
+#define INGEST_MAX_FIELDS    1000   /* members of one object */
+#define INGEST_MAX_POINTS    10000  /* points per telemetry payload */
+#define INGEST_MAX_NAME      256    /* metric (flattened field) name, bytes */
 #define INGEST_LP_MAX_POINTS 200000 /* points per line-protocol request (1 MiB body) */
 
 /* What went wrong, for tests and the differential fuzz target. */
@@ -75,9 +75,9 @@ typedef struct ingest_batch {
     tsdb_point *stack_pts; /* the initial array (not freed) */
     char *buf;             /* current chunk of the arena */
     size_t used, size;
-    ingest_chunk *chunks;  /* heap chunks, freed by ingest_batch_free */
-    int err_class;         /* INGEST_E_* of the last error */
-    size_t err_off;        /* byte offset of the last error */
+    ingest_chunk *chunks; /* heap chunks, freed by ingest_batch_free */
+    int err_class;        /* INGEST_E_* of the last error */
+    size_t err_off;       /* byte offset of the last error */
 } ingest_batch;
 
 void ingest_batch_init(ingest_batch *b, tsdb_point *pts, size_t cap, char *buf, size_t buflen);

@@ -54,8 +54,10 @@ static inline void skip_ws(jscan *s)
 {
     while (s->i < s->n) {
         uint8_t c = s->p[s->i];
-        if (c == ' ' || c == '\n' || c == '\r' || c == '\t') s->i++;
-        else break;
+        if (c == ' ' || c == '\n' || c == '\r' || c == '\t')
+            s->i++;
+        else
+            break;
     }
 }
 
@@ -63,9 +65,11 @@ static inline void skip_ws(jscan *s)
  * takes it as whitespace), anything else a syntax error. */
 static thz_err unexpected(jscan *s, const char *what)
 {
-    if (s->i >= s->n) return fail(s, s->i, INGEST_E_SYNTAX, "unexpected end of input, expected %s", what);
+    if (s->i >= s->n)
+        return fail(s, s->i, INGEST_E_SYNTAX, "unexpected end of input, expected %s", what);
     uint8_t c = s->p[s->i];
-    if (c < 0x20) return fail(s, s->i, INGEST_E_STRICT, "control character 0x%02x, expected %s", c, what);
+    if (c < 0x20)
+        return fail(s, s->i, INGEST_E_STRICT, "control character 0x%02x, expected %s", c, what);
     if (c >= 0x20 && c < 0x7f)
         return fail(s, s->i, INGEST_E_SYNTAX, "unexpected '%c', expected %s", c, what);
     return fail(s, s->i, INGEST_E_SYNTAX, "unexpected byte 0x%02x, expected %s", c, what);
@@ -96,10 +100,14 @@ static size_t utf8_seq(const uint8_t *p, size_t n)
     uint8_t c = p[0];
     size_t len;
     uint32_t min, cp;
-    if (c >= 0xC2 && c <= 0xDF) len = 2, min = 0x80, cp = c & 0x1F;
-    else if (c >= 0xE0 && c <= 0xEF) len = 3, min = 0x800, cp = c & 0x0F;
-    else if (c >= 0xF0 && c <= 0xF4) len = 4, min = 0x10000, cp = c & 0x07;
-    else return 0;
+    if (c >= 0xC2 && c <= 0xDF)
+        len = 2, min = 0x80, cp = c & 0x1F;
+    else if (c >= 0xE0 && c <= 0xEF)
+        len = 3, min = 0x800, cp = c & 0x0F;
+    else if (c >= 0xF0 && c <= 0xF4)
+        len = 4, min = 0x10000, cp = c & 0x07;
+    else
+        return 0;
     if (n < len) return 0;
     for (size_t k = 1; k < len; k++) {
         if ((p[k] & 0xC0) != 0x80) return 0;
@@ -126,7 +134,8 @@ static thz_err scan_string(jscan *s, const uint8_t **raw, size_t *rawlen, bool *
         uint8_t c = p[i];
         if (c == '"') break;
         if (c < 0x20)
-            return fail(s, i, INGEST_E_STRICT, "raw control character 0x%02x in a string (escape it)", c);
+            return fail(s, i, INGEST_E_STRICT,
+                        "raw control character 0x%02x in a string (escape it)", c);
         if (c >= 0x80) {
             size_t l = utf8_seq(p + i, n - i);
             if (!l) return fail(s, i, INGEST_E_STRICT, "invalid UTF-8 in a string");
@@ -138,9 +147,14 @@ static thz_err scan_string(jscan *s, const uint8_t **raw, size_t *rawlen, bool *
         if (i + 1 >= n) return fail(s, start - 1, INGEST_E_SYNTAX, "unterminated string");
         uint8_t e = p[i + 1];
         switch (e) {
-        case '"': case '\\': case '/': case 'b': case 'f': case 'n': case 'r': case 't':
-            i += 2;
-            break;
+        case '"':
+        case '\\':
+        case '/':
+        case 'b':
+        case 'f':
+        case 'n':
+        case 'r':
+        case 't': i += 2; break;
         case 'u': {
             int u = i + 6 <= n ? hex4(p + i + 2) : -1;
             if (u < 0) return fail(s, i, INGEST_E_UHEX, "bad \\u escape (four hex digits)");
@@ -206,10 +220,13 @@ static size_t decode_string(const uint8_t *r, size_t n, char *dst, size_t cap)
         }
         uint8_t u[4];
         size_t l;
-        if (cp < 0x80) u[0] = (uint8_t)cp, l = 1;
-        else if (cp < 0x800) u[0] = 0xC0 | (cp >> 6), u[1] = 0x80 | (cp & 0x3F), l = 2;
+        if (cp < 0x80)
+            u[0] = (uint8_t)cp, l = 1;
+        else if (cp < 0x800)
+            u[0] = 0xC0 | (cp >> 6), u[1] = 0x80 | (cp & 0x3F), l = 2;
         else if (cp < 0x10000)
-            u[0] = 0xE0 | (cp >> 12), u[1] = 0x80 | ((cp >> 6) & 0x3F), u[2] = 0x80 | (cp & 0x3F), l = 3;
+            u[0] = 0xE0 | (cp >> 12), u[1] = 0x80 | ((cp >> 6) & 0x3F), u[2] = 0x80 | (cp & 0x3F),
+            l = 3;
         else
             u[0] = 0xF0 | (cp >> 18), u[1] = 0x80 | ((cp >> 12) & 0x3F),
             u[2] = 0x80 | ((cp >> 6) & 0x3F), u[3] = 0x80 | (cp & 0x3F), l = 4;
@@ -346,14 +363,16 @@ const char *ingest_rfc3339(const uint8_t *p, size_t n, int64_t *out)
         i++;
     } else if (i + 6 == n && (p[i] == '+' || p[i] == '-')) {
         int oh = dig(p + i + 1, 2), om = dig(p + i + 4, 2);
-        if (oh < 0 || p[i + 3] != ':' || om < 0 || oh > 23 || om > 59) return "bad UTC offset (+hh:mm)";
+        if (oh < 0 || p[i + 3] != ':' || om < 0 || oh > 23 || om > 59)
+            return "bad UTC offset (+hh:mm)";
         off = (oh * 60 + om) * 60 * (p[i] == '-' ? -1 : 1);
         i += 6;
     } else {
         return "an RFC 3339 time needs Z or an offset +hh:mm";
     }
     if (i != n) return "trailing characters after the RFC 3339 time";
-    int64_t secs = days_from_civil(y, (unsigned)mo, (unsigned)d) * 86400 + h * 3600 + mi * 60 + se - off;
+    int64_t secs =
+        days_from_civil(y, (unsigned)mo, (unsigned)d) * 86400 + h * 3600 + mi * 60 + se - off;
     /* int64 nanoseconds reach 1677-09-21..2262-04-11 */
     if (secs < -9223372036LL || secs > 9223372035LL) return "time out of range (1678..2262)";
     *out = secs * 1000000000 + frac;
@@ -468,7 +487,9 @@ static thz_err scan_member_value(jscan *s, int depth, size_t len, const uint8_t 
 {
     uint8_t c = s->p[s->i];
     size_t voff = s->i;
-    if (depth == 0 && rec && len == 2 && s->path[0] == 't' && s->path[1] == 's') {
+    /* a plain top-level key is not copied into path unless it prefixes */
+    const char *name = depth == 0 && keyplain ? (const char *)key : s->path;
+    if (depth == 0 && rec && len == 2 && name[0] == 't' && name[1] == 's') {
         /* the timestamp */
         if (c == '"') {
             const uint8_t *raw;
@@ -514,12 +535,13 @@ static thz_err scan_member_value(jscan *s, int depth, size_t len, const uint8_t 
         if (depth + 1 >= INGEST_MAX_DEPTH)
             return fail(s, voff, INGEST_E_SEMANTIC, "objects nested deeper than %d levels",
                         INGEST_MAX_DEPTH);
+        if (name != s->path) memcpy(s->path, name, len);
         s->path[len] = '.';
         return scan_object(s, depth + 1, len + 1, NULL);
     }
     if (c == '[')
-        return fail(s, voff, INGEST_E_SEMANTIC, "field \"%.*s\": arrays are not supported", (int)len,
-                    s->path);
+        return fail(s, voff, INGEST_E_SEMANTIC, "field \"%.*s\": arrays are not supported",
+                    (int)len, name);
     tsdb_value v;
     if (c == '"') {
         const uint8_t *raw;
@@ -605,8 +627,10 @@ static thz_err scan_object(jscan *s, int depth, size_t plen, record *rec)
         size_t kl;
         if (plain) {
             kl = rl;
-            if (plen + kl > INGEST_MAX_NAME) kl = INGEST_MAX_NAME + 1;
-            else memcpy(s->path + plen, raw, kl);
+            if (plen + kl > INGEST_MAX_NAME)
+                kl = INGEST_MAX_NAME + 1;
+            else if (plen)
+                memcpy(s->path + plen, raw, kl); /* top level: used in place */
         } else {
             size_t cap = plen < INGEST_MAX_NAME ? INGEST_MAX_NAME - plen : 0;
             kl = decode_string(raw, rl, s->path + plen, cap);

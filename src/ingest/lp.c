@@ -53,7 +53,8 @@ typedef struct lpscan {
     char *err;
 } lpscan;
 
-static thz_err lfail(lpscan *s, size_t off, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+static thz_err lfail(lpscan *s, size_t off, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
 static thz_err lfail(lpscan *s, size_t off, const char *fmt, ...)
 {
     int k = snprintf(s->err, INGEST_ERR_LEN, "line %zu, column %zu: ", s->line,
@@ -204,8 +205,9 @@ static thz_err scan_value(lpscan *s, tsdb_value *v)
             u = u * 10 + (uint64_t)(t[k] - '0');
         }
         if (neg ? u > (uint64_t)INT64_MAX + 1 : u > (uint64_t)INT64_MAX)
-            return lfail(s, st, uns ? "unsigned value above 9223372036854775807 (stored as int64)"
-                                    : "integer out of range");
+            return lfail(s, st,
+                         uns ? "unsigned value above 9223372036854775807 (stored as int64)"
+                             : "integer out of range");
         v->type = TSDB_INT;
         v->u.i = neg ? (int64_t)(0 - u) : (int64_t)u;
         return THZ_OK;
@@ -230,9 +232,9 @@ static thz_err scan_value(lpscan *s, tsdb_value *v)
         if (k == e0) nd = 0;
     }
     if (!nd || k != tl) {
-        if (t[0] == '"' || t[0] == '\'')
-            return lfail(s, st, "invalid field value");
-        return lfail(s, st, "invalid field value '%.*s' (a number, 12i, 12u, true/false or \"string\")",
+        if (t[0] == '"' || t[0] == '\'') return lfail(s, st, "invalid field value");
+        return lfail(s, st,
+                     "invalid field value '%.*s' (a number, 12i, 12u, true/false or \"string\")",
                      (int)(tl > 40 ? 40 : tl), (const char *)t);
     }
     if (tl >= sizeof buf) return lfail(s, st, "number too long");
@@ -295,13 +297,17 @@ static thz_err scan_line(lpscan *s, int64_t mult, int64_t now_ns, tagcache *tc)
                 size_t vst = s->i;
                 if ((rc = scan_elem(s, K_KEY, ",= \t\r", &v))) return rc;
                 if (!v.n) return lfail(s, vst, "missing tag value");
-                if (s->i < n && p[s->i] == '=') return lfail(s, s->i, "unescaped '=' in a tag value");
+                if (s->i < n && p[s->i] == '=')
+                    return lfail(s, s->i, "unescaped '=' in a tag value");
                 if (nt == LP_MAX_TAGS) return lfail(s, kst, "more than %d tags", LP_MAX_TAGS);
                 for (size_t j = 0; j < nt; j++)
                     if (kl[j] == k.n && memcmp(keys[j], k.p, k.n) == 0)
-                        return lfail(s, kst, "duplicate tag key '%.*s'", (int)(k.n > 64 ? 64 : k.n), k.p);
-                if (k.n == 6 && memcmp(k.p, "device", 6) == 0) dev = (int)nt;
-                else if (k.n == 4 && memcmp(k.p, "host", 4) == 0) host = (int)nt;
+                        return lfail(s, kst, "duplicate tag key '%.*s'", (int)(k.n > 64 ? 64 : k.n),
+                                     k.p);
+                if (k.n == 6 && memcmp(k.p, "device", 6) == 0)
+                    dev = (int)nt;
+                else if (k.n == 4 && memcmp(k.p, "host", 4) == 0)
+                    host = (int)nt;
                 keys[nt] = k.p, kl[nt] = k.n, vals[nt] = v.p, vl[nt] = v.n;
                 total += 2 * (k.n + v.n) + 2;
                 nt++;
@@ -313,13 +319,15 @@ static thz_err scan_line(lpscan *s, int64_t mult, int64_t now_ns, tagcache *tc)
                 total -= 2 * (kl[used] + vl[used]) + 2;
                 nt--;
                 for (size_t j = (size_t)used; j < nt; j++)
-                    keys[j] = keys[j + 1], kl[j] = kl[j + 1], vals[j] = vals[j + 1], vl[j] = vl[j + 1];
+                    keys[j] = keys[j + 1], kl[j] = kl[j + 1], vals[j] = vals[j + 1],
+                    vl[j] = vl[j + 1];
             }
             if (nt) {
                 char *out = ingest_batch_alloc(s->b, total);
                 if (!out) return lnomem(s);
                 long l = tsdb_tags_canon(keys, kl, vals, vl, nt, out, total);
-                if (l < 0) return lfail(s, tst, "bad tag set (keys 1..128 bytes, values up to 256)");
+                if (l < 0)
+                    return lfail(s, tst, "bad tag set (keys 1..128 bytes, values up to 256)");
                 /* give back the unused tail when it is the arena's last allocation */
                 if (out + total == s->b->buf + s->b->used) s->b->used -= total - (size_t)l;
                 tags.p = out;
@@ -335,7 +343,8 @@ static thz_err scan_line(lpscan *s, int64_t mult, int64_t now_ns, tagcache *tc)
     if (device.n > 128) return lfail(s, tst, "device name longer than 128 bytes");
     if (s->i >= n || !blank(p[s->i])) {
         if (s->i < n && p[s->i] == '\r') return lfail(s, s->i, "missing fields");
-        return lfail(s, s->i, s->i < n && p[s->i] != '\n' ? "unexpected character" : "missing fields");
+        return lfail(s, s->i,
+                     s->i < n && p[s->i] != '\n' ? "unexpected character" : "missing fields");
     }
     while (s->i < n && blank(p[s->i])) s->i++;
     /* fields */

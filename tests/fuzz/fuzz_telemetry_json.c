@@ -102,8 +102,10 @@ static void flatten(model *m, mrec *r, const cJSON *o, const char *prefix, size_
                 r->ts_kind = 1;
             } else if (cJSON_IsNumber(c)) {
                 double a = fabs(c->valuedouble);
-                if (a > 9.23e12) m->invalid = true;
-                else if (a > 9.22e12) m->uncertain = true;
+                if (a > 9.23e12)
+                    m->invalid = true;
+                else if (a > 9.22e12)
+                    m->uncertain = true;
                 r->ts_kind = 2;
                 r->tsd = c->valuedouble;
             } else {
@@ -156,7 +158,10 @@ static bool bad_utf8_at(const uint8_t *p, size_t n)
     {
         size_t i = 0;
         uint8_t c = p[0];
-        size_t l = c >= 0xC2 && c <= 0xDF ? 2 : c >= 0xE0 && c <= 0xEF ? 3 : c >= 0xF0 && c <= 0xF4 ? 4 : 0;
+        size_t l = c >= 0xC2 && c <= 0xDF   ? 2
+                   : c >= 0xE0 && c <= 0xEF ? 3
+                   : c >= 0xF0 && c <= 0xF4 ? 4
+                                            : 0;
         if (!l || i + l > n) return true;
         uint32_t cp = c & (l == 2 ? 0x1F : l == 3 ? 0x0F : 0x07);
         for (size_t k = 1; k < l; k++) {
@@ -299,7 +304,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
                                                   : fabs((double)pt->ts - rec->tsd * 1e6) <=
                                                         2 + fabs(rec->tsd * 1e6) * 1e-15;
                     if (!ok) {
-                        fprintf(stderr, "record %zu: timestamp %lld differs\n", r, (long long)pt->ts);
+                        fprintf(stderr, "record %zu: timestamp %lld differs\n", r,
+                                (long long)pt->ts);
                         abort();
                     }
                 }
@@ -318,23 +324,28 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
             break;
         case INGEST_E_NUMBER: ok = number_not_rfc((const uint8_t *)copy, size, b.err_off); break;
         case INGEST_E_STRICT: /* the error offset holds a control byte or bad UTF-8 */
-            ok = b.err_off < size && ((uint8_t)copy[b.err_off] < 0x20 ||
-                                      ((uint8_t)copy[b.err_off] >= 0x80 &&
-                                       bad_utf8_at((const uint8_t *)copy + b.err_off, size - b.err_off)));
+            ok = b.err_off < size &&
+                 ((uint8_t)copy[b.err_off] < 0x20 ||
+                  ((uint8_t)copy[b.err_off] >= 0x80 &&
+                   bad_utf8_at((const uint8_t *)copy + b.err_off, size - b.err_off)));
             break;
         case INGEST_E_NULNAME: ok = memmem(copy, size, "\\u0000", 6) != NULL; break;
         case INGEST_E_UHEX: {
             const char *q = copy + b.err_off;
             ok = b.err_off + 2 <= size && q[0] == '\\' && q[1] == 'u';
             for (int k = 0; ok && k < 4; k++)
-                if (b.err_off + 2 + k >= size || !strchr("0123456789abcdefABCDEF", q[2 + k]) || !q[2 + k]) break;
-                else if (k == 3) ok = false; /* four hex digits: not this leniency */
+                if (b.err_off + 2 + k >= size || !strchr("0123456789abcdefABCDEF", q[2 + k]) ||
+                    !q[2 + k])
+                    break;
+                else if (k == 3)
+                    ok = false; /* four hex digits: not this leniency */
             break;
         }
         default: ok = false; break;
         }
         if (!ok) {
-            fprintf(stderr, "scanner refuses what cJSON accepts (class %d): %s\n", b.err_class, err);
+            fprintf(stderr, "scanner refuses what cJSON accepts (class %d): %s\n", b.err_class,
+                    err);
             abort();
         }
     }

@@ -155,3 +155,38 @@ def test_large_batch(broker_factory):
     m = latest(admin, "dev099")
     assert m["sensors.temp"]["value"] == 4999.25
     assert m["sensors.hum"]["value"] == 4999
+
+
+def test_fsync_always_204_means_durable(broker_factory):
+    """Under fsync always, 204 comes after the group-commit fsync: the points
+    survive a kill -9 right after the reply."""
+    b = broker_factory(fsync="always")
+    admin = Api(b).login(b.admin_email, b.admin_password)
+    dev = unique("dur")
+    r = write(b, "m,device=%s v=1.5 1700000000000000000\nm,device=%s w=2i 1700000000000000000"
+              % (dev, dev), token=admin.token)
+    assert r.status_code == 204, r.text
+    b.kill9(pause=0)
+    b.start()
+    admin = Api(b).login(b.admin_email, b.admin_password)
+    m = latest(admin, dev)
+    assert m["m.v"]["value"] == 1.5 and m["m.w"]["value"] == 2
+
+
+def test_gzip_body(broker_factory):
+    """Telegraf's influxdb_v2 output and the InfluxDB client libraries gzip
+    their bodies by default."""
+    import gzip
+    b, admin = start(broker_factory)
+    dev = unique("gz")
+    body = gzip.compress(("m,device=%s v=%d %d\n" % (dev, 7, 1) * 3).encode())
+    r = write(b, body, token=admin.token, headers={"Content-Encoding": "gzip"})
+    assert r.status_code == 204, r.text
+    assert latest(admin, dev)["m.v"]["value"] == 7
+    r = write(b, b"not gzip", token=admin.token, headers={"Content-Encoding": "gzip"})
+    assert r.status_code == 400 and r.json()["error"]["code"] == "invalid_gzip"
+    r = write(b, "m v=1", token=admin.token, headers={"Content-Encoding": "br"})
+    assert r.status_code == 415
+    bomb = gzip.compress(b"#" * (9 * 1024 * 1024))
+    r = write(b, bomb, token=admin.token, headers={"Content-Encoding": "gzip"})
+    assert r.status_code == 413

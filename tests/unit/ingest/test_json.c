@@ -77,9 +77,20 @@ static void test_types(void **st)
 
 static void test_numbers(void **st)
 {
-    const char *nums[] = {"0", "-0", "1", "0.1", "3.14159", "-2.5e-3", "1E+2", "1e308",
-                          "5e-324", "123456789012345678901234567890", "0.30000000000000004",
-                          "9007199254740993", "1.7976931348623157e308", "0.000001234"};
+    const char *nums[] = {"0",
+                          "-0",
+                          "1",
+                          "0.1",
+                          "3.14159",
+                          "-2.5e-3",
+                          "1E+2",
+                          "1e308",
+                          "5e-324",
+                          "123456789012345678901234567890",
+                          "0.30000000000000004",
+                          "9007199254740993",
+                          "1.7976931348623157e308",
+                          "0.000001234"};
     for (size_t i = 0; i < sizeof nums / sizeof *nums; i++) {
         char in[128];
         snprintf(in, sizeof in, "{\"x\":%s}", nums[i]);
@@ -181,7 +192,8 @@ static void test_batch(void **st)
     /* growth past the stack arrays */
     char big[40000] = "[";
     for (int i = 0; i < 1000; i++)
-        snprintf(big + strlen(big), sizeof big - strlen(big), "%s{\"k%d\":{\"n\":%d}}", i ? "," : "", i, i);
+        snprintf(big + strlen(big), sizeof big - strlen(big), "%s{\"k%d\":{\"n\":%d}}",
+                 i ? "," : "", i, i);
     strcat(big, "]");
     r = parse(big);
     assert_int_equal(r->rc, THZ_OK);
@@ -206,7 +218,8 @@ static void test_duplicates(void **st)
     assert_int_equal(r->b.pts[0].ts, 2000000);
     /* many fields: the hashed path */
     char big[20000] = "{";
-    for (int i = 0; i < 500; i++) snprintf(big + strlen(big), 40, "%s\"f%d\":%d", i ? "," : "", i % 100, i);
+    for (int i = 0; i < 500; i++)
+        snprintf(big + strlen(big), 40, "%s\"f%d\":%d", i ? "," : "", i % 100, i);
     strcat(big, "}");
     r = parse(big);
     assert_int_equal(r->rc, THZ_OK);
@@ -284,7 +297,8 @@ static void test_limits(void **st)
     s = malloc(cap);
     strcpy(s, "[");
     size_t l = 1;
-    for (int i = 0; i < 10001; i++) l += (size_t)snprintf(s + l, cap - l, "%s{\"a\":1}", i ? "," : "");
+    for (int i = 0; i < 10001; i++)
+        l += (size_t)snprintf(s + l, cap - l, "%s{\"a\":1}", i ? "," : "");
     strcat(s, "]");
     expect_err(s, "more than 10000 points");
     s[strlen(s) - 9] = ']'; /* 10,000: allowed */
@@ -342,14 +356,20 @@ static void test_telemetry_engine(void **st)
     assert_int_equal(tsdb_open(&o, &db, terr), THZ_OK);
     char err[INGEST_ERR_LEN];
     const char *p = "{\"temp\":21.5,\"env\":{\"hum\":40},\"ok\":true,\"ts\":1700000000000}";
-    assert_int_equal(ingest_telemetry(db, 1, "d1", 2, (const uint8_t *)p, strlen(p), 5, on_done, NULL, err), THZ_OK);
+    assert_int_equal(
+        ingest_telemetry(db, 1, "d1", 2, (const uint8_t *)p, strlen(p), 5, on_done, NULL, err),
+        THZ_OK);
     /* malformed: nothing written, done not called */
     const char *bad = "{\"temp\":22,\"x\":[1]}";
-    assert_int_equal(ingest_telemetry(db, 1, "d1", 2, (const uint8_t *)bad, strlen(bad), 5, on_done, NULL, err), THZ_EINVAL);
+    assert_int_equal(
+        ingest_telemetry(db, 1, "d1", 2, (const uint8_t *)bad, strlen(bad), 5, on_done, NULL, err),
+        THZ_EINVAL);
     assert_non_null(strstr(err, "arrays"));
     /* a type conflict with the stored series: refused by the engine, whole payload */
     const char *conf = "{\"other\":1,\"temp\":\"hot\"}";
-    assert_int_equal(ingest_telemetry(db, 1, "d1", 2, (const uint8_t *)conf, strlen(conf), 5, on_done, NULL, err), THZ_EINVAL);
+    assert_int_equal(ingest_telemetry(db, 1, "d1", 2, (const uint8_t *)conf, strlen(conf), 5,
+                                      on_done, NULL, err),
+                     THZ_EINVAL);
     for (int i = 0; i < 200 && Done < 1; i++) usleep(10000);
     assert_int_equal(Done, 1);
     int n = 0;
@@ -368,11 +388,16 @@ static void test_telemetry_engine(void **st)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_types),       cmocka_unit_test(test_numbers),
-        cmocka_unit_test(test_flatten),     cmocka_unit_test(test_timestamps),
-        cmocka_unit_test(test_batch),       cmocka_unit_test(test_duplicates),
-        cmocka_unit_test(test_escapes),     cmocka_unit_test(test_syntax),
-        cmocka_unit_test(test_limits),      cmocka_unit_test(test_err_class),
+        cmocka_unit_test(test_types),
+        cmocka_unit_test(test_numbers),
+        cmocka_unit_test(test_flatten),
+        cmocka_unit_test(test_timestamps),
+        cmocka_unit_test(test_batch),
+        cmocka_unit_test(test_duplicates),
+        cmocka_unit_test(test_escapes),
+        cmocka_unit_test(test_syntax),
+        cmocka_unit_test(test_limits),
+        cmocka_unit_test(test_err_class),
         cmocka_unit_test(test_telemetry_engine),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

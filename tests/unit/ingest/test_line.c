@@ -49,7 +49,7 @@ static bool eq(const char *p, size_t n, const char *want)
 
 #define assert_str(p, n, want)                                                                     \
     do {                                                                                           \
-        if (!eq((p), (n), (want))) fail_msg("got '%.*s', want '%s'", (int)(n), (p), (want));     \
+        if (!eq((p), (n), (want))) fail_msg("got '%.*s', want '%s'", (int)(n), (p), (want));       \
     } while (0)
 
 static void expect_err(const char *in, const char *substr)
@@ -101,7 +101,8 @@ static void test_mapping(void **st)
     assert_str(r->b.pts[1].metric, r->b.pts[1].metric_len, "hum");
     assert_str(r->b.pts[1].device, r->b.pts[1].device_len, "d1");
     /* the tag-set cache across lines keeps every line right */
-    r = parse("m,device=a,x=1 f=1 1\nm,device=a,x=1 f=2 2\nm,device=b,x=1 f=3 3\nm,device=a,x=1 f=4 4");
+    r = parse(
+        "m,device=a,x=1 f=1 1\nm,device=a,x=1 f=2 2\nm,device=b,x=1 f=3 3\nm,device=a,x=1 f=4 4");
     assert_int_equal(r->rc, THZ_OK);
     assert_int_equal(r->b.n, 4);
     assert_str(r->b.pts[2].device, r->b.pts[2].device_len, "b");
@@ -253,9 +254,10 @@ static void test_large_batch(void **st)
     size_t cap = 1 << 20, l = 0;
     char *s = malloc(cap);
     for (int i = 0; i < 5000; i++)
-        l += (size_t)snprintf(s + l, cap - l,
-                              "sensors,device=dev%03d,site=plant-7,line=L%d temp=%d.25,hum=%di,ok=t %lld\n",
-                              i % 100, i % 3, i, i, 1700000000000000000LL + i);
+        l += (size_t)snprintf(
+            s + l, cap - l,
+            "sensors,device=dev%03d,site=plant-7,line=L%d temp=%d.25,hum=%di,ok=t %lld\n", i % 100,
+            i % 3, i, i, 1700000000000000000LL + i);
     assert_true(l < HTTP_BODY_LIMIT_FOR_TEST);
     res *r = parse(s);
     assert_int_equal(r->rc, THZ_OK);
