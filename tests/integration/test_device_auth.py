@@ -204,10 +204,10 @@ def test_tenants_never_see_each_other(closed, admin):
     for w in (w1, w2):
         assert w.subscribe("#", qos=1) == [1]
         assert w.subscribe("$aws/#", qos=1) == [1]
-    ca.publish("devices/sensor-1/telemetry", b"tenant-1", qos=1)
-    cb.publish("devices/sensor-1/telemetry", b"tenant-2", qos=1)
-    assert [m.payload for m in w1.drain(0.7) if not m.topic.startswith("$aws")] == [b"tenant-1"]
-    assert [m.payload for m in w2.drain(0.7) if not m.topic.startswith("$aws")] == [b"tenant-2"]
+    ca.publish("devices/sensor-1/telemetry", b'{"t": 1}', qos=1)
+    cb.publish("devices/sensor-1/telemetry", b'{"t": 2}', qos=1)
+    assert [m.payload for m in w1.drain(0.7) if not m.topic.startswith("$aws")] == [b'{"t": 1}']
+    assert [m.payload for m in w2.drain(0.7) if not m.topic.startswith("$aws")] == [b'{"t": 2}']
     # neither connection was taken over by the other
     assert not ca.disconnects and not cb.disconnects
     # the broker's namespace is not reachable by name
