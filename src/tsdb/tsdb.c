@@ -118,10 +118,14 @@ thz_err tsdb_head_append(tsdb *db, tsdb_ser *s, int64_t ts, uint64_t v, const ch
     r->v[r->n] = hv;
     r->n++;
     lvc_set(s, ts, v, str, slen);
-    atomic_fetch_add(&db->head_points, 1);
-    atomic_max(&db->max_ts, ts);
-    atomic_min(&db->head_min_ts, ts);
     return THZ_OK;
+}
+
+void tsdb_head_note(tsdb *db, size_t n, int64_t min_ts, int64_t max_ts)
+{
+    atomic_fetch_add(&db->head_points, n);
+    atomic_max(&db->max_ts, max_ts);
+    atomic_min(&db->head_min_ts, min_ts);
 }
 
 /* ---- write ---- */
@@ -319,7 +323,10 @@ thz_err tsdb_write(tsdb *db, int64_t tenant, const tsdb_point *pts, size_t n, ts
     if (rc) goto out;
 
     pthread_mutex_t *held = NULL;
+    int64_t lo = INT64_MAX, hi = INT64_MIN;
     for (size_t i = 0; i < n; i++) {
+        if (pts[i].ts < lo) lo = pts[i].ts;
+        if (pts[i].ts > hi) hi = pts[i].ts;
         pthread_mutex_t *m = tsdb_stripe(db, ser[i]);
         if (m != held) {
             if (held) pthread_mutex_unlock(held);
@@ -333,6 +340,8 @@ thz_err tsdb_write(tsdb *db, int64_t tenant, const tsdb_point *pts, size_t n, ts
             log_error(TSDB_MOD, "out of memory appending to the head (the point is in the WAL)");
     }
     if (held) pthread_mutex_unlock(held);
+    /* Shared counters once per call, not per point (cache-line traffic). */
+    tsdb_head_note(db, n, lo, hi);
 out:
     pthread_rwlock_unlock(&db->cut);
     if (ser != stack) free(ser);

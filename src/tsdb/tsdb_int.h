@@ -242,6 +242,8 @@ thz_err tsdb_wal_frame(thz_buf *out, const thz_buf *payload);
 /* Appends one point to s's head and the LVC; caller holds the stripe lock. */
 thz_err tsdb_head_append(tsdb *db, tsdb_ser *s, int64_t ts, uint64_t v, const char *str,
                          uint32_t slen);
+/* Accounts n points appended to heads with timestamps in [min_ts, max_ts]. */
+void tsdb_head_note(tsdb *db, size_t n, int64_t min_ts, int64_t max_ts);
 static inline pthread_mutex_t *tsdb_stripe(tsdb *db, const tsdb_ser *s)
 {
     return &db->stripe[s->id % TSDB_NSTRIPE];

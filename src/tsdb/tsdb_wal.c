@@ -190,6 +190,7 @@ static bool replay_payload(tsdb *db, const uint8_t *p, size_t n)
             pthread_mutex_lock(tsdb_stripe(db, s));
             tsdb_head_append(db, s, ts, v, str, sl);
             pthread_mutex_unlock(tsdb_stripe(db, s));
+            tsdb_head_note(db, 1, ts, ts);
         } else {
             return false;
         }
@@ -427,6 +428,7 @@ static void *wal_main(void *arg)
         bool rot = w->rot_req;
         size_t rot_at = w->rot_at;
         uint64_t gen = w->rot_gen;
+        bool stopping = w->stop;
         w->rot_req = false;
         pthread_mutex_unlock(&w->mu);
 
@@ -444,7 +446,7 @@ static void *wal_main(void *arg)
         }
         if (ok && b.len) dirty = true;
         if (ok && dirty &&
-            (db->o.fsync == TSDB_FSYNC_ALWAYS || w->stop || now_ms() - w->last_sync_ms >= 1000)) {
+            (db->o.fsync == TSDB_FSYNC_ALWAYS || stopping || now_ms() - w->last_sync_ms >= 1000)) {
             ok = do_sync(db);
             dirty = false;
         }
