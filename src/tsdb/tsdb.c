@@ -184,7 +184,8 @@ thz_err tsdb_write(tsdb *db, int64_t tenant, const tsdb_point *pts, size_t n, ts
         if (!p->device || p->device_len < 1 || p->device_len > 128) why = "device must be 1..128 bytes";
         else if (!p->metric || p->metric_len < 1 || p->metric_len > 256)
             why = "metric must be 1..256 bytes";
-        else if (p->tags_len > 4096 || (p->tags_len && !p->tags)) why = "bad tag set";
+        else if (p->tags_len > 4096 || (p->tags_len && (!p->tags || memchr(p->tags, 0, p->tags_len))))
+            why = "bad tag set";
         else if (memchr(p->device, 0, p->device_len) || memchr(p->metric, 0, p->metric_len))
             why = "NUL byte in device or metric";
         else if (p->v.type < TSDB_FLOAT || p->v.type > TSDB_STRING) why = "bad value type";
@@ -196,6 +197,11 @@ thz_err tsdb_write(tsdb *db, int64_t tenant, const tsdb_point *pts, size_t n, ts
             return THZ_EINVAL;
         }
         wal_len += point_wal_len(p);
+        if (wal_len > TSDB_REC_MAX / 2) {
+            ERR("too many points in one write (at point %zu)", i);
+            atomic_fetch_add(&db->points_rejected, n);
+            return THZ_ETOOBIG;
+        }
     }
     if (n == 0) {
         if (done) done(ctx, THZ_OK);
