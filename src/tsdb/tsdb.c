@@ -1382,7 +1382,7 @@ static void compact_upto(tsdb *db, int64_t horizon)
 static void *bg_main(void *arg)
 {
     tsdb *db = arg;
-    int64_t last_ret = 0;
+    int64_t last_ret = 0, last_end = INT64_MIN, last_cut = 0;
     pthread_mutex_lock(&db->bg_mu);
     while (!db->bg_stop) {
         struct timespec ts;
@@ -1393,10 +1393,21 @@ static void *bg_main(void *arg)
         pthread_mutex_unlock(&db->bg_mu);
         pthread_mutex_lock(&db->maint);
         int64_t end = tsdb_window_of(data_now(db) - TSDB_GRACE_NS);
-        if (atomic_load(&db->head_points) > TSDB_HEAD_MAX) cut(db, INT64_MAX);
-        else if (atomic_load(&db->head_min_ts) < end) cut(db, end);
-        compact_run(db);
         int64_t now = wall_ns();
+        /* A cut costs O(head) (it sorts and checkpoints what stays), so the
+         * late points of windows already cut (same end as the last cut)
+         * wait up to TSDB_LATE_CUT_NS and go out together as side blocks;
+         * a newly closed window is cut at once. */
+        if (atomic_load(&db->head_points) > TSDB_HEAD_MAX) {
+            cut(db, INT64_MAX);
+            last_cut = now;
+        } else if (atomic_load(&db->head_min_ts) < end &&
+                   (end != last_end || now - last_cut >= TSDB_LATE_CUT_NS)) {
+            cut(db, end);
+            last_end = end;
+            last_cut = now;
+        }
+        compact_run(db);
         if (now - last_ret > 10ll * 1000000000ll) {
             retention_run(db);
             last_ret = now;

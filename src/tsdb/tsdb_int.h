@@ -25,6 +25,7 @@
 #define TSDB_WINDOW_NS     (3600ll * 1000000000ll) /* block time window: 1 hour */
 #define TSDB_GRACE_NS      (600ll * 1000000000ll)  /* a window is cut 10 min after it ends */
 #define TSDB_MINUTE_NS     (60ll * 1000000000ll)
+#define TSDB_LATE_CUT_NS   (60ll * 1000000000ll)   /* late points are cut at most once a minute */
 #define TSDB_SEGMENT_BYTES ((uint64_t)64 << 20)    /* WAL segment rotation */
 #define TSDB_WAL_BACKLOG   ((size_t)256 << 20)     /* unwritten WAL bytes before EQUOTA */
 #define TSDB_HEAD_MAX      ((uint64_t)32 << 20)    /* head points before a forced full cut */
