@@ -243,9 +243,9 @@ static thz_err encode_rollup(const tsdb_bser *s, thz_buf *sec)
             default: dv[i] = a->last;
             }
         }
-        rc = col < 2                 ? codec_ts_encode(iv, nc, &c)
-             : col == 2 || k >= 0    ? codec_i64_encode(iv, nc, &c)
-                                     : codec_f64_encode(dv, nc, &c);
+        rc = col < 2              ? codec_ts_encode(iv, nc, &c)
+             : col == 2 || k >= 0 ? codec_i64_encode(iv, nc, &c)
+                                  : codec_f64_encode(dv, nc, &c);
         if (!rc) rc = put_u32(sec, (uint32_t)c.len);
         if (!rc) rc = thz_buf_append(sec, c.p, c.len);
         thz_buf_free(&c);
@@ -285,8 +285,8 @@ static int fsync_dir(const char *path)
     return r;
 }
 
-thz_err tsdb_block_write(tsdb *db, int64_t tenant, int64_t win, uint64_t seq,
-                         const tsdb_bser *ss, size_t n, tsdb_block **out)
+thz_err tsdb_block_write(tsdb *db, int64_t tenant, int64_t win, uint64_t seq, const tsdb_bser *ss,
+                         size_t n, tsdb_block **out)
 {
     thz_buf f = {0}, sec = {0}, col = {0};
     wentry *we = calloc(n ? n : 1, sizeof *we);
@@ -353,8 +353,10 @@ thz_err tsdb_block_write(tsdb *db, int64_t tenant, int64_t win, uint64_t seq,
         if (!rc) rc = put_u32(&sec, (uint32_t)col.len);
         if (!rc) rc = thz_buf_append(&sec, col.p, col.len);
         uint8_t *nbm = realloc(bm, (nu + 7) / 8 + 1);
-        if (!nbm) rc = THZ_ENOMEM;
-        else bm = nbm;
+        if (!nbm)
+            rc = THZ_ENOMEM;
+        else
+            bm = nbm;
         for (size_t k = i; k < j && !rc; k++) {
             const tsdb_bser *s = &ss[k];
             rc = put_u64(&sec, s->s->id);
@@ -444,7 +446,7 @@ thz_err tsdb_block_write(tsdb *db, int64_t tenant, int64_t win, uint64_t seq,
                 }
             }
             col.len = 0;
-            rc = c >= 5 && c <= 9   ? codec_f64_encode(dv, n, &col)
+            rc = c >= 5 && c <= 9     ? codec_f64_encode(dv, n, &col)
                  : c == 10 || c == 11 ? codec_ts_encode(iv, n, &col)
                                       : codec_i64_encode(iv, n, &col);
             if (!rc) rc = put_u32(&sec, (uint32_t)col.len);
@@ -470,8 +472,10 @@ thz_err tsdb_block_write(tsdb *db, int64_t tenant, int64_t win, uint64_t seq,
         while (ok && off < f.len) {
             ssize_t w = write(fd, f.p + off, f.len - off);
             if (w < 0 && errno == EINTR) continue;
-            if (w <= 0) ok = false;
-            else off += (size_t)w;
+            if (w <= 0)
+                ok = false;
+            else
+                off += (size_t)w;
         }
         ok = ok && fdatasync(fd) == 0;
         if (fd >= 0) close(fd);
@@ -527,8 +531,8 @@ thz_err tsdb_block_load(const char *path, tsdb_block **out)
     if (fd < 0) return THZ_EIO;
     struct stat st;
     uint8_t tr[16];
-    if (fstat(fd, &st) < 0 || st.st_size < 24 ||
-        pread(fd, tr, 16, st.st_size - 16) != 16 || memcmp(tr + 12, "THZb", 4) != 0) {
+    if (fstat(fd, &st) < 0 || st.st_size < 24 || pread(fd, tr, 16, st.st_size - 16) != 16 ||
+        memcmp(tr + 12, "THZb", 4) != 0) {
         close(fd);
         return THZ_ECORRUPT;
     }
@@ -629,8 +633,10 @@ const tsdb_bentry *tsdb_block_find(const tsdb_block *b, uint64_t id)
     size_t lo = 0, hi = b->ne;
     while (lo < hi) {
         size_t mid = (lo + hi) / 2;
-        if (b->e[mid].id < id) lo = mid + 1;
-        else hi = mid;
+        if (b->e[mid].id < id)
+            lo = mid + 1;
+        else
+            hi = mid;
     }
     return lo < b->ne && b->e[lo].id == id ? &b->e[lo] : NULL;
 }
@@ -791,7 +797,7 @@ thz_err tsdb_block_rollup(const tsdb_block *b, const tsdb_bentry *e, tsdb_agg **
             free(sc);
             goto corrupt;
         }
-        thz_err r = col < 2                  ? codec_ts_decode(q, l, n, iv)
+        thz_err r = col < 2                 ? codec_ts_decode(q, l, n, iv)
                     : col == 2 || mode == 1 ? codec_i64_decode(q, l, n, iv)
                                             : codec_f64_decode(q, l, n, dv);
         if (r) {
@@ -833,7 +839,8 @@ thz_err tsdb_block_rollup(const tsdb_block *b, const tsdb_bentry *e, tsdb_agg **
     free(sc);
     free(dv);
     free(sec);
-    for (uint32_t i = 0; i < n; i++) iv[i] = tsdb_floor_div(c[i].first_ts, TSDB_MINUTE_NS) * TSDB_MINUTE_NS;
+    for (uint32_t i = 0; i < n; i++)
+        iv[i] = tsdb_floor_div(c[i].first_ts, TSDB_MINUTE_NS) * TSDB_MINUTE_NS;
     *cells = c;
     *starts = iv;
     *on = n;

@@ -56,8 +56,11 @@ static tsdb *open_db(const char *dir, tsdb_fsync f, uint64_t limit)
 
 static tsdb_point fpt(const char *dev, const char *met, int64_t ts, double v)
 {
-    return (tsdb_point){.device = dev, .device_len = strlen(dev), .metric = met,
-                        .metric_len = strlen(met), .ts = ts,
+    return (tsdb_point){.device = dev,
+                        .device_len = strlen(dev),
+                        .metric = met,
+                        .metric_len = strlen(met),
+                        .ts = ts,
                         .v = {.type = TSDB_FLOAT, .u.f = v}};
 }
 
@@ -380,18 +383,18 @@ static void check_aggs(tsdb *db, uint64_t id, const int64_t *ts, const double *v
         size_t nb;
     } cases[] = {
         {INT64_MIN / 2, INT64_MAX / 2, 0, 1},
-        {T0, T0 + 4 * 3600 * SEC, 3600 * SEC, 4},                /* bins = windows */
-        {T0 + 1800 * SEC, T0 + 3 * 3600 * SEC, 3600 * SEC, 3},   /* bins cut blocks */
-        {T0, T0 + 3 * 3600 * SEC, 60 * SEC, 180},                /* minute bins: rollups */
-        {T0 + 7 * SEC, T0 + 3 * 3600 * SEC, 300 * SEC + 3, 40},  /* unaligned */
+        {T0, T0 + 4 * 3600 * SEC, 3600 * SEC, 4},               /* bins = windows */
+        {T0 + 1800 * SEC, T0 + 3 * 3600 * SEC, 3600 * SEC, 3},  /* bins cut blocks */
+        {T0, T0 + 3 * 3600 * SEC, 60 * SEC, 180},               /* minute bins: rollups */
+        {T0 + 7 * SEC, T0 + 3 * 3600 * SEC, 300 * SEC + 3, 40}, /* unaligned */
         {T0 + 3599 * SEC, T0 + 3601 * SEC, SEC, 2},
         {T0 - 100 * SEC, T0 + 100 * SEC, 7 * SEC, 10},
     };
     for (size_t c = 0; c < sizeof cases / sizeof *cases; c++) {
         tsdb_agg got[200], want[200];
         size_t nb = cases[c].nb;
-        assert_int_equal(tsdb_aggregate(db, 1, id, cases[c].t0, cases[c].t1, cases[c].step, got, nb),
-                         THZ_OK);
+        assert_int_equal(
+            tsdb_aggregate(db, 1, id, cases[c].t0, cases[c].t1, cases[c].step, got, nb), THZ_OK);
         brute(ts, v, n, cases[c].t0, cases[c].t1, cases[c].step, want, nb);
         for (size_t b = 0; b < nb; b++) {
             if (got[b].count != want[b].count)
@@ -432,7 +435,8 @@ static void test_aggregate(void **state)
     int64_t w0 = tsdb_window_of(T0) + TSDB_WINDOW_NS;
     tsdb_agg bins[120];
     uint64_t dec = tsdb__agg_decoded(db);
-    assert_int_equal(tsdb_aggregate(db, 1, id, w0, w0 + 2 * 3600 * SEC, 60 * SEC, bins, 120), THZ_OK);
+    assert_int_equal(tsdb_aggregate(db, 1, id, w0, w0 + 2 * 3600 * SEC, 60 * SEC, bins, 120),
+                     THZ_OK);
     assert_int_equal(tsdb_aggregate(db, 1, id, w0, w0 + 3600 * SEC, 0, bins, 1), THZ_OK);
     assert_int_equal(tsdb__agg_decoded(db), dec);
     assert_int_equal(bins[0].count, 3600);
@@ -732,7 +736,8 @@ static void test_retention(void **state)
     clock_gettime(CLOCK_REALTIME, &now);
     int64_t n = (int64_t)now.tv_sec * SEC;
     tsdb_point p[4] = {fpt("r", "m", n - 10 * 86400 * SEC, 1), fpt("r", "m", n - 60 * SEC, 2),
-                       fpt("r", "keep", n - 10 * 86400 * SEC, 3), fpt("r", "short", n - 2 * 86400 * SEC, 3)};
+                       fpt("r", "keep", n - 10 * 86400 * SEC, 3),
+                       fpt("r", "short", n - 2 * 86400 * SEC, 3)};
     wr(db, 1, p, 4);
     wr(db, 2, p, 1);
     assert_int_equal(tsdb_flush(db), THZ_OK);
