@@ -62,7 +62,7 @@ static void *writer(void *arg)
     job *j = arg;
     int n = j->d1 - j->d0;
     int64_t *walk = malloc((size_t)n * 4 * sizeof *walk); /* hundredths */
-    char (*names)[16] = malloc((size_t)n * sizeof *names);
+    char(*names)[16] = malloc((size_t)n * sizeof *names);
     for (int i = 0; i < n; i++) {
         snprintf(names[i], sizeof names[i], "dev-%05d", j->d0 + i);
         for (int f = 0; f < 4; f++) walk[i * 4 + f] = 2000 + (int64_t)(rnd(&j->rng) % 1000);
@@ -114,7 +114,8 @@ static void run(int threads)
     job jobs[8];
     double t = now_s(), c = cpu_s();
     for (int i = 0; i < threads; i++) {
-        jobs[i] = (job){db, ndev * i / threads, ndev * (i + 1) / threads, 0x9e3779b97f4a7c15ull + i};
+        jobs[i] =
+            (job){db, ndev * i / threads, ndev * (i + 1) / threads, 0x9e3779b97f4a7c15ull + i};
         pthread_create(&th[i], NULL, writer, &jobs[i]);
     }
     for (int i = 0; i < threads; i++) pthread_join(th[i], NULL);
@@ -138,12 +139,13 @@ static void run(int threads)
         tsdb_aggregate(db, 1, id, T0, T0 + 3600ll * 1000000000ll, 60ll * 1000000000ll, agg, 60);
     double at = (now_s() - t) / 100;
     printf("{\"threads\":%d,\"fsync\":\"%s\",\"points\":%" PRIu64 ",\"write_s\":%.3f,"
-           "\"points_per_s\":%.0f,\"cpu_s\":%.3f,\"points_per_cpu_s\":%.0f,\"wal_bytes_before_flush\":%" PRIu64 ",\"flush_s\":%.3f,"
+           "\"points_per_s\":%.0f,\"cpu_s\":%.3f,\"points_per_cpu_s\":%.0f,\"wal_bytes_before_"
+           "flush\":%" PRIu64 ",\"flush_s\":%.3f,"
            "\"blocks\":%" PRIu64 ",\"bytes_on_disk_after_flush\":%" PRIu64
            ",\"bytes_per_point\":%.4f,\"agg_1h_by_1m_us\":%.1f}\n",
-           threads, mode == TSDB_FSYNC_ALWAYS ? "always" : "everysec", pts, wt, (double)pts / wt, wc,
-           (double)pts / wc,
-           wal, ft, st.blocks, blocks_bytes, (double)blocks_bytes / (double)pts, at * 1e6);
+           threads, mode == TSDB_FSYNC_ALWAYS ? "always" : "everysec", pts, wt, (double)pts / wt,
+           wc, (double)pts / wc, wal, ft, st.blocks, blocks_bytes,
+           (double)blocks_bytes / (double)pts, at * 1e6);
     fflush(stdout);
     tsdb_close(db);
     char cmd[600];
@@ -159,7 +161,9 @@ int main(int argc, char **argv)
         switch (opt) {
         case 'd': ndev = atoi(optarg); break;
         case 's': nsec = atoi(optarg); break;
-        case 'f': mode = strcmp(optarg, "always") == 0 ? TSDB_FSYNC_ALWAYS : TSDB_FSYNC_EVERYSEC; break;
+        case 'f':
+            mode = strcmp(optarg, "always") == 0 ? TSDB_FSYNC_ALWAYS : TSDB_FSYNC_EVERYSEC;
+            break;
         case 'D': basedir = optarg; break;
         default:
             fprintf(stderr, "usage: %s [-d DEVICES] [-s SECONDS] [-f always|everysec] [-D DIR]\n",

@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """bench/tsdb/report.py - the table of the time-series benchmark: reads what
 bench/tsdb/run left in DIR for each target (T.load.json from gen, T.cpu,
-T.disk, T.queries.json from query.py), prints ingest, CPU, disk and query
+T.disk, T.queries.json from query.py; for thinghz also T.disk_served and
+T.head.queries.json, before its head was cut into blocks), prints ingest, CPU, disk and query
 figures side by side with the thinghz/influx ratios, checks that both
 targets gave the same answers (floats within 1e-6 relative) and writes
 DIR/results.json. Exit status 1 if any answer differs.
@@ -25,17 +26,18 @@ def load(d, t):
         r["present"] = True
     except (OSError, ValueError):
         return r
-    for k in ("cpu", "disk"):
+    for k in ("cpu", "disk", "disk_served"):
         try:
             with open(p + "." + k) as f:
                 r[k] = float(f.read().strip())
         except (OSError, ValueError):
             pass
-    try:
-        with open(p + ".queries.json") as f:
-            r["queries"] = json.load(f)
-    except (OSError, ValueError):
-        r["queries"] = []
+    for k, fn in (("queries", ".queries.json"), ("head_queries", ".head.queries.json")):
+        try:
+            with open(p + fn) as f:
+                r[k] = json.load(f)
+        except (OSError, ValueError):
+            r[k] = []
     return r
 
 
@@ -86,6 +88,8 @@ def main(d):
         r["points_per_s"] = ld.get("points_per_s")
         r["cpu_s_per_mpoint"] = r["cpu"] / (pts / 1e6) if pts and "cpu" in r else None
         r["bytes_per_point"] = r["disk"] / pts if pts and "disk" in r else None
+        r["served_bytes_per_point"] = (r["disk_served"] / pts if pts and "disk_served" in r
+                                       else None)
     I, T = res["influx"], res["thinghz"]
 
     def row(name, key, spec):
@@ -95,21 +99,28 @@ def main(d):
     row("ingest points/s", "points_per_s", ",.0f")
     row("server CPU s / M points", "cpu_s_per_mpoint", ".3f")
     row("bytes on disk / point", "bytes_per_point", ".3f")
+    if T.get("served_bytes_per_point") is not None:
+        rows.append(("  thinghz before the cut (WAL)", "", fmt(T["served_bytes_per_point"], ".3f"),
+                     ""))
     mismatches = 0
-    iq = {q["name"]: q for q in I.get("queries", [])}
-    tq = {q["name"]: q for q in T.get("queries", [])}
     checks = []
-    for name in list(iq) + [n for n in tq if n not in iq]:
-        a, b = iq.get(name, {}), tq.get(name, {})
-        rows.append(("query ms: " + name, fmt(a.get("ms"), ".2f"), fmt(b.get("ms"), ".2f"),
-                     ratio(b.get("ms"), a.get("ms"))))
-        if "answer" in a and "answer" in b:
-            ok, detail = same(a["answer"], b["answer"])
-            mismatches += not ok
-            checks.append("  %-32s %s (%s)" % (name, "same" if ok else "DIFFERENT", detail))
-        for t, q in (("influx", a), ("thinghz", b)):
-            if "error" in q:
-                checks.append("  %-32s %s error: %s" % (name, t, q["error"]))
+    iq = {q["name"]: q for q in I.get("queries", [])}
+    for label, key in (("", "queries"), (" (head)", "head_queries")):
+        tq = {q["name"]: q for q in T.get(key, [])}
+        if not tq and key != "queries":
+            continue
+        for name in list(iq) + [n for n in tq if n not in iq]:
+            a, b = iq.get(name, {}), tq.get(name, {})
+            rows.append(("query ms%s: %s" % (label, name), fmt(a.get("ms"), ".2f"),
+                         fmt(b.get("ms"), ".2f"), ratio(b.get("ms"), a.get("ms"))))
+            if "answer" in a and "answer" in b:
+                ok, detail = same(a["answer"], b["answer"])
+                mismatches += not ok
+                checks.append("  %-40s %s (%s)" % (name + label, "same" if ok else "DIFFERENT",
+                                                   detail))
+            for t, q in (("influx", a), ("thinghz", b)):
+                if "error" in q:
+                    checks.append("  %-40s %s error: %s" % (name + label, t, q["error"]))
     w = max(len(r[0]) for r in rows) if rows else 10
     print("%-*s %16s %16s %10s" % (w, "", "influxdb 1.6", "thinghz", "thz/influx"))
     for r in rows:

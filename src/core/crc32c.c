@@ -76,4 +76,3 @@ uint32_t thz_crc32c(uint32_t crc, const void *p, size_t n)
     if (n == 0) return crc;
     return ~crc_impl(~crc, p, n);
 }
-

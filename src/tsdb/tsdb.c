@@ -118,10 +118,14 @@ thz_err tsdb_head_append(tsdb *db, tsdb_ser *s, int64_t ts, uint64_t v, const ch
     r->v[r->n] = hv;
     r->n++;
     lvc_set(s, ts, v, str, slen);
-    atomic_fetch_add(&db->head_points, 1);
-    atomic_max(&db->max_ts, ts);
-    atomic_min(&db->head_min_ts, ts);
     return THZ_OK;
+}
+
+void tsdb_head_note(tsdb *db, size_t n, int64_t min_ts, int64_t max_ts)
+{
+    atomic_fetch_add(&db->head_points, n);
+    atomic_max(&db->max_ts, max_ts);
+    atomic_min(&db->head_min_ts, min_ts);
 }
 
 /* ---- write ---- */
@@ -161,8 +165,10 @@ static size_t resolve(tsdb *db, int64_t tenant, const tsdb_point *pts, size_t n,
     size_t missing = 0;
     for (size_t i = 0; i < n; i++) {
         /* Consecutive points of one series (a device's batch) skip the hash. */
-        if (i && ser[i - 1] && same_key(&pts[i], &pts[i - 1])) ser[i] = ser[i - 1];
-        else ser[i] = tsdb_idx_find(db, tenant, &pts[i]);
+        if (i && ser[i - 1] && same_key(&pts[i], &pts[i - 1]))
+            ser[i] = ser[i - 1];
+        else
+            ser[i] = tsdb_idx_find(db, tenant, &pts[i]);
         if (!ser[i]) missing++;
     }
     return missing;
@@ -177,13 +183,17 @@ thz_err tsdb_write(tsdb *db, int64_t tenant, const tsdb_point *pts, size_t n, ts
     for (size_t i = 0; i < n; i++) {
         const tsdb_point *p = &pts[i];
         const char *why = NULL;
-        if (!p->device || p->device_len < 1 || p->device_len > 128) why = "device must be 1..128 bytes";
+        if (!p->device || p->device_len < 1 || p->device_len > 128)
+            why = "device must be 1..128 bytes";
         else if (!p->metric || p->metric_len < 1 || p->metric_len > 256)
             why = "metric must be 1..256 bytes";
-        else if (p->tags_len > 4096 || (p->tags_len && !p->tags)) why = "bad tag set";
+        else if (p->tags_len > 4096 ||
+                 (p->tags_len && (!p->tags || memchr(p->tags, 0, p->tags_len))))
+            why = "bad tag set";
         else if (memchr(p->device, 0, p->device_len) || memchr(p->metric, 0, p->metric_len))
             why = "NUL byte in device or metric";
-        else if (p->v.type < TSDB_FLOAT || p->v.type > TSDB_STRING) why = "bad value type";
+        else if (p->v.type < TSDB_FLOAT || p->v.type > TSDB_STRING)
+            why = "bad value type";
         else if (p->v.type == TSDB_STRING && (p->v.u.s.n > 65536 || (p->v.u.s.n && !p->v.u.s.p)))
             why = "string value longer than 64 KiB";
         if (why) {
@@ -192,6 +202,11 @@ thz_err tsdb_write(tsdb *db, int64_t tenant, const tsdb_point *pts, size_t n, ts
             return THZ_EINVAL;
         }
         wal_len += point_wal_len(p);
+        if (wal_len > TSDB_REC_MAX / 2) {
+            ERR("too many points in one write (at point %zu)", i);
+            atomic_fetch_add(&db->points_rejected, n);
+            return THZ_ETOOBIG;
+        }
     }
     if (n == 0) {
         if (done) done(ctx, THZ_OK);
@@ -214,10 +229,11 @@ thz_err tsdb_write(tsdb *db, int64_t tenant, const tsdb_point *pts, size_t n, ts
         if (ser[i]) {
             if (ser[i]->type != pts[i].v.type) {
                 ERR("point %zu: type conflict: series %s/%s is %s", i, ser[i]->device,
-                    ser[i]->metric, ser[i]->type == TSDB_FLOAT ? "float"
-                                    : ser[i]->type == TSDB_INT ? "int"
-                                    : ser[i]->type == TSDB_BOOL ? "bool"
-                                                                : "string");
+                    ser[i]->metric,
+                    ser[i]->type == TSDB_FLOAT  ? "float"
+                    : ser[i]->type == TSDB_INT  ? "int"
+                    : ser[i]->type == TSDB_BOOL ? "bool"
+                                                : "string");
                 rc = THZ_EINVAL;
             }
             continue;
@@ -257,8 +273,8 @@ thz_err tsdb_write(tsdb *db, int64_t tenant, const tsdb_point *pts, size_t n, ts
             tsdb_ser *s = tsdb_idx_find(db, tenant, &pts[i]);
             if (!s) {
                 rc = tsdb_idx_add(db, tenant, pts[i].device, pts[i].device_len, pts[i].metric,
-                                  pts[i].metric_len, pts[i].tags, pts[i].tags_len, pts[i].v.type,
-                                  0, &s);
+                                  pts[i].metric_len, pts[i].tags, pts[i].tags_len, pts[i].v.type, 0,
+                                  &s);
                 if (rc) break;
                 /* The definition enters the WAL before anyone can use the id. */
                 def.len = 0;
@@ -287,7 +303,8 @@ thz_err tsdb_write(tsdb *db, int64_t tenant, const tsdb_point *pts, size_t n, ts
     if (!rc && done && db->o.fsync == TSDB_FSYNC_ALWAYS && db->wal.ndones == db->wal.cap_dones) {
         size_t nc = db->wal.cap_dones ? db->wal.cap_dones * 2 : 256;
         tsdb_done *nd = realloc(db->wal.dones, nc * sizeof *nd);
-        if (!nd) rc = THZ_ENOMEM;
+        if (!nd)
+            rc = THZ_ENOMEM;
         else {
             db->wal.dones = nd;
             db->wal.cap_dones = nc;
@@ -319,7 +336,10 @@ thz_err tsdb_write(tsdb *db, int64_t tenant, const tsdb_point *pts, size_t n, ts
     if (rc) goto out;
 
     pthread_mutex_t *held = NULL;
+    int64_t lo = INT64_MAX, hi = INT64_MIN;
     for (size_t i = 0; i < n; i++) {
+        if (pts[i].ts < lo) lo = pts[i].ts;
+        if (pts[i].ts > hi) hi = pts[i].ts;
         pthread_mutex_t *m = tsdb_stripe(db, ser[i]);
         if (m != held) {
             if (held) pthread_mutex_unlock(held);
@@ -333,6 +353,8 @@ thz_err tsdb_write(tsdb *db, int64_t tenant, const tsdb_point *pts, size_t n, ts
             log_error(TSDB_MOD, "out of memory appending to the head (the point is in the WAL)");
     }
     if (held) pthread_mutex_unlock(held);
+    /* Shared counters once per call, not per point (cache-line traffic). */
+    tsdb_head_note(db, n, lo, hi);
 out:
     pthread_rwlock_unlock(&db->cut);
     if (ser != stack) free(ser);
@@ -466,7 +488,8 @@ static thz_err scan(tsdb *db, tsdb_ser *s, int64_t t0, int64_t t1, const scan_op
                 size_t nc = capw ? capw : 1024;
                 while (nc < nw + n) nc *= 2;
                 mpt *nwp = realloc(w, nc * sizeof *nwp);
-                if (!nwp) rc = THZ_ENOMEM;
+                if (!nwp)
+                    rc = THZ_ENOMEM;
                 else {
                     w = nwp;
                     capw = nc;
@@ -508,8 +531,10 @@ static thz_err scan(tsdb *db, tsdb_ser *s, int64_t t0, int64_t t1, const scan_op
         /* Keep the last of every run of equal timestamps. */
         size_t o = 0;
         for (size_t i = 0; i < nw; i++) {
-            if (o && w[o - 1].ts == w[i].ts) w[o - 1] = w[i];
-            else w[o++] = w[i];
+            if (o && w[o - 1].ts == w[i].ts)
+                w[o - 1] = w[i];
+            else
+                w[o++] = w[i];
         }
         if (!ots) {
             ots = malloc(TSDB_BATCH * sizeof *ots);
@@ -806,8 +831,7 @@ static int blk_cmp(const void *a, const void *b)
     return x->seq < y->seq ? -1 : x->seq > y->seq;
 }
 
-static void blocks_publish(tsdb *db, tsdb_block **add, size_t nadd, tsdb_block **drop,
-                           size_t ndrop)
+static void blocks_publish(tsdb *db, tsdb_block **add, size_t nadd, tsdb_block **drop, size_t ndrop)
 {
     pthread_rwlock_wrlock(&db->blk_mu);
     size_t o = 0;
@@ -893,8 +917,8 @@ static thz_err write_blocks(tsdb *db, cut_ser *cs, size_t n, int64_t end)
                 while (q < cs[k].n && cs[k].ts[q] < we && cs[k].ts[q] < end) q++;
                 pos[k - i] = q;
                 if (q == p) continue;
-                bs[nb++] = (tsdb_bser){cs[k].s, cs[k].ts + p, cs[k].v + p,
-                                       cs[k].s->frozen.str.p, q - p};
+                bs[nb++] =
+                    (tsdb_bser){cs[k].s, cs[k].ts + p, cs[k].v + p, cs[k].s->frozen.str.p, q - p};
             }
             tsdb_block *b;
             rc = tsdb_block_write(db, cs[i].s->tenant, w, next_seq(db), bs, nb, &b);
@@ -929,7 +953,8 @@ static thz_err sort_run(const tsdb_run *r, cut_ser *out)
     if (r->n) qsort(m, r->n, sizeof *m, mpt_cmp);
     size_t o = 0;
     for (uint32_t i = 0; i < r->n; i++) {
-        if (o && out->ts[o - 1] == m[i].ts) out->v[o - 1] = m[i].v;
+        if (o && out->ts[o - 1] == m[i].ts)
+            out->v[o - 1] = m[i].v;
         else {
             out->ts[o] = m[i].ts;
             out->v[o++] = m[i].v;
@@ -1082,8 +1107,8 @@ static thz_err retention_save(tsdb *db)
         size_t p2 = 0;
         hmap_entry *e2 = NULL;
         while ((e2 = hmap_next(&t->metric_ret, &p2, e2)))
-            fprintf(f, "%" PRId64 " %" PRId64 " %.*s\n", t->id, *(int64_t *)e2->val,
-                    (int)e2->klen, (const char *)e2->key);
+            fprintf(f, "%" PRId64 " %" PRId64 " %.*s\n", t->id, *(int64_t *)e2->val, (int)e2->klen,
+                    (const char *)e2->key);
     }
     pthread_rwlock_unlock(&db->idx);
     bool ok = fflush(f) == 0 && fsync(fileno(f)) == 0;
@@ -1139,8 +1164,8 @@ static void retention_load(tsdb *db)
 
 thz_err tsdb_set_retention(tsdb *db, int64_t tenant, const char *metric, int64_t seconds)
 {
-    if (!db || seconds < 0 || (metric && (!metric[0] || strlen(metric) > 256 ||
-                                          strpbrk(metric, " \t\r\n"))))
+    if (!db || seconds < 0 ||
+        (metric && (!metric[0] || strlen(metric) > 256 || strpbrk(metric, " \t\r\n"))))
         return THZ_EINVAL;
     pthread_rwlock_wrlock(&db->idx);
     thz_err rc = retention_apply(db, tenant, metric, seconds);
@@ -1243,7 +1268,8 @@ static thz_err compact_one(tsdb *db, tsdb_block **in, size_t nin)
             size_t cnt;
             if ((rc = tsdb_block_read(in[k], e, &ts, &v, &cnt, &arenas[n]))) break;
             mpt *nm2 = realloc(m, (nm + cnt + 1) * sizeof *m);
-            if (!nm2) rc = THZ_ENOMEM;
+            if (!nm2)
+                rc = THZ_ENOMEM;
             else {
                 m = nm2;
                 for (size_t p = 0; p < cnt; p++) m[nm++] = (mpt){ts[p], v[p], (k << 40) + p};
@@ -1259,7 +1285,8 @@ static thz_err compact_one(tsdb *db, tsdb_block **in, size_t nin)
             if (!cs[n].ts || !cs[n].v) rc = THZ_ENOMEM;
             size_t o = 0;
             for (size_t p = 0; !rc && p < nm; p++) {
-                if (o && cs[n].ts[o - 1] == m[p].ts) cs[n].v[o - 1] = m[p].v;
+                if (o && cs[n].ts[o - 1] == m[p].ts)
+                    cs[n].v[o - 1] = m[p].v;
                 else {
                     cs[n].ts[o] = m[p].ts;
                     cs[n].v[o++] = m[p].v;
@@ -1274,7 +1301,8 @@ static thz_err compact_one(tsdb *db, tsdb_block **in, size_t nin)
         /* Sort by device, carrying each series' arena along. */
         tsdb_bser *bs = malloc((n ? n : 1) * sizeof *bs);
         size_t *order = malloc((n ? n : 1) * sizeof *order);
-        if (!bs || !order) rc = THZ_ENOMEM;
+        if (!bs || !order)
+            rc = THZ_ENOMEM;
         else {
             for (size_t i = 0; i < n; i++) order[i] = i;
             /* insertion sort by (device, id): compaction is rare and n small per window */
@@ -1367,7 +1395,7 @@ static void compact_upto(tsdb *db, int64_t horizon)
 static void *bg_main(void *arg)
 {
     tsdb *db = arg;
-    int64_t last_ret = 0;
+    int64_t last_ret = 0, last_end = INT64_MIN, last_cut = 0;
     pthread_mutex_lock(&db->bg_mu);
     while (!db->bg_stop) {
         struct timespec ts;
@@ -1378,10 +1406,21 @@ static void *bg_main(void *arg)
         pthread_mutex_unlock(&db->bg_mu);
         pthread_mutex_lock(&db->maint);
         int64_t end = tsdb_window_of(data_now(db) - TSDB_GRACE_NS);
-        if (atomic_load(&db->head_points) > TSDB_HEAD_MAX) cut(db, INT64_MAX);
-        else if (atomic_load(&db->head_min_ts) < end) cut(db, end);
-        compact_run(db);
         int64_t now = wall_ns();
+        /* A cut costs O(head) (it sorts and checkpoints what stays), so the
+         * late points of windows already cut (same end as the last cut)
+         * wait up to TSDB_LATE_CUT_NS and go out together as side blocks;
+         * a newly closed window is cut at once. */
+        if (atomic_load(&db->head_points) > TSDB_HEAD_MAX) {
+            cut(db, INT64_MAX);
+            last_cut = now;
+        } else if (atomic_load(&db->head_min_ts) < end &&
+                   (end != last_end || now - last_cut >= TSDB_LATE_CUT_NS)) {
+            cut(db, end);
+            last_end = end;
+            last_cut = now;
+        }
+        compact_run(db);
         if (now - last_ret > 10ll * 1000000000ll) {
             retention_run(db);
             last_ret = now;

@@ -22,10 +22,11 @@
  *            decoder has: last, first - previous cell's last, max -
  *            max(first, last), min(first, last) - min, sum - count * min
  *   footer   u32 version, i64 tenant, i64 window, u64 seq, i64 min_ts,
- *            i64 max_ts, u32 n, then n entries of 97 bytes, sorted by id:
- *            u64 id, u64 section offset, u32 section len, u8 type,
- *            u64 count, f64 sum, min, max, first, last, i64 first_ts,
- *            i64 last_ts, u64 rollup offset, u32 rollup len (0: none)
+ *            i64 max_ts, u32 n, then 14 codec columns of n values each
+ *            (u32 len + bytes), the entries sorted by id: id, section
+ *            offset, section len, type, count (i64); sum, min, max, first,
+ *            last (f64); first_ts, last_ts (ts); rollup offset, rollup len
+ *            (i64; len 0: none)
  *   trailer  u64 footer offset, u32 footer len, "THZb"
  *
  * A block with whole-block aggregates answers a bin containing the whole
@@ -47,7 +48,7 @@
 #include "tsdb/tsdb_int.h"
 
 #define BLK_VERSION  1
-#define ENTRY_LEN    97
+#define FOOTER_COLS  14
 #define FOOTER_FIXED 48
 
 static thz_err put_u32(thz_buf *b, uint32_t v)
@@ -62,21 +63,6 @@ static thz_err put_u64(thz_buf *b, uint64_t v)
     uint8_t x[8];
     tsdb_put64(x, v);
     return thz_buf_append(b, x, 8);
-}
-
-static thz_err put_f64(thz_buf *b, double d)
-{
-    uint64_t v;
-    memcpy(&v, &d, 8);
-    return put_u64(b, v);
-}
-
-static double get_f64(const uint8_t *p)
-{
-    uint64_t v = tsdb_get64(p);
-    double d;
-    memcpy(&d, &v, 8);
-    return d;
 }
 
 /* Frames sec (payload) at the end of out. */
@@ -257,9 +243,9 @@ static thz_err encode_rollup(const tsdb_bser *s, thz_buf *sec)
             default: dv[i] = a->last;
             }
         }
-        rc = col < 2                 ? codec_ts_encode(iv, nc, &c)
-             : col == 2 || k >= 0    ? codec_i64_encode(iv, nc, &c)
-                                     : codec_f64_encode(dv, nc, &c);
+        rc = col < 2              ? codec_ts_encode(iv, nc, &c)
+             : col == 2 || k >= 0 ? codec_i64_encode(iv, nc, &c)
+                                  : codec_f64_encode(dv, nc, &c);
         if (!rc) rc = put_u32(sec, (uint32_t)c.len);
         if (!rc) rc = thz_buf_append(sec, c.p, c.len);
         thz_buf_free(&c);
@@ -299,8 +285,8 @@ static int fsync_dir(const char *path)
     return r;
 }
 
-thz_err tsdb_block_write(tsdb *db, int64_t tenant, int64_t win, uint64_t seq,
-                         const tsdb_bser *ss, size_t n, tsdb_block **out)
+thz_err tsdb_block_write(tsdb *db, int64_t tenant, int64_t win, uint64_t seq, const tsdb_bser *ss,
+                         size_t n, tsdb_block **out)
 {
     thz_buf f = {0}, sec = {0}, col = {0};
     wentry *we = calloc(n ? n : 1, sizeof *we);
@@ -309,7 +295,7 @@ thz_err tsdb_block_write(tsdb *db, int64_t tenant, int64_t win, uint64_t seq,
     size_t capu = 0;
     thz_err rc = we ? THZ_OK : THZ_ENOMEM;
     int64_t min_ts = INT64_MAX, max_ts = INT64_MIN;
-    size_t b_ts = 0, b_val = 0, b_roll = 0, npts = 0;
+    size_t b_ts = 0, b_val = 0, b_roll = 0, npts = 0, footer_len = 0;
     if (!rc) rc = thz_buf_append(&f, "THZB", 4);
     if (!rc) rc = put_u32(&f, BLK_VERSION);
     size_t i = 0;
@@ -367,8 +353,10 @@ thz_err tsdb_block_write(tsdb *db, int64_t tenant, int64_t win, uint64_t seq,
         if (!rc) rc = put_u32(&sec, (uint32_t)col.len);
         if (!rc) rc = thz_buf_append(&sec, col.p, col.len);
         uint8_t *nbm = realloc(bm, (nu + 7) / 8 + 1);
-        if (!nbm) rc = THZ_ENOMEM;
-        else bm = nbm;
+        if (!nbm)
+            rc = THZ_ENOMEM;
+        else
+            bm = nbm;
         for (size_t k = i; k < j && !rc; k++) {
             const tsdb_bser *s = &ss[k];
             rc = put_u64(&sec, s->s->id);
@@ -432,23 +420,41 @@ thz_err tsdb_block_write(tsdb *db, int64_t tenant, int64_t win, uint64_t seq,
         if (!rc) rc = put_u64(&sec, (uint64_t)min_ts);
         if (!rc) rc = put_u64(&sec, (uint64_t)max_ts);
         if (!rc) rc = put_u32(&sec, (uint32_t)n);
-        for (size_t k = 0; k < n && !rc; k++) {
-            wentry *e = &we[k];
-            rc = put_u64(&sec, e->id);
-            if (!rc) rc = put_u64(&sec, e->off);
-            if (!rc) rc = put_u32(&sec, e->len);
-            if (!rc) rc = thz_buf_append(&sec, &e->type, 1);
-            if (!rc) rc = put_u64(&sec, e->a.count);
-            if (!rc) rc = put_f64(&sec, e->a.sum);
-            if (!rc) rc = put_f64(&sec, e->a.min);
-            if (!rc) rc = put_f64(&sec, e->a.max);
-            if (!rc) rc = put_f64(&sec, e->a.first);
-            if (!rc) rc = put_f64(&sec, e->a.last);
-            if (!rc) rc = put_u64(&sec, (uint64_t)e->a.first_ts);
-            if (!rc) rc = put_u64(&sec, (uint64_t)e->a.last_ts);
-            if (!rc) rc = put_u64(&sec, e->roff);
-            if (!rc) rc = put_u32(&sec, e->rlen);
+        /* The entries as 14 codec columns (ids, offsets and counts are
+         * near-regular, so this is a fraction of fixed-width entries). */
+        int64_t *iv = malloc((n ? n : 1) * sizeof *iv);
+        double *dv = malloc((n ? n : 1) * sizeof *dv);
+        if (!iv || !dv) rc = THZ_ENOMEM;
+        for (int c = 0; c < FOOTER_COLS && !rc; c++) {
+            for (size_t k = 0; k < n; k++) {
+                const wentry *e = &we[k];
+                switch (c) {
+                case 0: iv[k] = (int64_t)e->id; break;
+                case 1: iv[k] = (int64_t)e->off; break;
+                case 2: iv[k] = e->len; break;
+                case 3: iv[k] = e->type; break;
+                case 4: iv[k] = (int64_t)e->a.count; break;
+                case 5: dv[k] = e->a.sum; break;
+                case 6: dv[k] = e->a.min; break;
+                case 7: dv[k] = e->a.max; break;
+                case 8: dv[k] = e->a.first; break;
+                case 9: dv[k] = e->a.last; break;
+                case 10: iv[k] = e->a.first_ts; break;
+                case 11: iv[k] = e->a.last_ts; break;
+                case 12: iv[k] = (int64_t)e->roff; break;
+                default: iv[k] = e->rlen;
+                }
+            }
+            col.len = 0;
+            rc = c >= 5 && c <= 9     ? codec_f64_encode(dv, n, &col)
+                 : c == 10 || c == 11 ? codec_ts_encode(iv, n, &col)
+                                      : codec_i64_encode(iv, n, &col);
+            if (!rc) rc = put_u32(&sec, (uint32_t)col.len);
+            if (!rc) rc = thz_buf_append(&sec, col.p, col.len);
         }
+        free(iv);
+        free(dv);
+        footer_len = sec.len + 8;
         uint64_t foff = f.len;
         if (!rc) rc = frame(&f, &sec);
         if (!rc) rc = put_u64(&f, foff);
@@ -466,8 +472,10 @@ thz_err tsdb_block_write(tsdb *db, int64_t tenant, int64_t win, uint64_t seq,
         while (ok && off < f.len) {
             ssize_t w = write(fd, f.p + off, f.len - off);
             if (w < 0 && errno == EINTR) continue;
-            if (w <= 0) ok = false;
-            else off += (size_t)w;
+            if (w <= 0)
+                ok = false;
+            else
+                off += (size_t)w;
         }
         ok = ok && fdatasync(fd) == 0;
         if (fd >= 0) close(fd);
@@ -483,7 +491,7 @@ thz_err tsdb_block_write(tsdb *db, int64_t tenant, int64_t win, uint64_t seq,
                  "block %s: %zu series, %zu points, %zu bytes (%.3f/point): timestamps %zu, "
                  "values %zu, rollups %zu, footer %zu",
                  path, n, npts, f.len, npts ? (double)f.len / (double)npts : 0.0, b_ts, b_val,
-                 b_roll, (size_t)FOOTER_FIXED + n * ENTRY_LEN);
+                 b_roll, footer_len);
     free(we);
     free(uts);
     free(bm);
@@ -523,8 +531,8 @@ thz_err tsdb_block_load(const char *path, tsdb_block **out)
     if (fd < 0) return THZ_EIO;
     struct stat st;
     uint8_t tr[16];
-    if (fstat(fd, &st) < 0 || st.st_size < 24 ||
-        pread(fd, tr, 16, st.st_size - 16) != 16 || memcmp(tr + 12, "THZb", 4) != 0) {
+    if (fstat(fd, &st) < 0 || st.st_size < 24 || pread(fd, tr, 16, st.st_size - 16) != 16 ||
+        memcmp(tr + 12, "THZb", 4) != 0) {
         close(fd);
         return THZ_ECORRUPT;
     }
@@ -538,8 +546,8 @@ thz_err tsdb_block_load(const char *path, tsdb_block **out)
     const uint8_t *p = f + 8;
     size_t plen = tsdb_get32(tr + 8) - 8;
     uint32_t ne = plen >= FOOTER_FIXED ? tsdb_get32(p + 44) : 0;
-    if (plen < FOOTER_FIXED || tsdb_get32(p) != BLK_VERSION ||
-        (uint64_t)ne * ENTRY_LEN != plen - FOOTER_FIXED) {
+    /* Each entry takes at least a bit somewhere: bound ne by the file. */
+    if (plen < FOOTER_FIXED || tsdb_get32(p) != BLK_VERSION || ne > fsize) {
         free(f);
         close(fd);
         return THZ_ECORRUPT;
@@ -547,12 +555,16 @@ thz_err tsdb_block_load(const char *path, tsdb_block **out)
     tsdb_block *b = calloc(1, sizeof *b);
     if (b) b->e = calloc(ne ? ne : 1, sizeof *b->e);
     if (b) b->path = strdup(path);
-    if (!b || !b->e || !b->path) {
+    int64_t *iv = malloc(((size_t)ne + 1) * sizeof *iv);
+    double *dv = malloc(((size_t)ne + 1) * sizeof *dv);
+    if (!b || !b->e || !b->path || !iv || !dv) {
         if (b) {
             free(b->e);
             free(b->path);
         }
         free(b);
+        free(iv);
+        free(dv);
         free(f);
         close(fd);
         return THZ_ENOMEM;
@@ -566,25 +578,46 @@ thz_err tsdb_block_load(const char *path, tsdb_block **out)
     b->max_ts = (int64_t)tsdb_get64(p + 36);
     b->bytes = fsize;
     b->ne = ne;
-    const uint8_t *q = p + FOOTER_FIXED;
-    for (uint32_t i = 0; i < ne; i++, q += ENTRY_LEN) {
-        tsdb_bentry *e = &b->e[i];
-        e->id = tsdb_get64(q);
-        e->sec_off = tsdb_get64(q + 8);
-        e->sec_len = tsdb_get32(q + 16);
-        e->type = q[20];
-        e->count = tsdb_get64(q + 21);
-        e->sum = get_f64(q + 29);
-        e->min = get_f64(q + 37);
-        e->max = get_f64(q + 45);
-        e->first = get_f64(q + 53);
-        e->last = get_f64(q + 61);
-        e->first_ts = (int64_t)tsdb_get64(q + 69);
-        e->last_ts = (int64_t)tsdb_get64(q + 77);
-        e->roll_off = tsdb_get64(q + 85);
-        e->roll_len = tsdb_get32(q + 93);
-        if (i && e->id <= b->e[i - 1].id) rc = THZ_ECORRUPT;
+    const uint8_t *q = p + FOOTER_FIXED, *end = p + plen;
+    for (int c = 0; c < FOOTER_COLS && !rc; c++) {
+        if (end - q < 4 || (size_t)(end - q - 4) < tsdb_get32(q)) {
+            rc = THZ_ECORRUPT;
+            break;
+        }
+        uint32_t l = tsdb_get32(q);
+        q += 4;
+        thz_err r = c >= 5 && c <= 9     ? codec_f64_decode(q, l, ne, dv)
+                    : c == 10 || c == 11 ? codec_ts_decode(q, l, ne, iv)
+                                         : codec_i64_decode(q, l, ne, iv);
+        q += l;
+        if (r) {
+            rc = THZ_ECORRUPT;
+            break;
+        }
+        for (uint32_t i = 0; i < ne; i++) {
+            tsdb_bentry *e = &b->e[i];
+            switch (c) {
+            case 0: e->id = (uint64_t)iv[i]; break;
+            case 1: e->sec_off = (uint64_t)iv[i]; break;
+            case 2: e->sec_len = (uint32_t)iv[i]; break;
+            case 3: e->type = (uint8_t)iv[i]; break;
+            case 4: e->count = (uint64_t)iv[i]; break;
+            case 5: e->sum = dv[i]; break;
+            case 6: e->min = dv[i]; break;
+            case 7: e->max = dv[i]; break;
+            case 8: e->first = dv[i]; break;
+            case 9: e->last = dv[i]; break;
+            case 10: e->first_ts = iv[i]; break;
+            case 11: e->last_ts = iv[i]; break;
+            case 12: e->roll_off = (uint64_t)iv[i]; break;
+            default: e->roll_len = (uint32_t)iv[i];
+            }
+        }
     }
+    for (uint32_t i = 1; i < ne && !rc; i++)
+        if (b->e[i].id <= b->e[i - 1].id) rc = THZ_ECORRUPT;
+    free(iv);
+    free(dv);
     free(f);
     if (rc) {
         b->refs = 1;
@@ -600,8 +633,10 @@ const tsdb_bentry *tsdb_block_find(const tsdb_block *b, uint64_t id)
     size_t lo = 0, hi = b->ne;
     while (lo < hi) {
         size_t mid = (lo + hi) / 2;
-        if (b->e[mid].id < id) lo = mid + 1;
-        else hi = mid;
+        if (b->e[mid].id < id)
+            lo = mid + 1;
+        else
+            hi = mid;
     }
     return lo < b->ne && b->e[lo].id == id ? &b->e[lo] : NULL;
 }
@@ -762,7 +797,7 @@ thz_err tsdb_block_rollup(const tsdb_block *b, const tsdb_bentry *e, tsdb_agg **
             free(sc);
             goto corrupt;
         }
-        thz_err r = col < 2                  ? codec_ts_decode(q, l, n, iv)
+        thz_err r = col < 2                 ? codec_ts_decode(q, l, n, iv)
                     : col == 2 || mode == 1 ? codec_i64_decode(q, l, n, iv)
                                             : codec_f64_decode(q, l, n, dv);
         if (r) {
@@ -804,7 +839,8 @@ thz_err tsdb_block_rollup(const tsdb_block *b, const tsdb_bentry *e, tsdb_agg **
     free(sc);
     free(dv);
     free(sec);
-    for (uint32_t i = 0; i < n; i++) iv[i] = tsdb_floor_div(c[i].first_ts, TSDB_MINUTE_NS) * TSDB_MINUTE_NS;
+    for (uint32_t i = 0; i < n; i++)
+        iv[i] = tsdb_floor_div(c[i].first_ts, TSDB_MINUTE_NS) * TSDB_MINUTE_NS;
     *cells = c;
     *starts = iv;
     *on = n;

@@ -102,8 +102,8 @@ tsdb_ser *tsdb_idx_find(tsdb *db, int64_t tenant, const tsdb_point *p)
 }
 
 /* Splits the canonical tag set into (k=v) items, calling fn for each. */
-static thz_err tags_each(const char *tags, size_t tlen,
-                         thz_err (*fn)(void *, const char *, size_t), void *ctx)
+static thz_err tags_each(const char *tags, size_t tlen, thz_err (*fn)(void *, const char *, size_t),
+                         void *ctx)
 {
     size_t i = 0;
     while (i < tlen) {
@@ -216,9 +216,9 @@ thz_err tsdb_ser_def_encode(const tsdb_ser *s, thz_buf *out)
     return THZ_OK;
 }
 
-size_t tsdb_ser_def_decode(const uint8_t *p, size_t n, uint64_t *id, int64_t *tenant,
-                           uint8_t *type, const char **dev, uint32_t *dlen, const char **met,
-                           uint32_t *mlen, const char **tags, uint32_t *tlen)
+size_t tsdb_ser_def_decode(const uint8_t *p, size_t n, uint64_t *id, int64_t *tenant, uint8_t *type,
+                           const char **dev, uint32_t *dlen, const char **met, uint32_t *mlen,
+                           const char **tags, uint32_t *tlen)
 {
     if (n < 17) return 0;
     *id = tsdb_get64(p);
@@ -236,8 +236,8 @@ size_t tsdb_ser_def_decode(const uint8_t *p, size_t n, uint64_t *id, int64_t *te
         *l[i] = len;
         o += len;
     }
-    if (*type < TSDB_FLOAT || *type > TSDB_STRING || *id == 0 || *id > (1ull << 40) ||
-        *dlen == 0 || *dlen > 128 || *mlen == 0 || *mlen > 256 || *tlen > 4096)
+    if (*type < TSDB_FLOAT || *type > TSDB_STRING || *id == 0 || *id > (1ull << 40) || *dlen == 0 ||
+        *dlen > 128 || *mlen == 0 || *mlen > 256 || *tlen > 4096)
         return 0;
     return o;
 }
@@ -280,8 +280,10 @@ thz_err tsdb_idx_load(tsdb *db)
             break;
         tsdb_ser *s;
         thz_err rc = tsdb_idx_add(db, tenant, d, dl, m, ml, t, tl, type, id, &s);
-        if (rc == THZ_OK) s->persisted = true;
-        else if (rc == THZ_ECORRUPT) break;
+        if (rc == THZ_OK)
+            s->persisted = true;
+        else if (rc == THZ_ECORRUPT)
+            break;
         else if (rc != THZ_EEXIST) {
             free(data);
             close(fd);

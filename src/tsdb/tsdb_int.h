@@ -25,12 +25,13 @@
 #define TSDB_WINDOW_NS     (3600ll * 1000000000ll) /* block time window: 1 hour */
 #define TSDB_GRACE_NS      (600ll * 1000000000ll)  /* a window is cut 10 min after it ends */
 #define TSDB_MINUTE_NS     (60ll * 1000000000ll)
-#define TSDB_SEGMENT_BYTES ((uint64_t)64 << 20)    /* WAL segment rotation */
-#define TSDB_WAL_BACKLOG   ((size_t)256 << 20)     /* unwritten WAL bytes before EQUOTA */
-#define TSDB_HEAD_MAX      ((uint64_t)32 << 20)    /* head points before a forced full cut */
-#define TSDB_BATCH         4096                    /* points per read callback */
-#define TSDB_NSTRIPE       64                      /* head lock stripes */
-#define TSDB_REC_MAX       ((uint32_t)1 << 30)     /* largest WAL/index record accepted */
+#define TSDB_LATE_CUT_NS   (60ll * 1000000000ll) /* late points are cut at most once a minute */
+#define TSDB_SEGMENT_BYTES ((uint64_t)64 << 20)  /* WAL segment rotation */
+#define TSDB_WAL_BACKLOG   ((size_t)256 << 20)   /* unwritten WAL bytes before EQUOTA */
+#define TSDB_HEAD_MAX      ((uint64_t)32 << 20)  /* head points before a forced full cut */
+#define TSDB_BATCH         4096                  /* points per read callback */
+#define TSDB_NSTRIPE       64                    /* head lock stripes */
+#define TSDB_REC_MAX       ((uint32_t)1 << 30)   /* largest WAL/index record accepted */
 
 /* ---- little endian ---- */
 static inline void tsdb_put32(uint8_t *p, uint32_t v)
@@ -96,10 +97,10 @@ typedef struct tsdb_ids {
 typedef struct tsdb_tenant {
     int64_t id;
     uint64_t nseries;
-    tsdb_ids all;   /* every series id, ascending */
-    hmap postings;  /* "d\0device" | "m\0metric" | "t\0k=v" -> tsdb_ids* */
+    tsdb_ids all;        /* every series id, ascending */
+    hmap postings;       /* "d\0device" | "m\0metric" | "t\0k=v" -> tsdb_ids* */
     int64_t retention_s; /* -1: the default */
-    hmap metric_ret; /* metric -> int64_t* seconds */
+    hmap metric_ret;     /* metric -> int64_t* seconds */
 } tsdb_tenant;
 
 /* One immutable block file; refcounted so readers keep it past compaction. */
@@ -120,13 +121,13 @@ typedef struct tsdb_block {
     int fd;
     char *path;
     int64_t tenant;
-    int64_t win;      /* window start */
-    uint64_t seq;     /* higher wins on duplicate timestamps */
+    int64_t win;  /* window start */
+    uint64_t seq; /* higher wins on duplicate timestamps */
     int64_t min_ts, max_ts;
     uint64_t bytes;
-    tsdb_bentry *e;   /* sorted by id */
+    tsdb_bentry *e; /* sorted by id */
     size_t ne;
-    bool dead;        /* unlink when the last reference goes */
+    bool dead; /* unlink when the last reference goes */
 } tsdb_block;
 
 typedef struct tsdb_done {
@@ -141,9 +142,9 @@ typedef struct tsdb_wal {
     thz_buf cur;            /* records not yet handed to the WAL thread */
     tsdb_done *dones;
     size_t ndones, cap_dones;
-    uint64_t appended;  /* bytes ever appended to cur */
-    uint64_t durable;   /* bytes ever written (and fsynced under ALWAYS) */
-    size_t rot_at;      /* >0: cur[0..rot_at) goes to the segment before a forced rotation */
+    uint64_t appended; /* bytes ever appended to cur */
+    uint64_t durable;  /* bytes ever written (and fsynced under ALWAYS) */
+    size_t rot_at;     /* >0: cur[0..rot_at) goes to the segment before a forced rotation */
     bool rot_req;
     uint64_t rot_done_seq; /* the segment closed by the last forced rotation */
     uint64_t rot_gen, rot_gen_done;
@@ -153,7 +154,7 @@ typedef struct tsdb_wal {
     bool ticked; /* its 10 ms tick passed (EVERYSEC) */
     /* Owned by the WAL thread: */
     int fd;
-    uint64_t seq;       /* current segment */
+    uint64_t seq; /* current segment */
     uint64_t seg_bytes;
     uint64_t first_seq; /* oldest segment on disk */
     thz_buf spare;
@@ -173,8 +174,8 @@ struct tsdb {
     tsdb_ser **by_id; /* index = id */
     size_t cap_id;
     uint64_t next_id;
-    hmap tenants; /* int64 -> tsdb_tenant* */
-    int idx_fd;   /* index file, appended at checkpoints */
+    hmap tenants;           /* int64 -> tsdb_tenant* */
+    int idx_fd;             /* index file, appended at checkpoints */
     uint64_t idx_persisted; /* series ids <= this are in the index file */
     pthread_mutex_t stripe[TSDB_NSTRIPE];
     tsdb_wal wal;
@@ -193,7 +194,7 @@ struct tsdb {
     _Atomic uint64_t head_points;
     _Atomic uint64_t points_written, points_rejected, fsyncs;
     _Atomic uint64_t agg_decoded; /* points tsdb_aggregate decoded (tests) */
-    uint64_t ckpt_seq; /* segments <= this are covered by the checkpoint */
+    uint64_t ckpt_seq;            /* segments <= this are covered by the checkpoint */
 };
 
 /* ---- tsdb_index.c ---- */
@@ -210,16 +211,16 @@ thz_err tsdb_idx_persist(tsdb *db);
 /* Encodes a series definition (the payload shared by index and WAL records). */
 thz_err tsdb_ser_def_encode(const tsdb_ser *s, thz_buf *out);
 /* Decodes one; returns bytes used or 0 when malformed. */
-size_t tsdb_ser_def_decode(const uint8_t *p, size_t n, uint64_t *id, int64_t *tenant,
-                           uint8_t *type, const char **dev, uint32_t *dlen, const char **met,
-                           uint32_t *mlen, const char **tags, uint32_t *tlen);
+size_t tsdb_ser_def_decode(const uint8_t *p, size_t n, uint64_t *id, int64_t *tenant, uint8_t *type,
+                           const char **dev, uint32_t *dlen, const char **met, uint32_t *mlen,
+                           const char **tags, uint32_t *tlen);
 tsdb_ser *tsdb_ser_get(tsdb *db, int64_t tenant, uint64_t id); /* takes idx */
 void tsdb_idx_free(tsdb *db);
 
 /* ---- tsdb_wal.c ---- */
-thz_err tsdb_wal_open(tsdb *db);    /* replays checkpoint + segments, opens a new segment */
-thz_err tsdb_wal_start(tsdb *db);   /* starts the WAL thread */
-void tsdb_wal_stop(tsdb *db);       /* writes everything, fsyncs, joins */
+thz_err tsdb_wal_open(tsdb *db);  /* replays checkpoint + segments, opens a new segment */
+thz_err tsdb_wal_start(tsdb *db); /* starts the WAL thread */
+void tsdb_wal_stop(tsdb *db);     /* writes everything, fsyncs, joins */
 /* Appends one record built by fill into cur; caller holds wal.mu. */
 thz_err tsdb_wal_reserve(tsdb *db, size_t payload, uint8_t **p);
 void tsdb_wal_commit(tsdb *db, uint8_t *rec, size_t payload);
@@ -242,6 +243,8 @@ thz_err tsdb_wal_frame(thz_buf *out, const thz_buf *payload);
 /* Appends one point to s's head and the LVC; caller holds the stripe lock. */
 thz_err tsdb_head_append(tsdb *db, tsdb_ser *s, int64_t ts, uint64_t v, const char *str,
                          uint32_t slen);
+/* Accounts n points appended to heads with timestamps in [min_ts, max_ts]. */
+void tsdb_head_note(tsdb *db, size_t n, int64_t min_ts, int64_t max_ts);
 static inline pthread_mutex_t *tsdb_stripe(tsdb *db, const tsdb_ser *s)
 {
     return &db->stripe[s->id % TSDB_NSTRIPE];
@@ -258,8 +261,8 @@ typedef struct tsdb_bser {
 } tsdb_bser;
 /* Writes a block of tenant for window win from ss (sorted by device) and
  * returns it loaded (refs 1). */
-thz_err tsdb_block_write(tsdb *db, int64_t tenant, int64_t win, uint64_t seq,
-                         const tsdb_bser *ss, size_t n, tsdb_block **out);
+thz_err tsdb_block_write(tsdb *db, int64_t tenant, int64_t win, uint64_t seq, const tsdb_bser *ss,
+                         size_t n, tsdb_block **out);
 thz_err tsdb_block_load(const char *path, tsdb_block **out);
 const tsdb_bentry *tsdb_block_find(const tsdb_block *b, uint64_t id);
 /* Decodes the points of one series; ts/v malloc'd (caller frees); strings in arena. */

@@ -94,7 +94,8 @@ void tsdb_wal_commit(tsdb *db, uint8_t *rec, size_t payload)
     /* Wake the WAL thread only when it sleeps and there is a reason:
      * ALWAYS (someone waits for the fsync) or a large buffer; EVERYSEC
      * otherwise relies on the thread's 10 ms tick. */
-    if (db->wal.idle && (db->o.fsync == TSDB_FSYNC_ALWAYS || db->wal.cur.len >= ((size_t)1 << 20))) {
+    if (db->wal.idle &&
+        (db->o.fsync == TSDB_FSYNC_ALWAYS || db->wal.cur.len >= ((size_t)1 << 20))) {
         db->wal.idle = false;
         pthread_cond_signal(&db->wal.cv);
     }
@@ -142,8 +143,12 @@ static bool replay_payload(tsdb *db, const uint8_t *p, size_t n)
             if (!used) return false;
             tsdb_ser *s;
             pthread_rwlock_wrlock(&db->idx);
-            tsdb_point probe = {.device = d, .device_len = dl, .metric = m, .metric_len = ml,
-                                .tags = t, .tags_len = tl};
+            tsdb_point probe = {.device = d,
+                                .device_len = dl,
+                                .metric = m,
+                                .metric_len = ml,
+                                .tags = t,
+                                .tags_len = tl};
             if (!tsdb_idx_find(db, tenant, &probe)) {
                 thz_err rc = tsdb_idx_add(db, tenant, d, dl, m, ml, t, tl, type, id, &s);
                 if (rc && rc != THZ_EEXIST)
@@ -163,8 +168,9 @@ static bool replay_payload(tsdb *db, const uint8_t *p, size_t n)
             /* The type of an unknown series is unknown, and so is the
              * entry's length: the rest of the record cannot be parsed. */
             if (!s) {
-                log_warn(TSDB_MOD, "replay: point of unknown series %" PRIu64
-                                   ", rest of the record skipped", id);
+                log_warn(TSDB_MOD,
+                         "replay: point of unknown series %" PRIu64 ", rest of the record skipped",
+                         id);
                 return true;
             }
             uint64_t v = 0;
@@ -190,6 +196,7 @@ static bool replay_payload(tsdb *db, const uint8_t *p, size_t n)
             pthread_mutex_lock(tsdb_stripe(db, s));
             tsdb_head_append(db, s, ts, v, str, sl);
             pthread_mutex_unlock(tsdb_stripe(db, s));
+            tsdb_head_note(db, 1, ts, ts);
         } else {
             return false;
         }
@@ -268,8 +275,8 @@ static thz_err list_wal(tsdb *db, uint64_t **segs, size_t *nseg, uint64_t **ckpt
     while ((e = readdir(d))) {
         uint64_t seq;
         char tail[8];
-        int is_seg = sscanf(e->d_name, "%16" SCNx64 ".wa%1[l]", &seq, tail) == 2 &&
-                     strlen(e->d_name) == 20;
+        int is_seg =
+            sscanf(e->d_name, "%16" SCNx64 ".wa%1[l]", &seq, tail) == 2 && strlen(e->d_name) == 20;
         int is_ck = !is_seg && strncmp(e->d_name, "ckpt.", 5) == 0 && strlen(e->d_name) == 21 &&
                     sscanf(e->d_name + 5, "%16" SCNx64, &seq) == 1;
         if (!is_seg && !is_ck) {
@@ -395,8 +402,8 @@ static void *wal_main(void *arg)
         for (;;) {
             if (w->stop || w->rot_req) break;
             if (dirty && now_ms() - w->last_sync_ms >= 1000) break;
-            if (w->cur.len && (db->o.fsync == TSDB_FSYNC_ALWAYS || w->ticked ||
-                               w->cur.len >= ((size_t)1 << 20)))
+            if (w->cur.len &&
+                (db->o.fsync == TSDB_FSYNC_ALWAYS || w->ticked || w->cur.len >= ((size_t)1 << 20)))
                 break;
             /* ALWAYS: sleep until signalled; EVERYSEC: write every 10 ms,
              * so kill -9 loses at most that (the fsync is once a second). */
@@ -427,6 +434,7 @@ static void *wal_main(void *arg)
         bool rot = w->rot_req;
         size_t rot_at = w->rot_at;
         uint64_t gen = w->rot_gen;
+        bool stopping = w->stop;
         w->rot_req = false;
         pthread_mutex_unlock(&w->mu);
 
@@ -444,7 +452,7 @@ static void *wal_main(void *arg)
         }
         if (ok && b.len) dirty = true;
         if (ok && dirty &&
-            (db->o.fsync == TSDB_FSYNC_ALWAYS || w->stop || now_ms() - w->last_sync_ms >= 1000)) {
+            (db->o.fsync == TSDB_FSYNC_ALWAYS || stopping || now_ms() - w->last_sync_ms >= 1000)) {
             ok = do_sync(db);
             dirty = false;
         }

@@ -112,8 +112,12 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     tsdb *db = NULL;
     char err[TSDB_ERR_LEN];
     if (tsdb_open(&o, &db, err) != THZ_OK || !db) abort();
-    tsdb_point pt = {.device = "fuzz-probe", .device_len = 10, .metric = "m", .metric_len = 1,
-                     .ts = 123456789, .v = {.type = TSDB_FLOAT, .u.f = 42.5}};
+    tsdb_point pt = {.device = "fuzz-probe",
+                     .device_len = 10,
+                     .metric = "m",
+                     .metric_len = 1,
+                     .ts = 123456789,
+                     .v = {.type = TSDB_FLOAT, .u.f = 42.5}};
     /* The input may have defined the probe's series with another type, or
      * filled the tenant: a refusal is fine, a crash is not. */
     thz_err wrc = tsdb_write(db, -77, &pt, 1, NULL, NULL, err);
@@ -126,8 +130,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         uint64_t id = 0;
         if (tsdb_series_select(db, -77, m, 2, find_cb, &id) != THZ_OK || !id) abort();
         int found = 0;
-        if (tsdb_read(db, -77, id, 0, INT64_MAX, probe_cb, &found) != THZ_OK || found != 1)
-            abort();
+        if (tsdb_read(db, -77, id, 0, INT64_MAX, probe_cb, &found) != THZ_OK || found != 1) abort();
     }
     tsdb_close(db);
     return 0;
