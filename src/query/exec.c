@@ -1034,7 +1034,7 @@ static bool gap_fill(qx *x)
         }
         s = e;
     }
-    qsort_r(x->gv, x->ng, sizeof *x->gv, group_cmp, x);
+    if (x->ng) qsort_r(x->gv, x->ng, sizeof *x->gv, group_cmp, x);
     return true;
 }
 
@@ -1129,7 +1129,7 @@ thz_err qx_exec(qx *x)
         qx_fail(x, rc, rc == THZ_EINVAL ? 0 : -1, "cannot select the series: %s", thz_strerror(rc));
         return x->rc;
     }
-    qsort(x->ents, x->nents, sizeof *x->ents, ent_cmp);
+    if (x->nents) qsort(x->ents, x->nents, sizeof *x->ents, ent_cmp);
     if (x->t0 >= x->t1) x->nents = 0; /* an empty time range */
 
     if (!x->is_agg) {
@@ -1163,7 +1163,7 @@ thz_err qx_exec(qx *x)
         if (x->rc) return x->rc;
         /* an aggregate without GROUP BY has one row even over no data */
         if (x->ngroup == 0 && x->ng == 0 && !group_get(x, NULL)) return x->rc;
-        qsort_r(x->gv, x->ng, sizeof *x->gv, group_cmp, x);
+        if (x->ng) qsort_r(x->gv, x->ng, sizeof *x->gv, group_cmp, x);
         if (x->gapfill && x->ng && !gap_fill(x)) return x->rc;
         run_posts(x);
         for (size_t i = 0; i < x->ng && !x->rc; i++) {
@@ -1174,7 +1174,7 @@ thz_err qx_exec(qx *x)
         if (x->rc) return x->rc;
     }
     if (x->norder) {
-        qsort_r(r->vals, r->nrows, r->width * sizeof(q_val), order_cmp, x);
+        if (r->nrows) qsort_r(r->vals, r->nrows, r->width * sizeof(q_val), order_cmp, x);
     }
     if (x->q->limit >= 0 && (int64_t)r->nrows > x->q->limit) r->nrows = (size_t)x->q->limit;
     return THZ_OK;
