@@ -35,7 +35,9 @@ static void query_error(api_call *c, thz_err rc, const q_error *e)
         return;
     }
     cJSON *o = cJSON_CreateObject(), *err = cJSON_AddObjectToObject(o, "error");
-    if (!err || !cJSON_AddStringToObject(err, "code", rc == THZ_EINVAL ? "invalid_query" : "query_too_large") ||
+    if (!err ||
+        !cJSON_AddStringToObject(err, "code",
+                                 rc == THZ_EINVAL ? "invalid_query" : "query_too_large") ||
         !cJSON_AddStringToObject(err, "message", e->msg) ||
         (e->pos >= 0 && !cJSON_AddNumberToObject(err, "position", e->pos))) {
         cJSON_Delete(o);
@@ -66,8 +68,8 @@ void op_query(api_call *c)
     if (!have_db(c)) return;
     q_result *r;
     q_error e;
-    thz_err rc = query_run(query_db(), c->p.tenant, sql->valuestring, strlen(sql->valuestring), 0,
-                           &r, &e);
+    thz_err rc =
+        query_run(query_db(), c->p.tenant, sql->valuestring, strlen(sql->valuestring), 0, &r, &e);
     if (rc) {
         query_error(c, rc, &e);
         return;
@@ -199,8 +201,10 @@ static cJSON *metric_points(api_call *c, const char *id, const char *metric, int
     if (rc) {
         *ok = false;
         cJSON_Delete(pts);
-        if (rc == THZ_EINVAL || rc == THZ_ETOOBIG) bad(c, e.msg);
-        else c->rc = rc;
+        if (rc == THZ_EINVAL || rc == THZ_ETOOBIG)
+            bad(c, e.msg);
+        else
+            c->rc = rc;
         return NULL;
     }
     for (size_t i = 0; i < q_result_nrows(r) && pts; i++) {
@@ -210,7 +214,8 @@ static cJSON *metric_points(api_call *c, const char *id, const char *metric, int
         cJSON_AddItemToArray(p, cJSON_CreateString(t));
         switch (row[1].t) {
         case QV_NUM:
-            cJSON_AddItemToArray(p, isfinite(row[1].u.f) ? cJSON_CreateNumber(row[1].u.f) : cJSON_CreateNull());
+            cJSON_AddItemToArray(p, isfinite(row[1].u.f) ? cJSON_CreateNumber(row[1].u.f)
+                                                         : cJSON_CreateNull());
             break;
         case QV_BOOL: cJSON_AddItemToArray(p, cJSON_CreateBool(row[1].u.b)); break;
         case QV_STR: cJSON_AddItemToArray(p, cJSON_CreateString(row[1].u.s.p)); break;
@@ -232,20 +237,24 @@ void op_device_telemetry(api_call *c)
     int hs = http_req_query(c->req, "step", step, sizeof step);
     int ha = http_req_query(c->req, "agg", agg, sizeof agg);
     if (hm <= 0 || !*metric) return bad(c, "metric is required (metric=name, several: metric=a,b)");
-    if (hf < 0 || ht < 0 || hs < 0 || ha < 0) return bad(c, "a query parameter is too long or badly encoded");
+    if (hf < 0 || ht < 0 || hs < 0 || ha < 0)
+        return bad(c, "a query parameter is too long or badly encoded");
     if (!have_db(c)) return;
     int64_t now = now_ns(), t0 = now - 3600000000000LL, t1 = now + 1;
-    if (hf > 0 && !parse_time(from, &t0)) return bad(c, "from must be RFC 3339 or epoch milliseconds");
+    if (hf > 0 && !parse_time(from, &t0))
+        return bad(c, "from must be RFC 3339 or epoch milliseconds");
     if (ht > 0 && !parse_time(to, &t1)) return bad(c, "to must be RFC 3339 or epoch milliseconds");
     if (t1 <= t0) return bad(c, "to must be after from");
     if (hs > 0) {
         /* an interval literal: digits then a unit */
         size_t k = 0;
         while (isdigit((unsigned char)step[k])) k++;
-        if (!k || !(strcmp(step + k, "ns") == 0 || strcmp(step + k, "us") == 0 ||
-                    strcmp(step + k, "ms") == 0 || strcmp(step + k, "s") == 0 ||
-                    strcmp(step + k, "m") == 0 || strcmp(step + k, "h") == 0 ||
-                    strcmp(step + k, "d") == 0) || strspn(step, "0") == k)
+        if (!k ||
+            !(strcmp(step + k, "ns") == 0 || strcmp(step + k, "us") == 0 ||
+              strcmp(step + k, "ms") == 0 || strcmp(step + k, "s") == 0 ||
+              strcmp(step + k, "m") == 0 || strcmp(step + k, "h") == 0 ||
+              strcmp(step + k, "d") == 0) ||
+            strspn(step, "0") == k)
             return bad(c, "step must be an interval such as 30s, 5m, 1h or 1d");
     }
     if (ha > 0 && !(strcmp(agg, "avg") == 0 || strcmp(agg, "min") == 0 || strcmp(agg, "max") == 0 ||
@@ -263,7 +272,8 @@ void op_device_telemetry(api_call *c)
     char *save = NULL;
     for (char *m = strtok_r(metric, ",", &save); m; m = strtok_r(NULL, ",", &save)) {
         bool ok;
-        cJSON *pts = metric_points(c, id, m, t0, t1, hs > 0 ? step : NULL, ha > 0 ? agg : "avg", &ok);
+        cJSON *pts =
+            metric_points(c, id, m, t0, t1, hs > 0 ? step : NULL, ha > 0 ? agg : "avg", &ok);
         if (!ok) {
             cJSON_Delete(o);
             return;
@@ -333,8 +343,10 @@ void op_device_latest(api_call *c)
         cJSON_AddStringToObject(e, "time", t);
         switch (l.v.type) {
         case TSDB_FLOAT:
-            if (isfinite(l.v.u.f)) cJSON_AddNumberToObject(e, "value", l.v.u.f);
-            else cJSON_AddNullToObject(e, "value");
+            if (isfinite(l.v.u.f))
+                cJSON_AddNumberToObject(e, "value", l.v.u.f);
+            else
+                cJSON_AddNullToObject(e, "value");
             break;
         case TSDB_INT: cJSON_AddNumberToObject(e, "value", (double)l.v.u.i); break;
         case TSDB_BOOL: cJSON_AddBoolToObject(e, "value", l.v.u.b); break;

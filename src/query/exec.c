@@ -91,9 +91,12 @@ bool qx_truthy(q_val v)
 
 static bool numeric(q_val v, double *f)
 {
-    if (v.t == QV_NUM) *f = v.u.f;
-    else if (v.t == QV_BOOL) *f = v.u.b;
-    else return false;
+    if (v.t == QV_NUM)
+        *f = v.u.f;
+    else if (v.t == QV_BOOL)
+        *f = v.u.b;
+    else
+        return false;
     return true;
 }
 
@@ -167,7 +170,8 @@ static q_val arith(qx *x, q_op op, q_val a, q_val b, int pos)
     }
     if (a.t == QV_TIME && b.t == QV_INTERVAL && (op == Q_ADD || op == Q_SUB)) return vtime(r);
     if (a.t == QV_INTERVAL && b.t == QV_TIME && op == Q_ADD) return vtime(r);
-    if (a.t == QV_TIME && b.t == QV_TIME && op == Q_SUB) return (q_val){.t = QV_INTERVAL, .u.ns = r};
+    if (a.t == QV_TIME && b.t == QV_TIME && op == Q_SUB)
+        return (q_val){.t = QV_INTERVAL, .u.ns = r};
     if (a.t == QV_INTERVAL && b.t == QV_INTERVAL && (op == Q_ADD || op == Q_SUB))
         return (q_val){.t = QV_INTERVAL, .u.ns = r};
     if (a.t == QV_INTERVAL && numeric(b, &fb) && (op == Q_MUL || (op == Q_DIV && fb != 0)) &&
@@ -324,8 +328,7 @@ q_val qx_eval(qx *x, const q_expr *e, rowctx *rc)
         case RK_TAG: return rc->e ? rc->e->tagv[e->ref] : vnull();
         case RK_METRIC: return rc->mv ? rc->mv[e->ref] : vnull();
         case RK_MNAME: return rc->e && rc->e->metric ? vstr(rc->e->metric) : vnull();
-        case RK_MVAL:
-            return rc->mv && rc->e && (int)rc->e->type[0] == e->ref ? rc->mv[0] : vnull();
+        case RK_MVAL: return rc->mv && rc->e && (int)rc->e->type[0] == e->ref ? rc->mv[0] : vnull();
         default: return vnull();
         }
     case Q_CALL: return call(x, e, rc);
@@ -422,7 +425,8 @@ static bool ent_fn(void *ctx, const tsdb_series *s)
     qx *x = ctx;
     if (!budget(x)) return false;
     int slot = -1;
-    if (x->narrow) slot = 0;
+    if (x->narrow)
+        slot = 0;
     else
         for (int i = 0; i < x->nmetrics; i++)
             if (strcmp(x->metrics[i], s->metric) == 0) slot = i;
@@ -540,7 +544,8 @@ static bool pt_fn(void *ctx, const int64_t *ts, const tsdb_value *v, size_t n)
     x->points += n;
     if (x->points > lim_points) {
         x->err->limit = true;
-        qx_fail(x, THZ_ETOOBIG, -1, "the query would read more than %llu points; narrow the time range",
+        qx_fail(x, THZ_ETOOBIG, -1,
+                "the query would read more than %llu points; narrow the time range",
                 (unsigned long long)lim_points);
         return false;
     }
@@ -596,7 +601,8 @@ static bool entity_rows(qx *x, entity *en, row_fn row)
         b[i].x = x;
         if (!en->sid[i]) continue;
         thz_err rc = tsdb_read(x->db, x->tenant, en->sid[i], x->t0, x->t1, pt_fn, &b[i]);
-        if (x->rc) ok = false;
+        if (x->rc)
+            ok = false;
         else if (rc && rc != THZ_ENOTFOUND) {
             qx_fail(x, rc, -1, "reading a series failed: %s", thz_strerror(rc));
             ok = false;
@@ -609,8 +615,10 @@ static bool entity_rows(qx *x, entity *en, row_fn row)
             if (at[i] < b[i].n && (!any || b[i].ts[at[i]] < t)) t = b[i].ts[at[i]], any = true;
         if (!any) break;
         for (int i = 0; i < nm; i++) {
-            if (at[i] < b[i].n && b[i].ts[at[i]] == t) mv[i] = b[i].v[at[i]++];
-            else mv[i] = vnull();
+            if (at[i] < b[i].n && b[i].ts[at[i]] == t)
+                mv[i] = b[i].v[at[i]++];
+            else
+                mv[i] = vnull();
         }
         rowctx rc = {.t = t, .e = en, .mv = mv};
         bool keep = true;
@@ -639,7 +647,8 @@ static q_val *res_row(qx *x)
     q_result *r = x->res;
     if ((int64_t)r->nrows >= lim_rows) {
         x->err->limit = true;
-        qx_fail(x, THZ_ETOOBIG, -1, "the result has more than %lld rows; add a LIMIT or narrow the query",
+        qx_fail(x, THZ_ETOOBIG, -1,
+                "the result has more than %lld rows; add a LIMIT or narrow the query",
                 (long long)lim_rows);
         return NULL;
     }
@@ -904,8 +913,14 @@ static bool fast_metric(qx *x, entity *en, int slot)
         if (l.numeric && l.ts >= x->t0 && l.ts < x->t1) {
             group *g = group_get(x, keys);
             if (!g) return false;
-            tsdb_agg a = {.count = 1, .sum = l.v, .min = l.v, .max = l.v, .first = l.v,
-                          .last = l.v, .first_ts = l.ts, .last_ts = l.ts};
+            tsdb_agg a = {.count = 1,
+                          .sum = l.v,
+                          .min = l.v,
+                          .max = l.v,
+                          .first = l.v,
+                          .last = l.v,
+                          .first_ts = l.ts,
+                          .last_ts = l.ts};
             for (int i = 0; i < x->naggs; i++)
                 if (x->aggs[i].arg->ref == slot) agg_merge(x, i, &g->st[i], &a);
             return true;
@@ -944,8 +959,8 @@ static bool fast_metric(qx *x, entity *en, int slot)
             qx_fail(x, THZ_ENOMEM, -1, "out of memory");
             return false;
         }
-        thz_err rc2 = tsdb_aggregate(x->db, x->tenant, sid, pc[k].t0, pc[k].t1, pc[k].step, out,
-                                     pc[k].n);
+        thz_err rc2 =
+            tsdb_aggregate(x->db, x->tenant, sid, pc[k].t0, pc[k].t1, pc[k].step, out, pc[k].n);
         if (rc2) {
             free(out);
             if (rc2 == THZ_ENOTFOUND) continue;
@@ -1019,7 +1034,8 @@ static bool gap_fill(qx *x)
         if (x->t1 != INT64_MAX) hi = floordiv(x->t1 - 1, w) * w;
         if ((double)(hi - lo) / (double)w > (double)lim_rows) {
             x->err->limit = true;
-            qx_fail(x, THZ_ETOOBIG, -1, "gap filling would make more than %lld rows", (long long)lim_rows);
+            qx_fail(x, THZ_ETOOBIG, -1, "gap filling would make more than %lld rows",
+                    (long long)lim_rows);
             return false;
         }
         q_val keys[256];
@@ -1034,7 +1050,7 @@ static bool gap_fill(qx *x)
         }
         s = e;
     }
-    qsort_r(x->gv, x->ng, sizeof *x->gv, group_cmp, x);
+    if (x->ng) qsort_r(x->gv, x->ng, sizeof *x->gv, group_cmp, x);
     return true;
 }
 
@@ -1129,7 +1145,7 @@ thz_err qx_exec(qx *x)
         qx_fail(x, rc, rc == THZ_EINVAL ? 0 : -1, "cannot select the series: %s", thz_strerror(rc));
         return x->rc;
     }
-    qsort(x->ents, x->nents, sizeof *x->ents, ent_cmp);
+    if (x->nents) qsort(x->ents, x->nents, sizeof *x->ents, ent_cmp);
     if (x->t0 >= x->t1) x->nents = 0; /* an empty time range */
 
     if (!x->is_agg) {
@@ -1163,7 +1179,7 @@ thz_err qx_exec(qx *x)
         if (x->rc) return x->rc;
         /* an aggregate without GROUP BY has one row even over no data */
         if (x->ngroup == 0 && x->ng == 0 && !group_get(x, NULL)) return x->rc;
-        qsort_r(x->gv, x->ng, sizeof *x->gv, group_cmp, x);
+        if (x->ng) qsort_r(x->gv, x->ng, sizeof *x->gv, group_cmp, x);
         if (x->gapfill && x->ng && !gap_fill(x)) return x->rc;
         run_posts(x);
         for (size_t i = 0; i < x->ng && !x->rc; i++) {
@@ -1174,7 +1190,7 @@ thz_err qx_exec(qx *x)
         if (x->rc) return x->rc;
     }
     if (x->norder) {
-        qsort_r(r->vals, r->nrows, r->width * sizeof(q_val), order_cmp, x);
+        if (r->nrows) qsort_r(r->vals, r->nrows, r->width * sizeof(q_val), order_cmp, x);
     }
     if (x->q->limit >= 0 && (int64_t)r->nrows > x->q->limit) r->nrows = (size_t)x->q->limit;
     return THZ_OK;

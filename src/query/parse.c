@@ -191,9 +191,9 @@ size_t q_time_format(int64_t ns, char *out)
 
 typedef enum tok_t {
     T_EOF,
-    T_IDENT,    /* unquoted identifier or keyword */
-    T_QIDENT,   /* "quoted" */
-    T_STRING,   /* 'string' */
+    T_IDENT,  /* unquoted identifier or keyword */
+    T_QIDENT, /* "quoted" */
+    T_STRING, /* 'string' */
     T_NUMBER,
     T_INTERVAL, /* 5m */
     T_OP        /* punctuation: s holds it */
@@ -204,7 +204,7 @@ typedef struct tok {
     int pos;
     const char *s; /* raw text */
     size_t n;
-    char *val;     /* decoded (strings, quoted identifiers, lower-cased idents) */
+    char *val; /* decoded (strings, quoted identifiers, lower-cased idents) */
     double num;
     int64_t ns;
 } tok;
@@ -330,7 +330,8 @@ static void next(parser *p)
         size_t k = 0;
         for (;;) {
             if (i >= n) {
-                fail(p, (int)st, c == '\'' ? "unterminated string" : "unterminated quoted identifier");
+                fail(p, (int)st,
+                     c == '\'' ? "unterminated string" : "unterminated quoted identifier");
                 t->t = T_EOF;
                 p->at = n;
                 return;
@@ -365,8 +366,8 @@ static void next(parser *p)
             while (i < n && isdigit((unsigned char)s[i])) i++;
         }
         if (i < n && (s[i] == 'e' || s[i] == 'E') && i + 1 < n &&
-            (isdigit((unsigned char)s[i + 1]) ||
-             ((s[i + 1] == '+' || s[i + 1] == '-') && i + 2 < n && isdigit((unsigned char)s[i + 2])))) {
+            (isdigit((unsigned char)s[i + 1]) || ((s[i + 1] == '+' || s[i + 1] == '-') &&
+                                                  i + 2 < n && isdigit((unsigned char)s[i + 2])))) {
             i += 2;
             while (i < n && isdigit((unsigned char)s[i])) i++;
         }
@@ -408,8 +409,10 @@ static void next(parser *p)
         for (size_t k = 0; k < sizeof ops2 / sizeof ops2[0]; k++)
             if (i + 1 < n && s[i] == ops2[k][0] && s[i + 1] == ops2[k][1]) t->n = 2;
         if (t->n == 1 && !strchr(",()*+-/%=<>.;", c)) {
-            if (c >= 0x20 && c < 0x7f) fail(p, (int)i, "unexpected character '%c'", c);
-            else fail(p, (int)i, "unexpected byte 0x%02x", c);
+            if (c >= 0x20 && c < 0x7f)
+                fail(p, (int)i, "unexpected character '%c'", c);
+            else
+                fail(p, (int)i, "unexpected byte 0x%02x", c);
             t->t = T_EOF;
             return;
         }
@@ -465,10 +468,10 @@ static bool expect_op(parser *p, const char *op)
 }
 
 static const char *const reserved[] = {
-    "select", "from", "where", "group", "by", "order", "asc", "desc", "limit", "as",
-    "and", "or", "not", "in", "between", "is", "null", "true", "false", "having",
-    "timestamp", "interval", "on", "join", "union", "distinct", "case", "when", "then",
-    "else", "end", "with", "offset", NULL};
+    "select", "from",   "where",     "group",    "by",   "order",   "asc",   "desc",     "limit",
+    "as",     "and",    "or",        "not",      "in",   "between", "is",    "null",     "true",
+    "false",  "having", "timestamp", "interval", "on",   "join",    "union", "distinct", "case",
+    "when",   "then",   "else",      "end",      "with", "offset",  NULL};
 
 static bool is_reserved(const char *s)
 {
@@ -618,7 +621,8 @@ static q_expr *parse_primary(parser *p)
             if (u) next(p);
         }
         if (!u) {
-            fail(p, *end ? spos : p->cur.pos, "expected an interval unit (SECOND, MINUTE, HOUR, DAY...)");
+            fail(p, *end ? spos : p->cur.pos,
+                 "expected an interval unit (SECOND, MINUTE, HOUR, DAY...)");
             return NULL;
         }
         double ns = num * (double)u;
@@ -739,13 +743,13 @@ static q_expr *parse_cmp(parser *p)
 {
     q_expr *l = parse_add(p);
     if (p->failed) return NULL;
-    q_op op = is_op(p, "=") ? Q_EQ
+    q_op op = is_op(p, "=")                        ? Q_EQ
               : (is_op(p, "!=") || is_op(p, "<>")) ? Q_NE
-              : is_op(p, "<")  ? Q_LT
-              : is_op(p, "<=") ? Q_LE
-              : is_op(p, ">")  ? Q_GT
-              : is_op(p, ">=") ? Q_GE
-                               : 0;
+              : is_op(p, "<")                      ? Q_LT
+              : is_op(p, "<=")                     ? Q_LE
+              : is_op(p, ">")                      ? Q_GT
+              : is_op(p, ">=")                     ? Q_GE
+                                                   : 0;
     if (op) {
         next(p);
         q_expr *r = parse_add(p);
@@ -988,8 +992,10 @@ static q_query *parse_select(parser *p)
             ot[k].e = parse_expr(p);
             if (p->failed) return NULL;
             ot[k].desc = false;
-            if (accept_kw(p, "desc")) ot[k].desc = true;
-            else accept_kw(p, "asc");
+            if (accept_kw(p, "desc"))
+                ot[k].desc = true;
+            else
+                accept_kw(p, "asc");
             if (is_kw(p, "nulls")) {
                 fail(p, p->cur.pos, "NULLS FIRST/LAST is not supported (NULLs sort last)");
                 return NULL;
@@ -1080,7 +1086,8 @@ static const char *op_str(q_op op)
 static void put_num(thz_buf *b, double v)
 {
     char t[64];
-    if (v == floor(v) && fabs(v) < 1e15) snprintf(t, sizeof t, "%lld", (long long)v);
+    if (v == floor(v) && fabs(v) < 1e15)
+        snprintf(t, sizeof t, "%lld", (long long)v);
     else {
         snprintf(t, sizeof t, "%.15g", v);
         if (strtod(t, NULL) != v) snprintf(t, sizeof t, "%.17g", v);
@@ -1093,8 +1100,12 @@ static void put_interval(thz_buf *b, int64_t ns)
     static const struct {
         const char *u;
         int64_t ns;
-    } u[] = {{"d", 86400000000000LL}, {"h", 3600000000000LL}, {"m", 60000000000LL},
-             {"s", 1000000000LL},     {"ms", 1000000},        {"us", 1000},
+    } u[] = {{"d", 86400000000000LL},
+             {"h", 3600000000000LL},
+             {"m", 60000000000LL},
+             {"s", 1000000000LL},
+             {"ms", 1000000},
+             {"us", 1000},
              {"ns", 1}};
     char t[64];
     for (size_t i = 0; i < 7; i++)
@@ -1135,11 +1146,15 @@ void q_expr_sql(const q_expr *e, thz_buf *b)
     case Q_BOOL: put(b, e->num ? "true" : "false"); break;
     case Q_NULL: put(b, "NULL"); break;
     case Q_COL: {
-        bool plain = (isalpha((unsigned char)e->str[0]) || e->str[0] == '_') && !is_reserved(e->str);
+        bool plain =
+            (isalpha((unsigned char)e->str[0]) || e->str[0] == '_') && !is_reserved(e->str);
         for (const char *s = e->str; *s && plain; s++)
-            if (!(islower((unsigned char)*s) || isdigit((unsigned char)*s) || *s == '_')) plain = false;
-        if (plain) put(b, e->str);
-        else put_quoted(b, e->str, '"');
+            if (!(islower((unsigned char)*s) || isdigit((unsigned char)*s) || *s == '_'))
+                plain = false;
+        if (plain)
+            put(b, e->str);
+        else
+            put_quoted(b, e->str, '"');
         break;
     }
     case Q_STAR: put(b, "*"); break;

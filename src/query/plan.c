@@ -143,7 +143,8 @@ static bool bind_col(qx *x, q_expr *e)
         if (x->wide_pos >= 0) {
             qx_fail(x, THZ_EINVAL, e->pos,
                     "the narrow form (measure_name, measure_value::...) cannot be mixed with "
-                    "metric columns (first used at position %d)", x->wide_pos);
+                    "metric columns (first used at position %d)",
+                    x->wide_pos);
             return false;
         }
         if (x->narrow_pos < 0) x->narrow_pos = e->pos;
@@ -154,7 +155,8 @@ static bool bind_col(qx *x, q_expr *e)
     if (m && x->narrow_pos >= 0) {
         qx_fail(x, THZ_EINVAL, e->pos,
                 "metric columns cannot be mixed with the narrow form (measure_name, first used at "
-                "position %d)", x->narrow_pos);
+                "position %d)",
+                x->narrow_pos);
         return false;
     }
     if (m) {
@@ -268,8 +270,8 @@ static bool bind_expr(qx *x, q_expr *e, bool allow_agg, bool in_agg)
         }
         if (f->agg || f->post) {
             if (!allow_agg) {
-                qx_fail(x, THZ_EINVAL, e->pos, "%s is not allowed here (only in SELECT, HAVING and ORDER BY)",
-                        e->str);
+                qx_fail(x, THZ_EINVAL, e->pos,
+                        "%s is not allowed here (only in SELECT, HAVING and ORDER BY)", e->str);
                 return false;
             }
             if (in_agg && f->agg) {
@@ -359,8 +361,9 @@ static bool const_time(qx *x, const q_expr *e, int64_t *ns)
                 v.u.s.p);
         return false;
     }
-    qx_fail(x, THZ_EINVAL, e->pos, "time must be compared with a timestamp (TIMESTAMP '...', "
-                                   "ago(1h), now(), a 'YYYY-MM-DD hh:mm:ss' string)");
+    qx_fail(x, THZ_EINVAL, e->pos,
+            "time must be compared with a timestamp (TIMESTAMP '...', "
+            "ago(1h), now(), a 'YYYY-MM-DD hh:mm:ss' string)");
     return false;
 }
 
@@ -534,7 +537,8 @@ static bool bind_group(qx *x, q_expr *e)
                 q_val u = is_const(e->args[1]) ? qx_eval(x, e->args[1], &rc) : (q_val){0};
                 if (x->rc) return false;
                 if (u.t != QV_INTERVAL || u.u.ns <= 0) {
-                    qx_fail(x, THZ_EINVAL, e->args[1]->pos, "derivative's unit must be a positive interval (1s, 1m...)");
+                    qx_fail(x, THZ_EINVAL, e->args[1]->pos,
+                            "derivative's unit must be a positive interval (1s, 1m...)");
                     return false;
                 }
                 p->unit = u.u.ns;
@@ -610,7 +614,8 @@ static bool expand_star(qx *x)
         x->nitems = x->q->nitems;
         return true;
     }
-    char **tk = calloc(x->cat_tags.n + 1, sizeof *tk), **mk = calloc(x->cat_metrics.n + 1, sizeof *mk);
+    char **tk = calloc(x->cat_tags.n + 1, sizeof *tk),
+         **mk = calloc(x->cat_metrics.n + 1, sizeof *mk);
     size_t nt = 0, nmk = 0, pos = 0;
     hmap_entry *e = NULL;
     if (!tk || !mk) goto nomem;
@@ -639,9 +644,9 @@ static bool expand_star(qx *x)
         x->items[x->nitems++] = (q_item){mkcol(x, "time", RK_TIME, 0, it->pos), NULL, it->pos};
         x->items[x->nitems++] = (q_item){mkcol(x, "device", RK_DEVICE, 0, it->pos), NULL, it->pos};
         for (size_t k = 0; k < nt; k++)
-            x->items[x->nitems++] = (q_item){
-                mkcol(x, tk[k], RK_TAG, slot_of(x, x->tags, &x->ntags, tk[k]), it->pos), NULL,
-                it->pos};
+            x->items[x->nitems++] =
+                (q_item){mkcol(x, tk[k], RK_TAG, slot_of(x, x->tags, &x->ntags, tk[k]), it->pos),
+                         NULL, it->pos};
         for (size_t k = 0; k < nmk; k++)
             x->items[x->nitems++] = (q_item){
                 mkcol(x, mk[k], RK_METRIC, slot_of(x, x->metrics, &x->nmetrics, mk[k]), it->pos),
@@ -671,7 +676,8 @@ thz_err qx_plan(qx *x)
     x->bin_key = -1;
     x->narrow_pos = x->wide_pos = -1;
     if (q->table && strcmp(q->table, "telemetry") != 0) {
-        qx_fail(x, THZ_EINVAL, q->table_pos, "unknown table '%s' (the table is telemetry)", q->table);
+        qx_fail(x, THZ_EINVAL, q->table_pos, "unknown table '%s' (the table is telemetry)",
+                q->table);
         return x->rc;
     }
     thz_err rc = tsdb_series_select(x->db, x->tenant, NULL, 0, cat_fn, x);
@@ -709,7 +715,8 @@ thz_err qx_plan(qx *x)
             } else if (!bind_expr(x, g, false, false)) {
                 return x->rc;
             }
-            if (g->kind == Q_CALL && fn_find(g->str) && (fn_find(g->str)->agg || fn_find(g->str)->post)) {
+            if (g->kind == Q_CALL && fn_find(g->str) &&
+                (fn_find(g->str)->agg || fn_find(g->str)->post)) {
                 qx_fail(x, THZ_EINVAL, q->group[i]->pos, "GROUP BY an aggregate");
                 return x->rc;
             }
@@ -725,7 +732,8 @@ thz_err qx_plan(qx *x)
     }
 
     /* ORDER BY */
-    if (q->norder > 256) return qx_fail(x, THZ_EINVAL, q->order[256].e->pos, "too many ORDER BY items"), x->rc;
+    if (q->norder > 256)
+        return qx_fail(x, THZ_EINVAL, q->order[256].e->pos, "too many ORDER BY items"), x->rc;
     for (int i = 0; i < q->norder; i++) {
         q_expr *o = q->order[i].e;
         int r = out_ref(x, o);

@@ -13,18 +13,41 @@
 /* What a node resolved to (q_expr.rk). */
 /* RK_MNAME, RK_MVAL: the narrow form's measure_name and measure_value::TYPE
  * (ref: the tsdb_type the column shows). */
-enum { RK_NONE = 0, RK_TIME, RK_DEVICE, RK_TAG, RK_METRIC, RK_AGG, RK_GROUP, RK_POST, RK_MNAME, RK_MVAL };
+enum {
+    RK_NONE = 0,
+    RK_TIME,
+    RK_DEVICE,
+    RK_TAG,
+    RK_METRIC,
+    RK_AGG,
+    RK_GROUP,
+    RK_POST,
+    RK_MNAME,
+    RK_MVAL
+};
 
 /* Aggregates. */
-enum { A_AVG, A_MIN, A_MAX, A_SUM, A_COUNT, A_COUNTSTAR, A_FIRST, A_LAST, A_STDDEV, A_STDDEV_POP, A_PCT };
+enum {
+    A_AVG,
+    A_MIN,
+    A_MAX,
+    A_SUM,
+    A_COUNT,
+    A_COUNTSTAR,
+    A_FIRST,
+    A_LAST,
+    A_STDDEV,
+    A_STDDEV_POP,
+    A_PCT
+};
 /* Functions over the bins of a group, after aggregation. */
 enum { P_LINEAR, P_LOCF, P_DERIV, P_RATE };
 
-#define Q_MAX_AGGS   64
-#define Q_MAX_POSTS  32
-#define Q_MAX_CONJ   128
-#define Q_MAX_MATCH  32
-#define Q_MAX_COLS   1024
+#define Q_MAX_AGGS  64
+#define Q_MAX_POSTS 32
+#define Q_MAX_CONJ  128
+#define Q_MAX_MATCH 32
+#define Q_MAX_COLS  1024
 
 typedef struct agg_def {
     int fn;
@@ -66,18 +89,18 @@ typedef struct entity {
     const char *device;
     const char *metric; /* narrow form only */
     const char *tags;
-    q_val *tagv;    /* ntags, NULL values for missing tags */
-    uint64_t *sid;  /* nmetrics; 0: no such series */
+    q_val *tagv;   /* ntags, NULL values for missing tags */
+    uint64_t *sid; /* nmetrics; 0: no such series */
     tsdb_type *type;
 } entity;
 
 struct q_result {
-    size_t ncols;  /* visible columns */
-    size_t width;  /* ncols + hidden sort keys */
+    size_t ncols; /* visible columns */
+    size_t width; /* ncols + hidden sort keys */
     char **cols;
-    q_val *vals;   /* nrows * width */
+    q_val *vals; /* nrows * width */
     size_t nrows, cap;
-    q_arena *ar;   /* strings of the values and names */
+    q_arena *ar;      /* strings of the values and names */
     const char *path; /* the executor that ran */
 };
 
@@ -86,7 +109,7 @@ typedef struct qx {
     int64_t tenant;
     q_query *q;
     q_error *err;
-    thz_err rc;       /* first failure; err filled */
+    thz_err rc; /* first failure; err filled */
     int64_t now;
     int64_t deadline; /* monotonic ns */
     q_arena *ar;      /* lives as long as the query */
@@ -119,11 +142,11 @@ typedef struct qx {
     int nposts;
     q_expr **group; /* GROUP BY, ordinals and aliases replaced */
     int ngroup;
-    int bin_key;      /* index of the bin(time, w) group key, -1 */
+    int bin_key; /* index of the bin(time, w) group key, -1 */
     int64_t bin_w;
-    bool gapfill;     /* interpolate_linear / locf present */
-    bool all_metrics; /* rows need every metric (count(*), SELECT *, none named) */
-    bool narrow;      /* the narrow form: one row per point, entities per series */
+    bool gapfill;             /* interpolate_linear / locf present */
+    bool all_metrics;         /* rows need every metric (count(*), SELECT *, none named) */
+    bool narrow;              /* the narrow form: one row per point, entities per series */
     int narrow_pos, wide_pos; /* where each form was first used (-1) */
 
     /* ORDER BY: each is an output column (ordinal/alias) or a hidden key */
@@ -132,7 +155,7 @@ typedef struct qx {
     q_expr *order_hidden[256];
     int norder;
 
-    bool fast; /* aggregates from tsdb_aggregate / tsdb_last */
+    bool fast;        /* aggregates from tsdb_aggregate / tsdb_last */
     const char *path; /* which executor ran, for tests: "raw", "agg-points", "agg-fast" */
 
     /* execution */
@@ -163,6 +186,7 @@ typedef struct rowctx {
 q_val qx_eval(qx *x, const q_expr *e, rowctx *rc);
 bool qx_truthy(q_val v);
 thz_err qx_exec(qx *x);
-void qx_fail(qx *x, thz_err rc, int pos, const char *fmt, ...) __attribute__((format(printf, 4, 5)));
+void qx_fail(qx *x, thz_err rc, int pos, const char *fmt, ...)
+    __attribute__((format(printf, 4, 5)));
 
 #endif

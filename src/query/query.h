@@ -26,13 +26,13 @@
 #include "tsdb/tsdb.h"
 
 /* Budgets (constants for now; each is a clear error when hit). */
-#define QUERY_MAX_SQL       65536            /* bytes of SQL text */
-#define QUERY_TIME_LIMIT_MS 10000            /* wall time of one query */
-#define QUERY_MAX_ROWS      1000000          /* result rows, and groups of an aggregate */
-#define QUERY_MAX_POINTS    50000000ull      /* points decoded by one query */
-#define QUERY_MAX_BINS      1000000          /* bins of one bin() range */
-#define QUERY_MAX_DEPTH     64               /* nesting of expressions */
-#define QUERY_PCT_SAMPLE    65536            /* values kept per approx_percentile */
+#define QUERY_MAX_SQL       65536       /* bytes of SQL text */
+#define QUERY_TIME_LIMIT_MS 10000       /* wall time of one query */
+#define QUERY_MAX_ROWS      1000000     /* result rows, and groups of an aggregate */
+#define QUERY_MAX_POINTS    50000000ull /* points decoded by one query */
+#define QUERY_MAX_BINS      1000000     /* bins of one bin() range */
+#define QUERY_MAX_DEPTH     64          /* nesting of expressions */
+#define QUERY_PCT_SAMPLE    65536       /* values kept per approx_percentile */
 
 /* Replaces the time, row and point budgets for every later query (0: the
  * default constant). For tests and a future config setting. */
@@ -51,35 +51,45 @@ typedef struct q_error {
 /* ---- the AST ---- */
 
 typedef enum q_kind {
-    Q_NUM = 1,   /* num */
-    Q_STR,       /* str: a string literal (a time when compared with time) */
-    Q_TIME,      /* ns: TIMESTAMP '...' */
-    Q_INTERVAL,  /* ns: 1h, 30s, 100ms, INTERVAL '5' MINUTE */
-    Q_BOOL,      /* num 0/1 */
+    Q_NUM = 1,  /* num */
+    Q_STR,      /* str: a string literal (a time when compared with time) */
+    Q_TIME,     /* ns: TIMESTAMP '...' */
+    Q_INTERVAL, /* ns: 1h, 30s, 100ms, INTERVAL '5' MINUTE */
+    Q_BOOL,     /* num 0/1 */
     Q_NULL,
-    Q_COL,       /* str: column name (unquoted: lower-cased) */
-    Q_STAR,      /* * in SELECT * and count(*) */
-    Q_CALL,      /* str: function name (lower-cased), args */
-    Q_BINOP,     /* op, args[0], args[1] */
-    Q_NEG,       /* -args[0] */
-    Q_NOT,       /* NOT args[0] */
-    Q_IN,        /* args[0] IN (args[1..]); neg: NOT IN */
-    Q_BETWEEN,   /* args[0] BETWEEN args[1] AND args[2]; neg: NOT BETWEEN */
-    Q_ISNULL     /* args[0] IS NULL; neg: IS NOT NULL */
+    Q_COL,     /* str: column name (unquoted: lower-cased) */
+    Q_STAR,    /* * in SELECT * and count(*) */
+    Q_CALL,    /* str: function name (lower-cased), args */
+    Q_BINOP,   /* op, args[0], args[1] */
+    Q_NEG,     /* -args[0] */
+    Q_NOT,     /* NOT args[0] */
+    Q_IN,      /* args[0] IN (args[1..]); neg: NOT IN */
+    Q_BETWEEN, /* args[0] BETWEEN args[1] AND args[2]; neg: NOT BETWEEN */
+    Q_ISNULL   /* args[0] IS NULL; neg: IS NOT NULL */
 } q_kind;
 
 typedef enum q_op {
-    Q_ADD = 1, Q_SUB, Q_MUL, Q_DIV, Q_MOD,
-    Q_EQ, Q_NE, Q_LT, Q_LE, Q_GT, Q_GE,
-    Q_AND, Q_OR
+    Q_ADD = 1,
+    Q_SUB,
+    Q_MUL,
+    Q_DIV,
+    Q_MOD,
+    Q_EQ,
+    Q_NE,
+    Q_LT,
+    Q_LE,
+    Q_GT,
+    Q_GE,
+    Q_AND,
+    Q_OR
 } q_op;
 
 typedef struct q_expr q_expr;
 struct q_expr {
     q_kind kind;
     q_op op;
-    int pos;      /* byte offset of the expression's first token */
-    bool neg;     /* NOT IN / NOT BETWEEN / IS NOT NULL */
+    int pos;  /* byte offset of the expression's first token */
+    bool neg; /* NOT IN / NOT BETWEEN / IS NOT NULL */
     double num;
     int64_t ns;
     char *str;

@@ -90,9 +90,7 @@ static thz_err json_val(thz_buf *b, const q_val *v)
         n = fmt_num(v->u.f, t);
         return put(b, t, n);
     case QV_STR: return json_str(b, v->u.s.p, v->u.s.n);
-    case QV_TIME:
-        n = q_time_format(v->u.ns, t);
-        return json_str(b, t, n);
+    case QV_TIME: n = q_time_format(v->u.ns, t); return json_str(b, t, n);
     case QV_BOOL: return v->u.b ? put(b, "true", 4) : put(b, "false", 5);
     case QV_INTERVAL: /* nanoseconds */
         n = (size_t)snprintf(t, sizeof t, "%lld", (long long)v->u.ns);

@@ -47,8 +47,10 @@ static double val(int d, int i)
 static void put(int64_t tenant, const char *dev, const char *tags, const char *metric, int64_t ts,
                 double v)
 {
-    tsdb_point p = {dev, strlen(dev), metric, strlen(metric), tags, tags ? strlen(tags) : 0, ts,
-                    {.type = TSDB_FLOAT, .u.f = v}};
+    tsdb_point p = {dev,    strlen(dev),
+                    metric, strlen(metric),
+                    tags,   tags ? strlen(tags) : 0,
+                    ts,     {.type = TSDB_FLOAT, .u.f = v}};
     char err[TSDB_ERR_LEN];
     assert_int_equal(tsdb_write(db, tenant, &p, 1, NULL, NULL, err), THZ_OK);
 }
@@ -72,9 +74,9 @@ static int setup(void **st)
     }
     /* d4: a gappy series for gap filling (bins 0 and 3 of a minute, 5 and 6) */
     put(1, "d4", NULL, "x", T0 + 5 * SEC, 10);
-    put(1, "d4", NULL, "x", T0 + 15 * SEC, 20);     /* bin 0: avg 15 */
-    put(1, "d4", NULL, "x", T0 + 185 * SEC, 45);    /* bin 3: 45 */
-    put(1, "d4", NULL, "x", T0 + 300 * SEC, 50);    /* bin 5 */
+    put(1, "d4", NULL, "x", T0 + 15 * SEC, 20);  /* bin 0: avg 15 */
+    put(1, "d4", NULL, "x", T0 + 185 * SEC, 45); /* bin 3: 45 */
+    put(1, "d4", NULL, "x", T0 + 300 * SEC, 50); /* bin 5 */
     /* tenant 2 has its own data */
     put(2, "other", NULL, "pressure", T0, 1013);
     return 0;
@@ -213,10 +215,14 @@ static void check_gapfill(void)
     for (int b = 0; b < 7; b++) {
         const q_val *row = q_result_row(r, b);
         assert_int_equal(row[0].u.ns, T0 + b * 60 * SEC);
-        if (b == 0 || b == 3 || b == 5) assert_int_equal(row[1].t, QV_NUM);
-        else assert_int_equal(row[1].t, QV_NULL);
-        if (isnan(lin[b])) assert_int_equal(row[2].t, QV_NULL);
-        else near(num(&row[2]), lin[b]);
+        if (b == 0 || b == 3 || b == 5)
+            assert_int_equal(row[1].t, QV_NUM);
+        else
+            assert_int_equal(row[1].t, QV_NULL);
+        if (isnan(lin[b]))
+            assert_int_equal(row[2].t, QV_NULL);
+        else
+            near(num(&row[2]), lin[b]);
         near(num(&row[3]), locf[b]);
     }
     q_result_free(r);
@@ -298,9 +304,10 @@ static void check_order_limit(void)
 
 static void check_stats(void)
 {
-    q_result *r = run(1, "SELECT stddev(temperature), stddev_pop(temperature), "
-                         "approx_percentile(temperature, 0.5), approx_percentile(temperature, 0.99) "
-                         "FROM telemetry WHERE device = 'd3'");
+    q_result *r =
+        run(1, "SELECT stddev(temperature), stddev_pop(temperature), "
+               "approx_percentile(temperature, 0.5), approx_percentile(temperature, 0.99) "
+               "FROM telemetry WHERE device = 'd3'");
     double s = 0, v[NPT];
     for (int i = 0; i < NPT; i++) s += v[i] = val(2, i);
     double mean = s / NPT, m2 = 0;
@@ -335,8 +342,9 @@ static void check_narrow(void)
     assert_string_equal(q_result_row(r, 1)[0].u.s.p, "temperature");
     near(num(&q_result_row(r, 1)[1]), NPT);
     q_result_free(r);
-    r = run(1, "SELECT device, avg(measure_value::double) FROM telemetry WHERE "
-               "measure_name = 'temperature' AND device IN ('d2', 'd3') GROUP BY device ORDER BY 1");
+    r = run(1,
+            "SELECT device, avg(measure_value::double) FROM telemetry WHERE "
+            "measure_name = 'temperature' AND device IN ('d2', 'd3') GROUP BY device ORDER BY 1");
     assert_int_equal(q_result_nrows(r), 2);
     for (int d = 1; d < 3; d++) {
         double s = 0;
@@ -345,8 +353,9 @@ static void check_narrow(void)
     }
     q_result_free(r);
     /* one row per point */
-    r = run(1, "SELECT time, measure_name, measure_value::double FROM telemetry WHERE device = 'd1' "
-               "AND time < '2026-11-26 10:00:10' ORDER BY 2");
+    r = run(1,
+            "SELECT time, measure_name, measure_value::double FROM telemetry WHERE device = 'd1' "
+            "AND time < '2026-11-26 10:00:10' ORDER BY 2");
     assert_int_equal(q_result_nrows(r), 2);
     assert_string_equal(q_result_row(r, 0)[1].u.s.p, "humidity");
     near(num(&q_result_row(r, 1)[2]), val(0, 0));
@@ -382,14 +391,16 @@ static void test_output(void **st)
     snprintf(v1, sizeof v1, "%.15g", val(0, 1));
     if (strtod(v1, NULL) != val(0, 1)) snprintf(v1, sizeof v1, "%.17g", val(0, 1));
     snprintf(want, sizeof want,
-             "{\"columns\":[\"device\",\"time\",\"temperature\"],\"rows\":[[\"d1\",\"2026-11-26T10:00:00Z\",%s],"
+             "{\"columns\":[\"device\",\"time\",\"temperature\"],\"rows\":[[\"d1\",\"2026-11-26T10:"
+             "00:00Z\",%s],"
              "[\"d1\",\"2026-11-26T10:00:10Z\",%s]]}",
              v0, v1);
     assert_int_equal(b.len, strlen(want));
     assert_memory_equal(b.p, want, b.len);
     thz_buf_free(&b);
     assert_int_equal(q_result_csv(r, &b), THZ_OK);
-    assert_true(b.len > 30 && memcmp(b.p, "device,time,temperature\r\nd1,2026-11-26T10:00:00Z,", 49) == 0);
+    assert_true(b.len > 30 &&
+                memcmp(b.p, "device,time,temperature\r\nd1,2026-11-26T10:00:00Z,", 49) == 0);
     thz_buf_free(&b);
     q_result_free(r);
     r = run(1, "SELECT 'a,\"b', 1 / 0 FROM telemetry LIMIT 1");
@@ -443,7 +454,8 @@ static void test_budgets(void **st)
 {
     query_set_limits(0, 10, 0);
     limit_err("SELECT time, temperature FROM telemetry", "more than 10 rows");
-    limit_err("SELECT time, count(temperature) FROM telemetry GROUP BY time", "more than 10 groups");
+    limit_err("SELECT time, count(temperature) FROM telemetry GROUP BY time",
+              "more than 10 groups");
     q_result *r = run(1, "SELECT time, temperature FROM telemetry LIMIT 10"); /* stops early */
     assert_int_equal(q_result_nrows(r), 10);
     q_result_free(r);
@@ -452,7 +464,8 @@ static void test_budgets(void **st)
     /* 200,000 points in tenant 9 take far more than 1 ms to aggregate */
     tsdb_point *p = malloc(sizeof *p * 200000);
     for (int i = 0; i < 200000; i++)
-        p[i] = (tsdb_point){"big", 3, "v", 1, NULL, 0, T0 + i * SEC, {.type = TSDB_FLOAT, .u.f = i}};
+        p[i] =
+            (tsdb_point){"big", 3, "v", 1, NULL, 0, T0 + i * SEC, {.type = TSDB_FLOAT, .u.f = i}};
     char err[TSDB_ERR_LEN];
     assert_int_equal(tsdb_write(db, 9, p, 200000, NULL, NULL, err), THZ_OK);
     free(p);
@@ -483,8 +496,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_answers_head), cmocka_unit_test(test_output),
         cmocka_unit_test(test_errors),       cmocka_unit_test(test_tenants),
-        cmocka_unit_test(test_budgets),
-        cmocka_unit_test(test_answers_blocks),
+        cmocka_unit_test(test_budgets),      cmocka_unit_test(test_answers_blocks),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }

@@ -68,7 +68,8 @@ static void err_at(const char *sql, int pos, const char *frag)
 
 static void test_select_list(void **st)
 {
-    q_query *q = P("SELECT time, device AS d, \"env.temp\" t, temperature * 2 + 1 AS x FROM telemetry");
+    q_query *q =
+        P("SELECT time, device AS d, \"env.temp\" t, temperature * 2 + 1 AS x FROM telemetry");
     assert_int_equal(q->nitems, 4);
     assert_int_equal(q->items[0].e->kind, Q_COL);
     assert_string_equal(q->items[0].e->str, "time");
@@ -109,8 +110,9 @@ static void test_aggregates(void **st)
 static void test_literals(void **st)
 {
     q_query *q = P("SELECT 1h, 5m, 30s, 100ms, 1d, 10us, 7ns, 2w, 1.5h FROM t");
-    int64_t want[] = {3600000000000LL, 300000000000LL, 30000000000LL, 100000000LL,
-                      86400000000000LL, 10000LL, 7LL, 1209600000000000LL, 5400000000000LL};
+    int64_t want[] = {3600000000000LL,  300000000000LL, 30000000000LL, 100000000LL,
+                      86400000000000LL, 10000LL,        7LL,           1209600000000000LL,
+                      5400000000000LL};
     for (int i = 0; i < 9; i++) {
         assert_int_equal(q->items[i].e->kind, Q_INTERVAL);
         assert_int_equal(q->items[i].e->ns, want[i]);
