@@ -73,7 +73,8 @@ def fmt(v, spec):
 def ratio(t, i):
     if t is None or i is None or i == 0:
         return "-"
-    return "%.2fx" % (t / i)
+    r = t / i
+    return "%.2fx" % r if r >= 0.1 else "%.2gx" % r
 
 
 def main(d):
