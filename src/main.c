@@ -109,6 +109,9 @@ static int cmd_serve(int argc, char **argv)
         }
     if (load_config(&cfg, argc, argv) != 0) return 2;
     thz_log_level = cfg.log_level;
+    /* libuv's worker pool runs password hashes, registry writes and queries
+     * of up to seconds: more than its default 4, unless the user chose. */
+    setenv("UV_THREADPOOL_SIZE", "16", 0);
     if (mkdir_p(cfg.data_dir) != 0) {
         log_error("main", "cannot create data dir %s: %s", cfg.data_dir, strerror(errno));
         return 1;
