@@ -1,6 +1,7 @@
 /* auth.c - password file (PBKDF2-SHA256) and mosquitto-style ACL file behind
  * the auth.h questions, with an immutable rule set swapped on reload. */
 #include "auth/auth.h"
+#include "core/base64.h"
 #include "mqtt/topic.h"
 
 #include <ctype.h>
@@ -153,23 +154,12 @@ static char *trim(char *s)
     return s;
 }
 
-/* Decodes exactly-padded base64 of at most max bytes. */
+/* Decodes canonical base64 of at most max bytes. */
 static bool b64_decode(const char *z, size_t zlen, uint8_t *out, size_t max, size_t *outlen)
 {
-    if (zlen == 0 || zlen % 4 != 0 || zlen / 4 * 3 > max + 2) return false;
-    for (size_t i = 0; i < zlen; i++) {
-        char c = z[i];
-        if (!isalnum((unsigned char)c) && c != '+' && c != '/' && !(c == '=' && i >= zlen - 2))
-            return false;
-    }
-    size_t pad = (z[zlen - 1] == '=') + (z[zlen - 2] == '=');
-    if (pad == 1 && z[zlen - 2] == '=') return false;
-    uint8_t tmp[PW_SALT_MAX + 3];
-    if (zlen / 4 * 3 > sizeof tmp) return false;
-    int n = EVP_DecodeBlock(tmp, (const unsigned char *)z, (int)zlen);
-    if (n < 0 || (size_t)n < pad || (size_t)n - pad > max) return false;
-    *outlen = (size_t)n - pad;
-    memcpy(out, tmp, *outlen);
+    long n = zlen ? thz_b64_decode(z, zlen, out, max) : -1;
+    if (n < 0) return false;
+    *outlen = (size_t)n;
     return true;
 }
 

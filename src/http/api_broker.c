@@ -11,6 +11,7 @@
 #include <openssl/crypto.h>
 #include "net/net.h"
 #include <uv.h>
+#include "core/base64.h"
 #include "core/version.h"
 #include "http/http_int.h"
 #include "mqtt/mqtt.h"
@@ -54,38 +55,6 @@ static http_result get_broker_stats(http_request *req, http_response *res, void 
         http_res_error(res, 503, "out_of_memory", "the server is out of memory");
     cJSON_Delete(j);
     return HTTP_DONE;
-}
-
-static int b64val(int c)
-{
-    if (c >= 'A' && c <= 'Z') return c - 'A';
-    if (c >= 'a' && c <= 'z') return c - 'a' + 26;
-    if (c >= '0' && c <= '9') return c - '0' + 52;
-    if (c == '+') return 62;
-    if (c == '/') return 63;
-    return -1;
-}
-
-/* Decodes padded base64 into out (NUL-terminated). Returns the length or -1. */
-static long b64_decode(const char *s, char *out, size_t outlen)
-{
-    size_t n = strlen(s), o = 0;
-    if (n % 4 || n / 4 * 3 + 1 > outlen) return -1;
-    for (size_t i = 0; i < n; i += 4) {
-        int v[4];
-        for (int k = 0; k < 4; k++) {
-            v[k] = s[i + k] == '=' ? -2 : b64val((unsigned char)s[i + k]);
-            if (v[k] == -1) return -1;
-        }
-        bool last = i + 4 == n;
-        if (v[0] < 0 || v[1] < 0 || (v[2] == -2 && v[3] != -2) || (!last && (v[2] < 0 || v[3] < 0)))
-            return -1;
-        out[o++] = (char)(v[0] << 2 | v[1] >> 4);
-        if (v[2] >= 0) out[o++] = (char)((v[1] & 15) << 4 | v[2] >> 2);
-        if (v[3] >= 0) out[o++] = (char)((v[2] & 3) << 6 | v[3]);
-    }
-    out[o] = 0;
-    return (long)o;
 }
 
 static http_result unauthorized(http_response *res, const char *msg)
@@ -214,8 +183,9 @@ static http_result post_topic(http_request *req, http_response *res, void *ctx)
             return unauthorized(res, "only Basic and Bearer authentication are supported");
         const char *b = h + 6;
         while (*b == ' ') b++;
-        if (b64_decode(b, cred, sizeof cred) < 0)
-            return unauthorized(res, "malformed Basic credentials");
+        long n = thz_b64_decode(b, strlen(b), (uint8_t *)cred, sizeof cred - 1);
+        if (n < 0) return unauthorized(res, "malformed Basic credentials");
+        cred[n] = 0;
         char *colon = strchr(cred, ':');
         if (!colon) return unauthorized(res, "malformed Basic credentials");
         *colon = 0;

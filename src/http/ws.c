@@ -11,6 +11,7 @@
 #include <openssl/evp.h>
 #include <wslay/wslay.h>
 
+#include "core/base64.h"
 #include "http/http_int.h"
 
 #define WS_GUID      "258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
@@ -52,23 +53,11 @@ void http_ws_accept_key(const char *key, char out[29])
     EVP_EncodeBlock((unsigned char *)out, md, (int)mdlen); /* 20 bytes: 28 chars + NUL */
 }
 
-static int b64val(int c)
-{
-    if (c >= 'A' && c <= 'Z') return c - 'A';
-    if (c >= 'a' && c <= 'z') return c - 'a' + 26;
-    if (c >= '0' && c <= '9') return c - '0' + 52;
-    if (c == '+') return 62;
-    if (c == '/') return 63;
-    return -1;
-}
-
 bool http_ws_key_ok(const char *key)
 {
-    /* 16 bytes: 21 full sextets, one holding the last 2 bits, then "==" */
-    if (!key || strlen(key) != 24 || key[22] != '=' || key[23] != '=') return false;
-    for (int i = 0; i < 22; i++)
-        if (b64val((unsigned char)key[i]) < 0) return false;
-    return (b64val((unsigned char)key[21]) & 0xF) == 0;
+    /* the base64 of 16 bytes: 24 characters */
+    uint8_t raw[16];
+    return key && strlen(key) == 24 && thz_b64_decode(key, 24, raw, sizeof raw) == 16;
 }
 
 bool http_utf8_ok(const uint8_t *p, size_t n)

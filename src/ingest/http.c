@@ -17,6 +17,7 @@
 #include <stdlib.h>
 #include <zlib.h>
 
+#include "core/base64.h"
 #include "core/log.h"
 #include "http/http.h"
 #include "ingest/ingest.h"
@@ -29,37 +30,6 @@ static int64_t now_ns(void)
     struct timespec t;
     clock_gettime(CLOCK_REALTIME, &t);
     return (int64_t)t.tv_sec * 1000000000 + t.tv_nsec;
-}
-
-static int b64val(char c)
-{
-    if (c >= 'A' && c <= 'Z') return c - 'A';
-    if (c >= 'a' && c <= 'z') return c - 'a' + 26;
-    if (c >= '0' && c <= '9') return c - '0' + 52;
-    if (c == '+' || c == '-') return 62;
-    if (c == '/' || c == '_') return 63;
-    return -1;
-}
-
-/* Decodes base64 s into out (NUL-terminated); false when malformed or too long. */
-static bool b64dec(const char *s, char *out, size_t outlen)
-{
-    size_t o = 0;
-    uint32_t acc = 0;
-    int bits = 0;
-    for (; *s && *s != '='; s++) {
-        int v = b64val(*s);
-        if (v < 0) return false;
-        acc = acc << 6 | (uint32_t)v;
-        bits += 6;
-        if (bits >= 8) {
-            bits -= 8;
-            if (o + 1 >= outlen) return false;
-            out[o++] = (char)(acc >> bits & 0xFF);
-        }
-    }
-    out[o] = 0;
-    return true;
 }
 
 /* The token of the request: "Authorization: Bearer T" or "Token T" (InfluxDB
@@ -84,7 +54,9 @@ static bool find_token(http_request *req, char *tok, size_t len)
             char dec[1024];
             const char *b = h + 6;
             while (*b == ' ') b++;
-            if (!b64dec(b, dec, sizeof dec)) return false;
+            long n = thz_b64_decode(b, strlen(b), (uint8_t *)dec, sizeof dec - 1);
+            if (n < 0) return false;
+            dec[n] = 0;
             const char *colon = strchr(dec, ':');
             if (!colon || !colon[1] || strlen(colon + 1) >= len) return false;
             strcpy(tok, colon + 1);
