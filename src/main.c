@@ -141,7 +141,9 @@ static int cmd_serve(int argc, char **argv)
         snprintf(tdir, sizeof tdir, "%s/tsdb", cfg.data_dir);
         tsdb_options to = {.dir = tdir,
                            .fsync = cfg.fsync == THZ_FSYNC_ALWAYS ? TSDB_FSYNC_ALWAYS
-                                                                  : TSDB_FSYNC_EVERYSEC};
+                                                                  : TSDB_FSYNC_EVERYSEC,
+                           .max_series_per_tenant = cfg.max_series_per_tenant,
+                           .retention_s = (int64_t)cfg.retention_days * 86400};
         if (tsdb_open(&to, &db, terr) != THZ_OK) {
             log_error("main", "tsdb: %s", terr);
             return 1;

@@ -241,7 +241,7 @@ static http_result api_handle(http_request *req, http_response *res, void *ctx)
         /* A superuser's token must itself carry the admin role: a viewer
          * token of the superuser does not manage tenants. */
         if ((rt->flags & API_SUPER) && !(p.superuser && p.role == REG_ADMIN)) {
-            http_res_error(res, 403, "forbidden", "only an admin of the default tenant manages tenants");
+            http_res_error(res, 403, "forbidden", "only an admin of the default tenant may do this");
             return HTTP_DONE;
         }
         if (p.role < rt->role) {

@@ -20,7 +20,7 @@ enum {
     API_NOAUTH = 1, /* no bearer token needed (login, openapi.json) */
     API_BODY = 2,   /* the body must be a JSON object (parsed into call->body) */
     API_FAST = 4,   /* the operation only makes [fast] registry calls: answered inline */
-    API_SUPER = 8   /* the caller must be a superuser (tenants) */
+    API_SUPER = 8   /* the caller must be a superuser (tenants, backup) */
 };
 
 typedef struct api_call api_call;
@@ -64,6 +64,11 @@ extern const api_route api_routes[];
 void op_query(api_call *c);
 void op_device_telemetry(api_call *c);
 void op_device_latest(api_call *c);
+
+/* admin_ops.c: retention and backup. */
+void op_retention_get(api_call *c);
+void op_retention_put(api_call *c);
+void op_backup(api_call *c);
 
 /* openapi.c: the embedded OpenAPI document (NUL-terminated) and its length. */
 const char *api_openapi_json(size_t *len);

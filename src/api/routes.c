@@ -256,7 +256,9 @@ static void op_openapi(api_call *c)
 
 /* Longer patterns with the same prefix need no ordering: the router matches
  * whole paths. Roles: viewers read, operators write devices and groups,
- * admins manage users; tokens are per user (the registry scopes them). */
+ * admins manage users and their tenant's retention; superusers manage
+ * tenants and back up the daemon; tokens are per user (the registry scopes
+ * them). */
 #define V REG_VIEWER
 #define O REG_OPERATOR
 #define A REG_ADMIN
@@ -299,6 +301,10 @@ const api_route api_routes[] = {
     {HTTP_DELETE, "/api/v1/groups/{id}", 0, O, op_group_delete},
     {HTTP_PUT, "/api/v1/groups/{id}/devices/{device}", 0, O, op_group_add},
     {HTTP_DELETE, "/api/v1/groups/{id}/devices/{device}", 0, O, op_group_remove},
+
+    {HTTP_GET, "/api/v1/retention", 0, A, op_retention_get},
+    {HTTP_PUT, "/api/v1/retention", API_BODY, A, op_retention_put},
+    {HTTP_POST, "/api/v1/admin/backup", API_SUPER | API_BODY, A, op_backup},
 
     {HTTP_GET, "/api/v1/openapi.json", API_NOAUTH | API_FAST, V, op_openapi},
     {0, NULL, 0, 0, NULL},

@@ -1,5 +1,5 @@
 /* cli.c - `thinghz login|logout|whoami|user|device|token|group|fleet|backup|
- * restore`: global flags, the stored token, secrets from the terminal, and
+ * restore|export`: global flags, the stored token, secrets from the terminal, and
  * the dispatch to one function per command group. */
 #include <errno.h>
 #include <fcntl.h>
@@ -25,7 +25,7 @@ static const struct {
     {"login", cli_cmd_login},     {"logout", cli_cmd_logout}, {"whoami", cli_cmd_whoami},
     {"user", cli_cmd_user},       {"device", cli_cmd_device}, {"token", cli_cmd_token},
     {"group", cli_cmd_group},     {"fleet", cli_cmd_fleet},   {"backup", cli_cmd_backup},
-    {"restore", cli_cmd_restore},
+    {"restore", cli_cmd_restore}, {"export", cli_cmd_export},
 };
 
 bool cli_handles(const char *name)
@@ -50,8 +50,10 @@ void cli_usage(FILE *out)
             "  thinghz group add ID [--name N] [--query k=v]... | list | show ID | rm ID\n"
             "               | add-device G DEV | rm-device G DEV\n"
             "  thinghz fleet                              device counts and message rates\n"
-            "  thinghz backup DIR [--data-dir D]          registry backup to DIR/registry.db\n"
+            "  thinghz backup DIR [--data-dir D]          registry.db and tsdb/ into DIR\n"
             "  thinghz restore DIR --data-dir D           into a stopped daemon's data dir\n"
+            "  thinghz export [--device ID]... [--metric M]... [--from T] [--to T]\n"
+            "                 [--format csv|lp] [--output FILE]   telemetry out of the daemon\n"
             "  global flags: --url URL (THINGHZ_URL, default " CLI_DEFAULT_URL "), --json,\n"
             "                --data-dir D (offline mode when no daemon answers at --url)\n\n");
 }

@@ -1,5 +1,5 @@
 /* cli.h - the administration commands of the thinghz binary (login, user,
- * device, token, group, fleet, backup, restore): a client of the REST API
+ * device, token, group, fleet, backup, restore, export): a client of the REST API
  * over libcurl, with an offline mode that works on a stopped daemon's
  * registry database through registry.h. docs/CLI.md is the manual. */
 #ifndef THZ_CLI_H

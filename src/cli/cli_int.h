@@ -5,6 +5,8 @@
 
 #include <stdbool.h>
 #include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
 
 #include <cjson/cJSON.h>
 
@@ -91,6 +93,25 @@ int cli_cmd_group(cli_ctx *c, int argc, char **argv);
 int cli_cmd_fleet(cli_ctx *c, int argc, char **argv);
 int cli_cmd_backup(cli_ctx *c, int argc, char **argv);
 int cli_cmd_restore(cli_ctx *c, int argc, char **argv);
+
+int cli_cmd_export(cli_ctx *c, int argc, char **argv);
+
+/* ---- export.c's pure parts (unit-tested) ---- */
+
+typedef enum cli_exp_format { CLI_EXP_CSV, CLI_EXP_LP } cli_exp_format;
+/* The value columns of the narrow SQL form, in the order export selects them. */
+typedef enum cli_exp_kind { CLI_EXP_FLOAT, CLI_EXP_INT, CLI_EXP_BOOL, CLI_EXP_STRING } cli_exp_kind;
+
+/* Parses RFC 3339 ("2026-11-26T10:00:00.5Z", "+02:00" offsets, a space for
+ * the T), a bare date (midnight UTC) or epoch milliseconds (digits only)
+ * into nanoseconds since the epoch. False when it is none of these. */
+bool cli_export_parse_time(const char *z, int64_t *ns);
+/* Writes one point to f: CSV "time,device,metric,value" (RFC 4180 quoting;
+ * zTime as given) or line protocol "telemetry,device=ID metric=value ns"
+ * (escaped; ints with "i", strings quoted). v is the JSON value of the
+ * kind's column. 0, or -1 (wrong value type or a write error). */
+int cli_export_write(FILE *f, cli_exp_format fmt, const char *zTime, int64_t ns, const char *zDev,
+                     const char *zMetric, cli_exp_kind kind, const cJSON *v);
 
 /* Prints "thinghz: message" on stderr and returns CLI_USAGE. */
 int cli_usage_error(const char *zFmt, ...) __attribute__((format(printf, 1, 2)));

@@ -98,6 +98,14 @@ static const config_opt opts[] = {
      "the fsync that covers it; group commit) or everysec (at most one second of data at "
      "risk; never acts as everysec).",
      false},
+    {U32("retention-days", retention_days, 0, 36500), "0",
+     "Days telemetry is kept before whole blocks of it are dropped; 0 keeps it forever. A "
+     "tenant or one metric may override it with PUT /api/v1/retention.",
+     false},
+    {U32("max-series-per-tenant", max_series_per_tenant, 0, 4294967295u), "1000000",
+     "Time series (device, metric, tag set) one tenant may create; past it new series are "
+     "refused. 0 means unlimited.",
+     false},
     {ENUM("state-fsync", state_fsync, fsync_names), "everysec",
      "When the broker's state log (sessions, queued messages, retained messages) is flushed to "
      "disk: never, everysec or always.",

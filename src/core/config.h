@@ -38,6 +38,8 @@ typedef struct thz_config {
     uint32_t sys_interval;           /* sys-interval: seconds between $SYS updates; 0 = off */
     bool retain_available;           /* retain-available */
     int fsync;       /* fsync: THZ_FSYNC_* for the telemetry WAL (never acts as everysec) */
+    uint32_t retention_days;         /* retention-days: default telemetry retention; 0 = forever */
+    uint32_t max_series_per_tenant;  /* max-series-per-tenant: 0 = unlimited */
     int state_fsync; /* state-fsync: THZ_FSYNC_* for the broker state log */
     uint32_t store_segment_mb;       /* store-segment-mb: state log segment size before rotating */
     char cors_origins[THZ_PATH_MAX]; /* cors-origins: "*" or comma-separated origins; empty = off */

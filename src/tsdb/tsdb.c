@@ -1175,6 +1175,21 @@ thz_err tsdb_set_retention(tsdb *db, int64_t tenant, const char *metric, int64_t
     return rc;
 }
 
+thz_err tsdb_get_retention(tsdb *db, int64_t tenant, tsdb_retention_fn fn, void *ctx)
+{
+    if (!db || !fn) return THZ_EINVAL;
+    pthread_rwlock_rdlock(&db->idx);
+    tsdb_tenant *t = tsdb_tenant_get(db, tenant, false);
+    bool own = t && t->retention_s >= 0;
+    fn(ctx, NULL, 0, own ? t->retention_s : db->o.retention_s, own);
+    size_t pos = 0;
+    hmap_entry *e = NULL;
+    while (t && (e = hmap_next(&t->metric_ret, &pos, e)))
+        fn(ctx, (const char *)e->key, e->klen, *(int64_t *)e->val, true);
+    pthread_rwlock_unlock(&db->idx);
+    return THZ_OK;
+}
+
 /* Drops whole blocks past their tenant's retention. Caller holds maint. */
 static void retention_run(tsdb *db)
 {

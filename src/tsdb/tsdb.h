@@ -164,6 +164,17 @@ thz_err tsdb_last(tsdb *db, int64_t tenant, uint64_t series, tsdb_points_fn fn, 
  * seconds, 0 = forever; whole blocks older than it are dropped. Persisted. */
 thz_err tsdb_set_retention(tsdb *db, int64_t tenant, const char *metric, int64_t seconds);
 
+/* Reports a tenant's retention: fn is called first with metric NULL and the
+ * tenant's retention in seconds (0 = forever), own set by
+ * tsdb_set_retention or false when it is the engine's default
+ * (tsdb_options.retention_s); then once per metric retention of the tenant,
+ * in no particular order, with own true. metric (not NUL-terminated,
+ * metric_len bytes) is valid during the call only. fn runs under the
+ * index's read lock: it must be quick and must not call the engine. */
+typedef void (*tsdb_retention_fn)(void *ctx, const char *metric, size_t metric_len,
+                                  int64_t seconds, bool own);
+thz_err tsdb_get_retention(tsdb *db, int64_t tenant, tsdb_retention_fn fn, void *ctx);
+
 /* Cuts the whole head into blocks now and checkpoints the WAL (tests,
  * benchmarks, shutdown). Blocks the caller until done. */
 thz_err tsdb_flush(tsdb *db);

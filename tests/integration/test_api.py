@@ -54,6 +54,9 @@ EXPECTED_ROUTES = {
     ("get", "/api/v1/devices/{id}/telemetry"),
     ("get", "/api/v1/devices/{id}/latest"),
     ("post", "/api/v1/query"),
+    ("get", "/api/v1/retention"),
+    ("put", "/api/v1/retention"),
+    ("post", "/api/v1/admin/backup"),
 }
 
 # The routes that need a token, with a concrete path.

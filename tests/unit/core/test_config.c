@@ -96,6 +96,8 @@ static void test_defaults(void **state)
     assert_int_equal(c.sys_interval, 10);
     assert_true(c.retain_available);
     assert_int_equal(c.fsync, THZ_FSYNC_ALWAYS);
+    assert_int_equal(c.retention_days, 0);
+    assert_int_equal(c.max_series_per_tenant, 1000000);
     assert_int_equal(c.state_fsync, THZ_FSYNC_EVERYSEC);
     assert_int_equal(c.store_segment_mb, 64);
     char err[256];

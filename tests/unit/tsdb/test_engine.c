@@ -764,6 +764,61 @@ static void test_retention(void **state)
     tsdb_close(db);
 }
 
+typedef struct ret_seen {
+    int calls;
+    int64_t tenant_s;
+    bool tenant_own;
+    int64_t m_s; /* retention of metric "m", -2 if not reported */
+} ret_seen;
+
+static void ret_cb(void *ctx, const char *metric, size_t mlen, int64_t seconds, bool own)
+{
+    ret_seen *r = ctx;
+    if (r->calls++ == 0) {
+        assert_null(metric);
+        r->tenant_s = seconds;
+        r->tenant_own = own;
+    } else {
+        assert_non_null(metric);
+        assert_true(own);
+        if (mlen == 1 && metric[0] == 'm') r->m_s = seconds;
+    }
+}
+
+/* tsdb_get_retention: the default until set, then the tenant's own and its
+ * metric retentions, persisted across a reopen. */
+static void test_get_retention(void **state)
+{
+    char dir[300];
+    new_dir(dir, sizeof dir);
+    tsdb_options o = {.dir = dir, .fsync = TSDB_FSYNC_EVERYSEC, .retention_s = 3600};
+    tsdb *db;
+    char err[TSDB_ERR_LEN];
+    assert_int_equal(tsdb_open(&o, &db, err), THZ_OK);
+    ret_seen r = {.m_s = -2};
+    assert_int_equal(tsdb_get_retention(db, 5, ret_cb, &r), THZ_OK);
+    assert_int_equal(r.calls, 1);
+    assert_int_equal(r.tenant_s, 3600);
+    assert_false(r.tenant_own);
+    assert_int_equal(tsdb_set_retention(db, 5, NULL, 0), THZ_OK);
+    assert_int_equal(tsdb_set_retention(db, 5, "m", 7 * 86400), THZ_OK);
+    tsdb_close(db);
+    assert_int_equal(tsdb_open(&o, &db, err), THZ_OK);
+    r = (ret_seen){.m_s = -2};
+    assert_int_equal(tsdb_get_retention(db, 5, ret_cb, &r), THZ_OK);
+    assert_int_equal(r.calls, 2);
+    assert_int_equal(r.tenant_s, 0);
+    assert_true(r.tenant_own);
+    assert_int_equal(r.m_s, 7 * 86400);
+    /* another tenant still has the default */
+    r = (ret_seen){.m_s = -2};
+    assert_int_equal(tsdb_get_retention(db, 6, ret_cb, &r), THZ_OK);
+    assert_int_equal(r.calls, 1);
+    assert_int_equal(r.tenant_s, 3600);
+    assert_int_equal(tsdb_get_retention(db, 6, NULL, NULL), THZ_EINVAL);
+    tsdb_close(db);
+}
+
 typedef struct cmp_ctx {
     tsdb *a, *b;
     int64_t tenant;
@@ -956,6 +1011,7 @@ int main(void)
         cmocka_unit_test(test_everysec_done_inline),
         cmocka_unit_test(test_wal_torn_and_corrupt),
         cmocka_unit_test(test_retention),
+        cmocka_unit_test(test_get_retention),
         cmocka_unit_test(test_backup),
         cmocka_unit_test(test_index_rebuilt_from_wal),
         cmocka_unit_test(test_concurrency),
