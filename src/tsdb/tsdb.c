@@ -1420,7 +1420,11 @@ static void *bg_main(void *arg)
         if (db->bg_stop) break;
         pthread_mutex_unlock(&db->bg_mu);
         pthread_mutex_lock(&db->maint);
-        int64_t end = tsdb_window_of(data_now(db) - TSDB_GRACE_NS);
+        /* no data yet (max_ts is INT64_MIN): nothing is due, and no overflow */
+        int64_t dn = data_now(db);
+        int64_t end = dn < INT64_MIN + TSDB_GRACE_NS + TSDB_WINDOW_NS
+                          ? INT64_MIN
+                          : tsdb_window_of(dn - TSDB_GRACE_NS);
         int64_t now = wall_ns();
         /* A cut costs O(head) (it sorts and checkpoints what stays), so the
          * late points of windows already cut (same end as the last cut)
