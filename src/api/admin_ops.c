@@ -228,7 +228,7 @@ void op_backup(api_call *c)
     thz_err rc = reg_backup(c->r, zDir, c->err);
     char terr[TSDB_ERR_LEN] = "";
     if (!rc && db && (rc = tsdb_backup(db, zTsdb, terr)))
-        snprintf(c->err, sizeof c->err, "time-series engine: %s", terr[0] ? terr : thz_strerror(rc));
+        snprintf(c->err, sizeof c->err, "time-series engine: %.170s", terr[0] ? terr : thz_strerror(rc));
     pthread_mutex_unlock(&backup_mu);
     if (rc) {
         /* The directory's state is the caller's to clean up; EEXIST here is
