@@ -169,6 +169,8 @@ thz_err tsdb_idx_add(tsdb *db, int64_t tenant, const char *dev, size_t dlen, con
     s->mlen = (uint32_t)mlen;
     s->tlen = (uint32_t)tlen;
     s->blk_last_ts = INT64_MIN;
+    s->cells_ok = true;
+    s->head_sorted = true;
     if (hmap_put(&db->series, s->key, s->klen, s, NULL)) {
         free(s);
         return THZ_ENOMEM;
@@ -363,6 +365,7 @@ void tsdb_idx_free(tsdb *db)
         free(s->frozen.v);
         thz_buf_free(&s->frozen.str);
         free(s->lvc_s);
+        free(s->cells);
         free(s);
     }
     free(db->by_id);
