@@ -786,6 +786,17 @@ thz_err qx_plan(qx *x)
         }
     }
     if (x->rc) return x->rc;
+    if (x->bin_key >= 0 && x->t0 != INT64_MIN && x->t1 == INT64_MAX) {
+        /* time > ago(1h): nothing is newer than now or the newest point, so
+         * the range ends there (bounded ranges take the aggregate fast path)
+         * unless that makes too many bins (then the bins stay those with data) */
+        int64_t hi = tsdb_max_ts(x->db);
+        if (x->now > hi) hi = x->now;
+        if (hi < INT64_MAX) hi++;
+        if (hi <= x->t0 || ((double)(hi - 1) / x->bin_w - (double)x->t0 / x->bin_w + 2 <=
+                            QUERY_MAX_BINS))
+            x->t1 = hi;
+    }
     if (x->bin_key >= 0 && x->t0 != INT64_MIN && x->t1 != INT64_MAX && x->t1 > x->t0) {
         /* bins in range: checked before anything is read */
         int64_t b0 = x->t0 / x->bin_w, b1 = (x->t1 - 1) / x->bin_w;

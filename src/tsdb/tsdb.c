@@ -1028,6 +1028,16 @@ thz_err tsdb_aggregate(tsdb *db, int64_t tenant, uint64_t series, int64_t t0, in
     return scan(db, s, t0, end, &ops);
 }
 
+int64_t tsdb_max_ts(tsdb *db)
+{
+    int64_t m = atomic_load(&db->max_ts);
+    pthread_rwlock_rdlock(&db->blk_mu);
+    for (size_t i = 0; i < db->nblocks; i++)
+        if (db->blocks[i]->max_ts > m) m = db->blocks[i]->max_ts;
+    pthread_rwlock_unlock(&db->blk_mu);
+    return m;
+}
+
 /* ---- last ---- */
 
 typedef struct last_ctx {

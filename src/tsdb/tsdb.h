@@ -158,6 +158,10 @@ thz_err tsdb_aggregate(tsdb *db, int64_t tenant, uint64_t series, int64_t t0, in
  * with n = 1, or not at all when the series has no point. */
 thz_err tsdb_last(tsdb *db, int64_t tenant, uint64_t series, tsdb_points_fn fn, void *ctx);
 
+/* The newest timestamp the engine holds or was written (INT64_MIN: none),
+ * for bounding open time ranges; later writes may pass it. */
+int64_t tsdb_max_ts(tsdb *db);
+
 /* ---- administration ---- */
 
 /* Retention of a tenant (metric NULL) or of one metric of a tenant:
