@@ -145,8 +145,10 @@ static tsdb_cell *cell_get(tsdb_ser *s, int64_t m)
     return &s->cells[i];
 }
 
-/* Accounts one head point (appended after every earlier one) in its cell. */
-static void cell_add(tsdb_ser *s, int64_t ts, uint64_t v)
+/* Accounts one head point in its cell. fresh: its timestamp is known not to
+ * be in the head yet (else one inside the cell's span may replace a point:
+ * the cell turns dirty). */
+static void cell_add(tsdb_ser *s, int64_t ts, uint64_t v, bool fresh)
 {
     if (s->type == TSDB_STRING || !s->cells_ok) return;
     tsdb_cell *c = cell_get(s, tsdb_floor_div(ts, TSDB_MINUTE_NS) * TSDB_MINUTE_NS);
@@ -161,7 +163,7 @@ static void cell_add(tsdb_ser *s, int64_t ts, uint64_t v)
         return;
     }
     if (c->dirty) return;
-    if (ts >= a->first_ts && ts <= a->last_ts) {
+    if (!fresh && ts >= a->first_ts && ts <= a->last_ts) {
         /* maybe a duplicate timestamp (the last write wins): read its points */
         c->dirty = true;
         return;
@@ -173,10 +175,65 @@ static void cell_add(tsdb_ser *s, int64_t ts, uint64_t v)
     if (ts < a->first_ts) {
         a->first_ts = ts;
         a->first = d;
-    } else {
+    } else if (ts > a->last_ts) {
         a->last_ts = ts;
         a->last = d;
     }
+}
+
+/* First index of the sorted head with ts >= t. */
+static uint32_t head_lower(const tsdb_run *r, int64_t t)
+{
+    uint32_t lo = 0, hi = r->n;
+    while (lo < hi) {
+        uint32_t mid = (lo + hi) / 2;
+        if (r->ts[mid] < t)
+            lo = mid + 1;
+        else
+            hi = mid;
+    }
+    return lo;
+}
+
+/* Recomputes the cell of minute m from the (sorted) head. */
+static void cell_recompute(tsdb_ser *s, int64_t m)
+{
+    if (!s->cells_ok) return;
+    tsdb_cell *c = cell_get(s, m);
+    if (!c) {
+        s->cells_ok = false;
+        return;
+    }
+    const tsdb_run *r = &s->head;
+    c->a = (tsdb_agg){0};
+    c->dirty = false;
+    int64_t e = m + TSDB_MINUTE_NS;
+    for (uint32_t i = head_lower(r, m); i < r->n && r->ts[i] < e; i++)
+        cell_add(s, r->ts[i], r->v[i], true);
+}
+
+#define HEAD_SHIFT_MAX 256 /* an out-of-order point moves at most this many */
+
+/* A numeric point into a sorted head at its place: false when it is too far
+ * back (append it instead). Caller checked ts <= the newest head point. */
+static bool head_insert(tsdb_ser *s, int64_t ts, uint64_t v)
+{
+    tsdb_run *r = &s->head;
+    uint32_t lim = r->n > HEAD_SHIFT_MAX ? r->n - HEAD_SHIFT_MAX : 0, i = r->n;
+    while (i > lim && r->ts[i - 1] > ts) i--;
+    if (i > 0 && r->ts[i - 1] == ts) { /* the last write wins */
+        r->v[i - 1] = v;
+        cell_recompute(s, tsdb_floor_div(ts, TSDB_MINUTE_NS) * TSDB_MINUTE_NS);
+        return true;
+    }
+    if (i == lim && i > 0) return false;
+    memmove(r->ts + i + 1, r->ts + i, (size_t)(r->n - i) * sizeof *r->ts);
+    memmove(r->v + i + 1, r->v + i, (size_t)(r->n - i) * sizeof *r->v);
+    r->ts[i] = ts;
+    r->v[i] = v;
+    r->n++;
+    cell_add(s, ts, v, true);
+    return true;
 }
 
 void tsdb_cells_rebuild(tsdb_ser *s)
@@ -186,7 +243,7 @@ void tsdb_cells_rebuild(tsdb_ser *s)
     s->head_sorted = true;
     for (uint32_t i = 0; i < s->head.n; i++) {
         if (i && s->head.ts[i] <= s->head.ts[i - 1]) s->head_sorted = false;
-        cell_add(s, s->head.ts[i], s->head.v[i]);
+        cell_add(s, s->head.ts[i], s->head.v[i], s->head_sorted);
     }
 }
 
@@ -202,10 +259,16 @@ thz_err tsdb_head_append(tsdb *db, tsdb_ser *s, int64_t ts, uint64_t v, const ch
         if (thz_buf_append(&r->str, str, slen)) return THZ_ENOMEM;
     }
     if (r->n && ts <= r->ts[r->n - 1]) s->head_sorted = false;
-    r->ts[r->n] = ts;
-    r->v[r->n] = hv;
-    r->n++;
-    cell_add(s, ts, v);
+    if (s->type != TSDB_STRING && s->head_sorted && r->n && ts <= r->ts[r->n - 1] &&
+        head_insert(s, ts, v)) {
+        /* kept sorted and free of duplicates */
+    } else {
+        if (r->n && ts <= r->ts[r->n - 1]) s->head_sorted = false;
+        r->ts[r->n] = ts;
+        r->v[r->n] = hv;
+        r->n++;
+        cell_add(s, ts, v, s->head_sorted);
+    }
     lvc_set(s, ts, v, str, slen);
     return THZ_OK;
 }
@@ -552,19 +615,6 @@ static bool mpt_push(mpt **out, size_t *n, size_t *cap, mpt m)
     return true;
 }
 
-/* First index of the sorted head with ts >= t. */
-static uint32_t head_lower(const tsdb_run *r, int64_t t)
-{
-    uint32_t lo = 0, hi = r->n;
-    while (lo < hi) {
-        uint32_t mid = (lo + hi) / 2;
-        if (r->ts[mid] < t)
-            lo = mid + 1;
-        else
-            hi = mid;
-    }
-    return lo;
-}
 
 typedef struct cell_use {
     long bin;
@@ -585,8 +635,33 @@ static bool win_listed(tsdb_block *const *bl, size_t nb, int64_t win)
     return false;
 }
 
+/* Sorts a numeric head and drops replaced duplicates (the last write wins),
+ * then rebuilds its cells: after out-of-order points too far back to be put
+ * in place. Caller holds the stripe lock. */
+static bool head_normalize(tsdb_ser *s)
+{
+    tsdb_run *r = &s->head;
+    mpt *m = malloc((r->n ? r->n : 1) * sizeof *m);
+    if (!m) return false;
+    for (uint32_t i = 0; i < r->n; i++) m[i] = (mpt){r->ts[i], r->v[i], i};
+    qsort(m, r->n, sizeof *m, mpt_cmp);
+    uint32_t o = 0;
+    for (uint32_t i = 0; i < r->n; i++) {
+        if (o && r->ts[o - 1] == m[i].ts) {
+            r->v[o - 1] = m[i].v;
+        } else {
+            r->ts[o] = m[i].ts;
+            r->v[o++] = m[i].v;
+        }
+    }
+    r->n = o;
+    free(m);
+    tsdb_cells_rebuild(s);
+    return true;
+}
+
 /* Aggregates over the head from its cells (caller holds the stripe lock, the
- * series is numeric, frozen is empty and the cells are whole): the cells
+ * series is numeric, its head sorted, frozen empty, the cells whole): the cells
  * wholly in [t0, t1), in one bin (ops->cell_bin), clean, in a window no
  * listed block holds go to *cu; the head points of every other minute in
  * range to *h. false: out of memory. */
@@ -596,7 +671,6 @@ static bool head_cells(tsdb_ser *s, int64_t t0, int64_t t1, const scan_ops *ops,
 {
     const tsdb_run *r = &s->head;
     size_t capcu = 0;
-    bool *whole = NULL;
     uint32_t c0 = 0;
     /* the cells overlapping the range: from the first with m + 1 min > t0 */
     {
@@ -612,13 +686,8 @@ static bool head_cells(tsdb_ser *s, int64_t t0, int64_t t1, const scan_ops *ops,
     }
     uint32_t c1 = c0;
     while (c1 < s->ncells && s->cells[c1].m < t1) c1++;
-    if (!s->head_sorted && c1 > c0) {
-        whole = calloc(c1 - c0, sizeof *whole);
-        if (!whole) return false;
-    }
     int64_t lastwin = INT64_MIN;
     bool lastlisted = false;
-    bool partial = false;
     for (uint32_t i = c0; i < c1; i++) {
         const tsdb_cell *c = &s->cells[i];
         if (!c->a.count) continue;
@@ -636,50 +705,18 @@ static bool head_cells(tsdb_ser *s, int64_t t0, int64_t t1, const scan_ops *ops,
             if (*ncu == capcu) {
                 size_t nc = capcu ? capcu * 2 : 64;
                 cell_use *n2 = realloc(*cu, nc * sizeof *n2);
-                if (!n2) {
-                    free(whole);
-                    return false;
-                }
+                if (!n2) return false;
                 *cu = n2;
                 capcu = nc;
             }
             (*cu)[(*ncu)++] = (cell_use){bin, c->a};
-            if (whole) whole[i - c0] = true;
             continue;
         }
-        partial = true;
-        if (!s->head_sorted) continue;
         int64_t a = c->m < t0 ? t0 : c->m;
         int64_t b = cend > t1 ? t1 : cend;
         for (uint32_t k = head_lower(r, a); k < r->n && r->ts[k] < b; k++)
             if (!mpt_push(h, nh, caph, (mpt){r->ts[k], r->v[k], ORD_HEAD + k})) return false;
     }
-    if (!s->head_sorted && partial) {
-        /* write order: every point in range, unless its cell was used */
-        uint32_t ci = c0;
-        for (uint32_t k = 0; k < r->n; k++) {
-            int64_t ts = r->ts[k];
-            if (ts < t0 || ts >= t1) continue;
-            int64_t m = tsdb_floor_div(ts, TSDB_MINUTE_NS) * TSDB_MINUTE_NS;
-            if (ci >= c1 || s->cells[ci].m != m) {
-                uint32_t lo = c0, hi = c1;
-                while (lo < hi) {
-                    uint32_t mid = (lo + hi) / 2;
-                    if (s->cells[mid].m < m)
-                        lo = mid + 1;
-                    else
-                        hi = mid;
-                }
-                ci = lo;
-            }
-            if (ci < c1 && s->cells[ci].m == m && whole[ci - c0]) continue;
-            if (!mpt_push(h, nh, caph, (mpt){ts, r->v[k], ORD_HEAD + k})) {
-                free(whole);
-                return false;
-            }
-        }
-    }
-    free(whole);
     return true;
 }
 
@@ -707,7 +744,8 @@ static thz_err scan(tsdb *db, tsdb_ser *s, int64_t t0, int64_t t1, const scan_op
         pthread_rwlock_unlock(&db->blk_mu);
         bool ok = false, mem = true;
         pthread_mutex_lock(tsdb_stripe(db, s));
-        if (s->frozen.n == 0 && s->cells_ok && listed) {
+        if (s->frozen.n == 0 && !s->head_sorted) head_normalize(s);
+        if (s->frozen.n == 0 && s->cells_ok && s->head_sorted && listed) {
             ok = true;
             mem = head_cells(s, t0, t1, ops, bl, nb, &cu, &ncu, &h, &nh, &caph);
         }

@@ -540,6 +540,22 @@ static void test_head_cells(void **state)
     assert_int_equal(tsdb_aggregate(db, 1, id, ta + 30 * SEC, ta + 3600 * SEC, 0, bins, 1),
                      THZ_OK);
     assert_int_equal(tsdb__agg_decoded(db), dec + 30);
+    /* a little out of order (put in place): half seconds backwards over the
+     * newest 100 s, then duplicates of every other of the newest 100 points */
+    for (int i = 0; i < 100; i++)
+        ref_put(&r, db, T0 + (int64_t)(3 * 3600 - 1 - i) * SEC + SEC / 2, i * 0.1);
+    for (int i = 0; i < 50; i++) ref_put(&r, db, T0 + (int64_t)(3 * 3600 - 1 - 2 * i) * SEC, -i * 0.1);
+    check_aggs(db, id, r.ts, r.v, r.n);
+    dec = tsdb__agg_decoded(db);
+    assert_int_equal(tsdb_aggregate(db, 1, id, ta, ta + 180 * 60 * SEC, 60 * SEC, bins, 180),
+                     THZ_OK);
+    assert_int_equal(tsdb__agg_decoded(db), dec); /* the cells stayed exact */
+    {
+        coll c = read_all(db, 1, id, INT64_MIN, INT64_MAX);
+        assert_int_equal(c.n, r.n);
+        for (size_t i = 0; i < c.n; i++) assert_true(c.ts[i] == r.ts[i] && c.v[i].u.f == r.v[i]);
+        coll_free(&c);
+    }
     /* duplicates: the first, a middle and the last point of minute 10 */
     ref_put(&r, db, T0 + 600 * SEC, 1000);
     ref_put(&r, db, T0 + 630 * SEC, -1000);
