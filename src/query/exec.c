@@ -463,8 +463,10 @@ static bool ent_fn(void *ctx, const tsdb_series *s)
             en->tags = s->tags;
             en->metric = x->narrow ? s->metric : NULL;
             en->tagv = q_alloc(&x->ar, sizeof(q_val) * (x->ntags ? x->ntags : 1));
-            en->sid = q_alloc(&x->ar, sizeof(uint64_t) * Q_MAX_COLS);
-            en->type = q_alloc(&x->ar, sizeof(tsdb_type) * Q_MAX_COLS);
+            /* the slots: the metrics named, or any metric met (SELECT *, count(*)) */
+            size_t ns = x->all_metrics ? Q_MAX_COLS : (size_t)(x->nmetrics ? x->nmetrics : 1);
+            en->sid = q_alloc(&x->ar, sizeof(uint64_t) * ns);
+            en->type = q_alloc(&x->ar, sizeof(tsdb_type) * ns);
         }
         if (!en || !k || !en->tagv || !en->sid || !en->type ||
             hmap_put(&x->ent_map, k, dl + 1 + tl, en, NULL) != THZ_OK) {
