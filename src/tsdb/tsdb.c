@@ -954,6 +954,7 @@ typedef struct agg_ctx {
     tsdb *db;
     tsdb_type type;
     int64_t t0, t1, step;
+    int64_t origin; /* bin i starts at origin + i * step; origin <= t0 */
     tsdb_agg *out;
     size_t nbins;
     uint64_t decoded; /* points decoded (tests check the rollups are used) */
@@ -964,7 +965,7 @@ static long bin_of(const agg_ctx *c, int64_t ts)
 {
     if (ts < c->t0 || ts >= c->t1) return -1;
     if (c->step <= 0) return 0;
-    uint64_t b = ((uint64_t)ts - (uint64_t)c->t0) / (uint64_t)c->step;
+    uint64_t b = ((uint64_t)ts - (uint64_t)c->origin) / (uint64_t)c->step;
     return b < c->nbins ? (long)b : -1;
 }
 
@@ -1048,22 +1049,28 @@ static void agg_cell(void *ctx, long bin, const tsdb_agg *a)
     agg_merge(&c->out[bin], a);
 }
 
-thz_err tsdb_aggregate(tsdb *db, int64_t tenant, uint64_t series, int64_t t0, int64_t t1,
-                       int64_t step, tsdb_agg *out, size_t nbins)
+thz_err tsdb_aggregate_from(tsdb *db, int64_t tenant, uint64_t series, int64_t t0, int64_t t1,
+                            int64_t origin, int64_t step, tsdb_agg *out, size_t nbins)
 {
-    if (!db || !out || nbins == 0 || step < 0) return THZ_EINVAL;
+    if (!db || !out || nbins == 0 || step < 0 || (step && origin > t0)) return THZ_EINVAL;
     tsdb_ser *s = tsdb_ser_get(db, tenant, series);
     if (!s) return THZ_ENOTFOUND;
     if (s->type == TSDB_STRING) return THZ_EINVAL;
     memset(out, 0, nbins * sizeof *out);
-    agg_ctx c = {db, s->type, t0, t1, step, out, step ? nbins : 1, 0};
+    agg_ctx c = {db, s->type, t0, t1, step, step ? origin : t0, out, step ? nbins : 1, 0};
     /* Only the bins asked for are scanned. */
     int64_t span, end = t1;
     if (step && !__builtin_mul_overflow(step, (int64_t)nbins, &span) &&
-        !__builtin_add_overflow(t0, span, &end) && end > t1)
+        !__builtin_add_overflow(c.origin, span, &end) && end > t1)
         end = t1;
     scan_ops ops = {agg_points, agg_whole, agg_cell_bin, agg_cell, &c};
     return scan(db, s, t0, end, &ops);
+}
+
+thz_err tsdb_aggregate(tsdb *db, int64_t tenant, uint64_t series, int64_t t0, int64_t t1,
+                       int64_t step, tsdb_agg *out, size_t nbins)
+{
+    return tsdb_aggregate_from(db, tenant, series, t0, t1, t0, step, out, nbins);
 }
 
 int64_t tsdb_max_ts(tsdb *db)

@@ -154,6 +154,12 @@ typedef struct tsdb_agg {
 thz_err tsdb_aggregate(tsdb *db, int64_t tenant, uint64_t series, int64_t t0, int64_t t1,
                        int64_t step, tsdb_agg *out, size_t nbins);
 
+/* tsdb_aggregate with bins aligned elsewhere: bin i covers
+ * [origin + i*step, origin + (i+1)*step) intersected with [t0, t1)
+ * (origin <= t0; step 0: one bin [t0, t1), origin unused). */
+thz_err tsdb_aggregate_from(tsdb *db, int64_t tenant, uint64_t series, int64_t t0, int64_t t1,
+                            int64_t origin, int64_t step, tsdb_agg *out, size_t nbins);
+
 /* The last point of a series (from the last-value cache): fn is called once
  * with n = 1, or not at all when the series has no point. */
 thz_err tsdb_last(tsdb *db, int64_t tenant, uint64_t series, tsdb_points_fn fn, void *ctx);

@@ -348,13 +348,13 @@ static void test_series_select(void **state)
 }
 
 /* Brute-force aggregate reference. */
-static void brute(const int64_t *ts, const double *v, size_t n, int64_t t0, int64_t t1,
-                  int64_t step, tsdb_agg *out, size_t nb)
+static void brute_from(const int64_t *ts, const double *v, size_t n, int64_t t0, int64_t t1,
+                       int64_t origin, int64_t step, tsdb_agg *out, size_t nb)
 {
     memset(out, 0, nb * sizeof *out);
     for (size_t i = 0; i < n; i++) {
         if (ts[i] < t0 || ts[i] >= t1) continue;
-        size_t b = step ? (size_t)((ts[i] - t0) / step) : 0;
+        size_t b = step ? (size_t)((ts[i] - origin) / step) : 0;
         if (b >= nb) continue;
         tsdb_agg *a = &out[b];
         if (!a->count) {
@@ -376,8 +376,34 @@ static void brute(const int64_t *ts, const double *v, size_t n, int64_t t0, int6
     }
 }
 
+static void brute(const int64_t *ts, const double *v, size_t n, int64_t t0, int64_t t1,
+                  int64_t step, tsdb_agg *out, size_t nb)
+{
+    brute_from(ts, v, n, t0, t1, t0, step, out, nb);
+}
+
 static void check_aggs(tsdb *db, uint64_t id, const int64_t *ts, const double *v, size_t n)
 {
+    /* bins aligned before the range start (tsdb_aggregate_from) */
+    for (int k = 0; k < 3; k++) {
+        int64_t step = (k == 2 ? 90 : 60) * SEC, origin = T0 - 20 * SEC; /* a whole minute */
+        int64_t t0 = origin + (k == 0 ? 0 : 30 * SEC + 7), t1 = T0 + 3 * 3600 * SEC + 5 * SEC;
+        size_t nb = (size_t)((t1 - origin + step - 1) / step);
+        tsdb_agg got[200], want[200];
+        assert_true(nb <= 200);
+        assert_int_equal(tsdb_aggregate_from(db, 1, id, t0, t1, origin, step, got, nb), THZ_OK);
+        brute_from(ts, v, n, t0, t1, origin, step, want, nb);
+        for (size_t b = 0; b < nb; b++) {
+            if (got[b].count != want[b].count)
+                fail_msg("from %d bin %zu: count %" PRIu64 " want %" PRIu64, k, b, got[b].count,
+                         want[b].count);
+            if (!want[b].count) continue;
+            assert_true(fabs(got[b].sum - want[b].sum) < 1e-6 * (1 + fabs(want[b].sum)));
+            assert_true(got[b].min == want[b].min && got[b].max == want[b].max);
+            assert_true(got[b].first == want[b].first && got[b].last == want[b].last);
+            assert_true(got[b].first_ts == want[b].first_ts && got[b].last_ts == want[b].last_ts);
+        }
+    }
     struct {
         int64_t t0, t1, step;
         size_t nb;
