@@ -64,20 +64,10 @@ static bool cat_add(qx *x, hmap *m, const char *s, size_t n)
     return true;
 }
 
-static bool cat_fn(void *ctx, const tsdb_series *s)
+static bool cat_label(void *ctx, bool metric, const char *name, size_t len)
 {
     qx *x = ctx;
-    if (!cat_add(x, &x->cat_metrics, s->metric, strlen(s->metric))) return false;
-    /* tag keys of "k1=v1,k2=v2" (values may hold escaped ',' and '=') */
-    const char *p = s->tags;
-    while (*p) {
-        const char *k = p;
-        while (*p && *p != '=') p += (*p == '\\' && p[1]) ? 2 : 1;
-        if (!cat_add(x, &x->cat_tags, k, (size_t)(p - k))) return false;
-        while (*p && *p != ',') p += (*p == '\\' && p[1]) ? 2 : 1;
-        if (*p == ',') p++;
-    }
-    return true;
+    return cat_add(x, metric ? &x->cat_metrics : &x->cat_tags, name, len);
 }
 
 static const char *cat_find(hmap *m, const char *name)
@@ -680,7 +670,7 @@ thz_err qx_plan(qx *x)
                 q->table);
         return x->rc;
     }
-    thz_err rc = tsdb_series_select(x->db, x->tenant, NULL, 0, cat_fn, x);
+    thz_err rc = tsdb_labels(x->db, x->tenant, cat_label, x);
     if (x->rc) return x->rc;
     if (rc) {
         qx_fail(x, rc, -1, "cannot list the series: %s", thz_strerror(rc));

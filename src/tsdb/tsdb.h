@@ -130,6 +130,12 @@ typedef bool (*tsdb_series_fn)(void *ctx, const tsdb_series *s);
 thz_err tsdb_series_select(tsdb *db, int64_t tenant, const tsdb_matcher *m, size_t nm,
                            tsdb_series_fn fn, void *ctx);
 
+/* Calls fn once for every metric name (metric true) and every tag key
+ * (escaped as in the canonical tag set) of the tenant's series, in no
+ * order; fn returns false to stop. */
+typedef bool (*tsdb_label_fn)(void *ctx, bool metric, const char *name, size_t len);
+thz_err tsdb_labels(tsdb *db, int64_t tenant, tsdb_label_fn fn, void *ctx);
+
 /* The points of one series with t0 <= ts < t1 in time order (duplicates of a
  * timestamp resolved to the last written), delivered in batches. fn returns
  * false to stop. ENOTFOUND for an unknown series or another tenant's. */

@@ -115,6 +115,7 @@ typedef struct tsdb_tenant {
     uint64_t nseries;
     tsdb_ids all;        /* every series id, ascending */
     hmap postings;       /* "d\0device" | "m\0metric" | "t\0k=v" -> tsdb_ids* */
+    hmap labels;         /* "m\0metric" | "k\0tag key" -> the key (malloc'd) */
     int64_t retention_s; /* -1: the default */
     hmap metric_ret;     /* metric -> int64_t* seconds */
 } tsdb_tenant;

@@ -264,6 +264,29 @@ static int sel(tsdb *db, int64_t tenant, const tsdb_matcher *m, size_t n)
     return c.n;
 }
 
+/* tsdb_labels, sorted into "k:key,m:metric," */
+typedef struct labels {
+    char names[16][64];
+    int n;
+    char s[1024];
+} labels;
+
+static int str_cmp(const void *a, const void *b) { return strcmp(a, b); }
+
+static bool labels_cb(void *ctx, bool metric, const char *name, size_t len)
+{
+    labels *l = ctx;
+    assert_true(l->n < 16);
+    snprintf(l->names[l->n++], 64, "%c:%.*s", metric ? 'm' : 'k', (int)len, name);
+    qsort(l->names, (size_t)l->n, 64, str_cmp);
+    l->s[0] = 0;
+    for (int i = 0; i < l->n; i++) {
+        strcat(l->s, l->names[i]);
+        strcat(l->s, ",");
+    }
+    return true;
+}
+
 static void test_series_select(void **state)
 {
     char dir[300];
@@ -293,6 +316,15 @@ static void test_series_select(void **state)
     assert_int_equal(sel(db, 1, NULL, 0), 6);
     assert_int_equal(sel(db, 2, NULL, 0), 1);
     assert_int_equal(sel(db, 3, NULL, 0), 0);
+    labels lb = {0};
+    assert_int_equal(tsdb_labels(db, 1, labels_cb, &lb), THZ_OK);
+    assert_string_equal(lb.s, "k:floor,k:site,m:hum,m:temp,");
+    memset(&lb, 0, sizeof lb);
+    assert_int_equal(tsdb_labels(db, 2, labels_cb, &lb), THZ_OK);
+    assert_string_equal(lb.s, "m:temp,");
+    memset(&lb, 0, sizeof lb);
+    assert_int_equal(tsdb_labels(db, 3, labels_cb, &lb), THZ_OK);
+    assert_int_equal(lb.n, 0);
     tsdb_matcher m1[] = {{"device", TSDB_EQ, "sensor-1"}};
     assert_int_equal(sel(db, 1, m1, 1), 2);
     tsdb_matcher m2[] = {{"device", TSDB_NE, "sensor-1"}};
