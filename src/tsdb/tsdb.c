@@ -1309,6 +1309,17 @@ static thz_err sort_run(const tsdb_run *r, cut_ser *out)
         free(m);
         return THZ_ENOMEM;
     }
+    bool sorted = true; /* the usual case: numeric heads are kept sorted */
+    for (uint32_t i = 1; i < r->n && sorted; i++) sorted = r->ts[i] > r->ts[i - 1];
+    if (sorted) {
+        if (r->n) {
+            memcpy(out->ts, r->ts, r->n * sizeof *r->ts);
+            memcpy(out->v, r->v, r->n * sizeof *r->v);
+        }
+        out->n = r->n;
+        free(m);
+        return THZ_OK;
+    }
     for (uint32_t i = 0; i < r->n; i++) m[i] = (mpt){r->ts[i], r->v[i], i};
     if (r->n) qsort(m, r->n, sizeof *m, mpt_cmp);
     size_t o = 0;

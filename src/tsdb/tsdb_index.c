@@ -197,6 +197,7 @@ thz_err tsdb_idx_add(tsdb *db, int64_t tenant, const char *dev, size_t dlen, con
     s->mlen = (uint32_t)mlen;
     s->tlen = (uint32_t)tlen;
     s->blk_last_ts = INT64_MIN;
+    s->stripe = (uint32_t)(hmap_hash(s->key, 8 + dlen) % TSDB_NSTRIPE); /* tenant, device */
     s->cells_ok = true;
     s->head_sorted = true;
     if (hmap_put(&db->series, s->key, s->klen, s, NULL)) {

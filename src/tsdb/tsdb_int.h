@@ -90,7 +90,8 @@ typedef struct tsdb_ser {
     uint8_t *key; /* index key: tenant(8) device \0 metric \0 tags */
     size_t klen;
     bool persisted; /* in the index file */
-    /* Under the stripe lock of the series (db->stripe[id % TSDB_NSTRIPE]): */
+    uint32_t stripe; /* its head lock: by device, so a device's series share one */
+    /* Under the stripe lock of the series (db->stripe[stripe]): */
     tsdb_run head;   /* appended by writers, write order */
     tsdb_run frozen; /* detached by a cut, readable until its blocks are published */
     tsdb_cell *cells; /* numeric series: head cells, sorted by minute */
@@ -267,7 +268,7 @@ void tsdb_head_note(tsdb *db, size_t n, int64_t min_ts, int64_t max_ts);
 void tsdb_cells_rebuild(tsdb_ser *s);
 static inline pthread_mutex_t *tsdb_stripe(tsdb *db, const tsdb_ser *s)
 {
-    return &db->stripe[s->id % TSDB_NSTRIPE];
+    return &db->stripe[s->stripe];
 }
 
 /* ---- tsdb_block.c ---- */
