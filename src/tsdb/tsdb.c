@@ -226,7 +226,7 @@ static bool head_insert(tsdb_ser *s, int64_t ts, uint64_t v)
         cell_recompute(s, tsdb_floor_div(ts, TSDB_MINUTE_NS) * TSDB_MINUTE_NS);
         return true;
     }
-    if (i == lim && i > 0) return false;
+    if (i == lim && i > 0 && r->ts[i - 1] > ts) return false;
     memmove(r->ts + i + 1, r->ts + i, (size_t)(r->n - i) * sizeof *r->ts);
     memmove(r->v + i + 1, r->v + i, (size_t)(r->n - i) * sizeof *r->v);
     r->ts[i] = ts;
@@ -258,7 +258,6 @@ thz_err tsdb_head_append(tsdb *db, tsdb_ser *s, int64_t ts, uint64_t v, const ch
         hv = (uint64_t)r->str.len << 32 | slen;
         if (thz_buf_append(&r->str, str, slen)) return THZ_ENOMEM;
     }
-    if (r->n && ts <= r->ts[r->n - 1]) s->head_sorted = false;
     if (s->type != TSDB_STRING && s->head_sorted && r->n && ts <= r->ts[r->n - 1] &&
         head_insert(s, ts, v)) {
         /* kept sorted and free of duplicates */

@@ -603,6 +603,7 @@ static void test_head_cells(void **state)
     for (int i = 0; i < 100; i++)
         ref_put(&r, db, T0 + (int64_t)(3 * 3600 - 1 - i) * SEC + SEC / 2, i * 0.1);
     for (int i = 0; i < 50; i++) ref_put(&r, db, T0 + (int64_t)(3 * 3600 - 1 - 2 * i) * SEC, -i * 0.1);
+    assert_true(db->by_id[id]->head_sorted); /* put in place, not appended */
     check_aggs(db, id, r.ts, r.v, r.n);
     dec = tsdb__agg_decoded(db);
     assert_int_equal(tsdb_aggregate(db, 1, id, ta, ta + 180 * 60 * SEC, 60 * SEC, bins, 180),
@@ -614,6 +615,12 @@ static void test_head_cells(void **state)
         for (size_t i = 0; i < c.n; i++) assert_true(c.ts[i] == r.ts[i] && c.v[i].u.f == r.v[i]);
         coll_free(&c);
     }
+    /* 300 points back: too far to move, appended (the head is sorted again
+     * on the next aggregate) */
+    ref_put(&r, db, T0 + (int64_t)(3 * 3600 - 300) * SEC + SEC / 4, 4.5);
+    assert_false(db->by_id[id]->head_sorted);
+    check_aggs(db, id, r.ts, r.v, r.n);
+    assert_true(db->by_id[id]->head_sorted);
     /* duplicates: the first, a middle and the last point of minute 10 */
     ref_put(&r, db, T0 + 600 * SEC, 1000);
     ref_put(&r, db, T0 + 630 * SEC, -1000);
