@@ -540,9 +540,10 @@ typedef struct scan_ops {
     /* A window whose only source is one block: true when handled without
      * decoding (aggregates from headers/rollups). May be NULL. */
     bool (*whole)(void *ctx, const tsdb_block *b, const tsdb_bentry *e);
-    /* Aggregates only (may be NULL): the bin a head cell of minute m can be
-     * merged into whole (-1: read its points), and the merge. */
-    long (*cell_bin)(void *ctx, int64_t m);
+    /* Aggregates only (may be NULL): the bin a head cell with points from
+     * first to last can be merged into whole (-1: read its points), and the
+     * merge. */
+    long (*cell_bin)(void *ctx, int64_t first, int64_t last);
     void (*cell)(void *ctx, long bin, const tsdb_agg *a);
     void *ctx;
 } scan_ops;
@@ -661,7 +662,7 @@ static bool head_normalize(tsdb_ser *s)
 
 /* Aggregates over the head from its cells (caller holds the stripe lock, the
  * series is numeric, its head sorted, frozen empty, the cells whole): the cells
- * wholly in [t0, t1), in one bin (ops->cell_bin), clean, in a window no
+ * whose points all lie in [t0, t1) and in one bin (ops->cell_bin), clean, in a window no
  * listed block holds go to *cu; the head points of every other minute in
  * range to *h. false: out of memory. */
 static bool head_cells(tsdb_ser *s, int64_t t0, int64_t t1, const scan_ops *ops,
@@ -692,13 +693,15 @@ static bool head_cells(tsdb_ser *s, int64_t t0, int64_t t1, const scan_ops *ops,
         if (!c->a.count) continue;
         long bin = -1;
         int64_t cend = sat_add(c->m, TSDB_MINUTE_NS);
-        if (!c->dirty && c->m >= t0 && cend <= t1) {
+        /* every point of the cell in range (the minute may not be: the
+         * current one ends after now) */
+        if (!c->dirty && c->a.first_ts >= t0 && c->a.last_ts < t1) {
             int64_t w = tsdb_window_of(c->m);
             if (w != lastwin) {
                 lastwin = w;
                 lastlisted = win_listed(bl, nb, w);
             }
-            if (!lastlisted) bin = ops->cell_bin(ops->ctx, c->m);
+            if (!lastlisted) bin = ops->cell_bin(ops->ctx, c->a.first_ts, c->a.last_ts);
         }
         if (bin >= 0) {
             if (*ncu == capcu) {
@@ -1035,10 +1038,10 @@ static bool agg_whole(void *ctx, const tsdb_block *b, const tsdb_bentry *e)
     return ok;
 }
 
-static long agg_cell_bin(void *ctx, int64_t m)
+static long agg_cell_bin(void *ctx, int64_t first, int64_t last)
 {
     agg_ctx *c = ctx;
-    long b0 = bin_of(c, m), b1 = bin_of(c, sat_add(m, TSDB_MINUTE_NS - 1));
+    long b0 = bin_of(c, first), b1 = bin_of(c, last);
     return b0 >= 0 && b0 == b1 ? b0 : -1;
 }
 
