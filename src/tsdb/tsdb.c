@@ -1719,7 +1719,9 @@ static void compact_upto(tsdb *db, int64_t horizon);
 /* Compacts windows with more than one block, once the window is closed. */
 static void compact_run(tsdb *db)
 {
-    compact_upto(db, data_now(db) - TSDB_GRACE_NS - TSDB_WINDOW_NS);
+    int64_t dn = data_now(db);
+    if (dn < INT64_MIN + TSDB_GRACE_NS + TSDB_WINDOW_NS) return; /* no data */
+    compact_upto(db, dn - TSDB_GRACE_NS - TSDB_WINDOW_NS);
 }
 
 static void compact_all(tsdb *db)
@@ -1782,7 +1784,9 @@ static void *bg_main(void *arg)
         if (db->bg_stop) break;
         pthread_mutex_unlock(&db->bg_mu);
         pthread_mutex_lock(&db->maint);
-        int64_t end = tsdb_window_of(data_now(db) - TSDB_GRACE_NS);
+        int64_t dn = data_now(db); /* INT64_MIN while there is no data */
+        int64_t end = dn < INT64_MIN + TSDB_GRACE_NS ? INT64_MIN
+                                                     : tsdb_window_of(dn - TSDB_GRACE_NS);
         int64_t now = wall_ns();
         /* A cut costs O(head) (it sorts and checkpoints what stays), so the
          * late points of windows already cut (same end as the last cut)
