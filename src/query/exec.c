@@ -463,8 +463,10 @@ static bool ent_fn(void *ctx, const tsdb_series *s)
             en->tags = s->tags;
             en->metric = x->narrow ? s->metric : NULL;
             en->tagv = q_alloc(&x->ar, sizeof(q_val) * (x->ntags ? x->ntags : 1));
-            en->sid = q_alloc(&x->ar, sizeof(uint64_t) * Q_MAX_COLS);
-            en->type = q_alloc(&x->ar, sizeof(tsdb_type) * Q_MAX_COLS);
+            /* the slots: the metrics named, or any metric met (SELECT *, count(*)) */
+            size_t ns = x->all_metrics ? Q_MAX_COLS : (size_t)(x->nmetrics ? x->nmetrics : 1);
+            en->sid = q_alloc(&x->ar, sizeof(uint64_t) * ns);
+            en->type = q_alloc(&x->ar, sizeof(tsdb_type) * ns);
         }
         if (!en || !k || !en->tagv || !en->sid || !en->type ||
             hmap_put(&x->ent_map, k, dl + 1 + tl, en, NULL) != THZ_OK) {
@@ -926,62 +928,36 @@ static bool fast_metric(qx *x, entity *en, int slot)
             return true;
         }
     }
-    /* pieces: [t0, a) partial bin, [a, b) whole bins, [b, t1) partial bin */
-    struct {
-        int64_t t0, t1, step;
-        size_t n;
-    } pc[3];
-    int np = 0;
-    if (x->bin_key < 0) {
-        pc[np++] = (typeof(pc[0])){x->t0, x->t1, 0, 1};
-    } else {
-        int64_t w = x->bin_w;
-        int64_t a = floordiv(x->t0, w) * w;
-        if (a < x->t0) a += w;
-        int64_t b = floordiv(x->t1, w) * w;
-        if (a >= b) {
-            if (a > x->t0 && a < x->t1) { /* straddles one boundary */
-                pc[np++] = (typeof(pc[0])){x->t0, a, 0, 1};
-                pc[np++] = (typeof(pc[0])){a, x->t1, 0, 1};
-            } else {
-                pc[np++] = (typeof(pc[0])){x->t0, x->t1, 0, 1};
-            }
-        } else {
-            if (x->t0 < a) pc[np++] = (typeof(pc[0])){x->t0, a, 0, 1};
-            pc[np++] = (typeof(pc[0])){a, b, w, (size_t)((b - a) / w)};
-            if (b < x->t1) pc[np++] = (typeof(pc[0])){b, x->t1, 0, 1};
-        }
+    /* one call: the bins of bin(time, w) from the one holding t0, the first
+     * and last cut by the range (the engine keeps only points in range) */
+    int64_t origin = x->t0, step = 0;
+    size_t n = 1;
+    if (x->bin_key >= 0) {
+        step = x->bin_w;
+        origin = floordiv(x->t0, step) * step;
+        n = (size_t)((floordiv(x->t1 - 1, step) * step - origin) / step) + 1;
     }
-    for (int k = 0; k < np; k++) {
-        if (pc[k].t0 >= pc[k].t1) continue;
-        tsdb_agg *out = calloc(pc[k].n, sizeof *out);
-        if (!out) {
-            qx_fail(x, THZ_ENOMEM, -1, "out of memory");
-            return false;
-        }
-        thz_err rc2 =
-            tsdb_aggregate(x->db, x->tenant, sid, pc[k].t0, pc[k].t1, pc[k].step, out, pc[k].n);
-        if (rc2) {
-            free(out);
-            if (rc2 == THZ_ENOTFOUND) continue;
-            qx_fail(x, rc2, -1, "tsdb_aggregate failed: %s", thz_strerror(rc2));
-            return false;
-        }
-        for (size_t i = 0; i < pc[k].n && !x->rc; i++) {
-            if (!out[i].count) continue;
-            if (x->bin_key >= 0) {
-                int64_t bt = pc[k].step ? pc[k].t0 + (int64_t)i * pc[k].step
-                                        : floordiv(pc[k].t0, x->bin_w) * x->bin_w;
-                keys[x->bin_key] = vtime(bt);
-            }
-            group *g = group_get(x, keys);
-            if (!g) break;
-            for (int a = 0; a < x->naggs; a++)
-                if (x->aggs[a].arg->ref == slot) agg_merge(x, a, &g->st[a], &out[i]);
-        }
+    tsdb_agg *out = calloc(n, sizeof *out);
+    if (!out) {
+        qx_fail(x, THZ_ENOMEM, -1, "out of memory");
+        return false;
+    }
+    thz_err rc2 = tsdb_aggregate_from(x->db, x->tenant, sid, x->t0, x->t1, origin, step, out, n);
+    if (rc2 && rc2 != THZ_ENOTFOUND) {
         free(out);
-        if (x->rc) return false;
+        qx_fail(x, rc2, -1, "tsdb_aggregate failed: %s", thz_strerror(rc2));
+        return false;
     }
+    for (size_t i = 0; !rc2 && i < n && !x->rc; i++) {
+        if (!out[i].count) continue;
+        if (x->bin_key >= 0) keys[x->bin_key] = vtime(origin + (int64_t)i * step);
+        group *g = group_get(x, keys);
+        if (!g) break;
+        for (int a = 0; a < x->naggs; a++)
+            if (x->aggs[a].arg->ref == slot) agg_merge(x, a, &g->st[a], &out[i]);
+    }
+    free(out);
+    if (x->rc) return false;
     return budget(x);
 }
 

@@ -64,20 +64,10 @@ static bool cat_add(qx *x, hmap *m, const char *s, size_t n)
     return true;
 }
 
-static bool cat_fn(void *ctx, const tsdb_series *s)
+static bool cat_label(void *ctx, bool metric, const char *name, size_t len)
 {
     qx *x = ctx;
-    if (!cat_add(x, &x->cat_metrics, s->metric, strlen(s->metric))) return false;
-    /* tag keys of "k1=v1,k2=v2" (values may hold escaped ',' and '=') */
-    const char *p = s->tags;
-    while (*p) {
-        const char *k = p;
-        while (*p && *p != '=') p += (*p == '\\' && p[1]) ? 2 : 1;
-        if (!cat_add(x, &x->cat_tags, k, (size_t)(p - k))) return false;
-        while (*p && *p != ',') p += (*p == '\\' && p[1]) ? 2 : 1;
-        if (*p == ',') p++;
-    }
-    return true;
+    return cat_add(x, metric ? &x->cat_metrics : &x->cat_tags, name, len);
 }
 
 static const char *cat_find(hmap *m, const char *name)
@@ -680,7 +670,7 @@ thz_err qx_plan(qx *x)
                 q->table);
         return x->rc;
     }
-    thz_err rc = tsdb_series_select(x->db, x->tenant, NULL, 0, cat_fn, x);
+    thz_err rc = tsdb_labels(x->db, x->tenant, cat_label, x);
     if (x->rc) return x->rc;
     if (rc) {
         qx_fail(x, rc, -1, "cannot list the series: %s", thz_strerror(rc));
@@ -786,6 +776,17 @@ thz_err qx_plan(qx *x)
         }
     }
     if (x->rc) return x->rc;
+    if (x->bin_key >= 0 && x->t0 != INT64_MIN && x->t1 == INT64_MAX) {
+        /* time > ago(1h): nothing is newer than now or the newest point, so
+         * the range ends there (bounded ranges take the aggregate fast path)
+         * unless that makes too many bins (then the bins stay those with data) */
+        int64_t hi = tsdb_max_ts(x->db);
+        if (x->now > hi) hi = x->now;
+        if (hi < INT64_MAX) hi++;
+        if (hi <= x->t0 || ((double)(hi - 1) / x->bin_w - (double)x->t0 / x->bin_w + 2 <=
+                            QUERY_MAX_BINS))
+            x->t1 = hi;
+    }
     if (x->bin_key >= 0 && x->t0 != INT64_MIN && x->t1 != INT64_MAX && x->t1 > x->t0) {
         /* bins in range: checked before anything is read */
         int64_t b0 = x->t0 / x->bin_w, b1 = (x->t1 - 1) / x->bin_w;

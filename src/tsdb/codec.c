@@ -4,6 +4,7 @@
 #include "tsdb/codec.h"
 
 #include <math.h>
+#include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
 #include <zstd.h>
@@ -233,6 +234,42 @@ static size_t istream_bound(size_t n)
 
 /* ---- zstd on top -------------------------------------------------------- */
 
+/* One compression and one decompression context per thread, reused:
+ * ZSTD_compress/ZSTD_decompress allocate and set up a fresh one per call,
+ * which costs more than inflating a small column. Freed at thread exit. */
+static pthread_key_t zkey_c, zkey_d;
+static pthread_once_t zonce = PTHREAD_ONCE_INIT;
+
+static void zfree_c(void *p) { ZSTD_freeCCtx(p); }
+static void zfree_d(void *p) { ZSTD_freeDCtx(p); }
+static void zinit(void)
+{
+    pthread_key_create(&zkey_c, zfree_c);
+    pthread_key_create(&zkey_d, zfree_d);
+}
+
+static ZSTD_CCtx *zcctx(void)
+{
+    pthread_once(&zonce, zinit);
+    ZSTD_CCtx *c = pthread_getspecific(zkey_c);
+    if (!c && (c = ZSTD_createCCtx()) && pthread_setspecific(zkey_c, c)) {
+        ZSTD_freeCCtx(c);
+        c = NULL;
+    }
+    return c;
+}
+
+static ZSTD_DCtx *zdctx(void)
+{
+    pthread_once(&zonce, zinit);
+    ZSTD_DCtx *d = pthread_getspecific(zkey_d);
+    if (!d && (d = ZSTD_createDCtx()) && pthread_setspecific(zkey_d, d)) {
+        ZSTD_freeDCtx(d);
+        d = NULL;
+    }
+    return d;
+}
+
 /* Appends column col (tag byte + body) to out, or its zstd form if smaller. */
 static thz_err col_finish(thz_buf *col, size_t zmax, thz_buf *out)
 {
@@ -244,7 +281,9 @@ static thz_err col_finish(thz_buf *col, size_t zmax, thz_buf *out)
         if (rc) return rc;
         z.p[0] = col->p[0] | CODEC_ZSTD;
         z.len = 1 + varint_put(z.p + 1, blen);
-        size_t c = ZSTD_compress(z.p + z.len, cap, col->p + 1, blen, ZSTD_LEVEL);
+        ZSTD_CCtx *cc = zcctx();
+        size_t c = cc ? ZSTD_compressCCtx(cc, z.p + z.len, cap, col->p + 1, blen, ZSTD_LEVEL)
+                      : ZSTD_compress(z.p + z.len, cap, col->p + 1, blen, ZSTD_LEVEL);
         if (!ZSTD_isError(c) && z.len + c < col->len) {
             z.len += c;
             rc = thz_buf_append(out, z.p, z.len);
@@ -277,7 +316,8 @@ static thz_err col_open(const uint8_t *p, size_t len, size_t bound, uint8_t *enc
     if (fcs != raw) return THZ_ECORRUPT; /* also unknown / error sizes */
     uint8_t *out = malloc(raw);
     if (!out) return THZ_ENOMEM;
-    size_t got = ZSTD_decompress(out, raw, z, zlen);
+    ZSTD_DCtx *dc = zdctx();
+    size_t got = dc ? ZSTD_decompressDCtx(dc, out, raw, z, zlen) : ZSTD_decompress(out, raw, z, zlen);
     if (ZSTD_isError(got) || got != raw) {
         free(out);
         return THZ_ECORRUPT;

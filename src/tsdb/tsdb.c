@@ -103,6 +103,150 @@ static void lvc_set(tsdb_ser *s, int64_t ts, uint64_t v, const char *str, uint32
     s->lvc_v = v;
 }
 
+static double as_double(tsdb_type t, uint64_t v)
+{
+    double d;
+    switch (t) {
+    case TSDB_FLOAT: memcpy(&d, &v, 8); return d;
+    case TSDB_INT: return (double)(int64_t)v;
+    default: return v ? 1.0 : 0.0;
+    }
+}
+
+/* The cell of minute m (created empty when missing), or NULL (ENOMEM). */
+static tsdb_cell *cell_get(tsdb_ser *s, int64_t m)
+{
+    uint32_t n = s->ncells, i;
+    if (n && s->cells[n - 1].m == m) return &s->cells[n - 1];
+    if (!n || s->cells[n - 1].m < m) {
+        i = n;
+    } else {
+        uint32_t lo = 0, hi = n; /* first cell with .m >= m */
+        while (lo < hi) {
+            uint32_t mid = (lo + hi) / 2;
+            if (s->cells[mid].m < m)
+                lo = mid + 1;
+            else
+                hi = mid;
+        }
+        i = lo;
+        if (i < n && s->cells[i].m == m) return &s->cells[i];
+    }
+    if (n == s->capcells) {
+        uint32_t nc = s->capcells ? s->capcells * 2 : 8;
+        tsdb_cell *c = realloc(s->cells, (size_t)nc * sizeof *c);
+        if (!c) return NULL;
+        s->cells = c;
+        s->capcells = nc;
+    }
+    if (i < n) memmove(&s->cells[i + 1], &s->cells[i], (size_t)(n - i) * sizeof *s->cells);
+    s->cells[i] = (tsdb_cell){.m = m};
+    s->ncells = n + 1;
+    return &s->cells[i];
+}
+
+/* Accounts one head point in its cell. fresh: its timestamp is known not to
+ * be in the head yet (else one inside the cell's span may replace a point:
+ * the cell turns dirty). */
+static void cell_add(tsdb_ser *s, int64_t ts, uint64_t v, bool fresh)
+{
+    if (s->type == TSDB_STRING || !s->cells_ok) return;
+    tsdb_cell *c = cell_get(s, tsdb_floor_div(ts, TSDB_MINUTE_NS) * TSDB_MINUTE_NS);
+    if (!c) {
+        s->cells_ok = false; /* until the next rebuild */
+        return;
+    }
+    double d = as_double(s->type, v);
+    tsdb_agg *a = &c->a;
+    if (!a->count) {
+        *a = (tsdb_agg){1, d, d, d, d, d, ts, ts};
+        return;
+    }
+    if (c->dirty) return;
+    if (!fresh && ts >= a->first_ts && ts <= a->last_ts) {
+        /* maybe a duplicate timestamp (the last write wins): read its points */
+        c->dirty = true;
+        return;
+    }
+    a->count++;
+    a->sum += d;
+    if (d < a->min) a->min = d;
+    if (d > a->max) a->max = d;
+    if (ts < a->first_ts) {
+        a->first_ts = ts;
+        a->first = d;
+    } else if (ts > a->last_ts) {
+        a->last_ts = ts;
+        a->last = d;
+    }
+}
+
+/* First index of the sorted head with ts >= t. */
+static uint32_t head_lower(const tsdb_run *r, int64_t t)
+{
+    uint32_t lo = 0, hi = r->n;
+    while (lo < hi) {
+        uint32_t mid = (lo + hi) / 2;
+        if (r->ts[mid] < t)
+            lo = mid + 1;
+        else
+            hi = mid;
+    }
+    return lo;
+}
+
+/* Recomputes the cell of minute m from the (sorted) head. */
+static void cell_recompute(tsdb_ser *s, int64_t m)
+{
+    if (!s->cells_ok) return;
+    tsdb_cell *c = cell_get(s, m);
+    if (!c) {
+        s->cells_ok = false;
+        return;
+    }
+    const tsdb_run *r = &s->head;
+    c->a = (tsdb_agg){0};
+    c->dirty = false;
+    int64_t e = m + TSDB_MINUTE_NS;
+    for (uint32_t i = head_lower(r, m); i < r->n && r->ts[i] < e; i++)
+        cell_add(s, r->ts[i], r->v[i], true);
+}
+
+#define HEAD_SHIFT_MAX 256 /* an out-of-order point moves at most this many */
+
+/* A numeric point into a sorted head at its place: false when it is too far
+ * back (append it instead). Caller checked ts <= the newest head point. */
+static bool head_insert(tsdb_ser *s, int64_t ts, uint64_t v)
+{
+    tsdb_run *r = &s->head;
+    uint32_t lim = r->n > HEAD_SHIFT_MAX ? r->n - HEAD_SHIFT_MAX : 0, i = r->n;
+    while (i > lim && r->ts[i - 1] > ts) i--;
+    if (i > 0 && r->ts[i - 1] == ts) { /* the last write wins */
+        r->v[i - 1] = v;
+        cell_recompute(s, tsdb_floor_div(ts, TSDB_MINUTE_NS) * TSDB_MINUTE_NS);
+        return true;
+    }
+    if (i == lim && i > 0 && r->ts[i - 1] > ts) return false;
+    memmove(r->ts + i + 1, r->ts + i, (size_t)(r->n - i) * sizeof *r->ts);
+    memmove(r->v + i + 1, r->v + i, (size_t)(r->n - i) * sizeof *r->v);
+    r->ts[i] = ts;
+    r->v[i] = v;
+    r->n++;
+    cell_add(s, ts, v, true);
+    return true;
+}
+
+void tsdb_cells_rebuild(tsdb_ser *s)
+{
+    s->ncells = 0;
+    s->cells_ok = true;
+    s->head_sorted = true;
+    for (uint32_t i = 0; i < s->head.n; i++) {
+        if (i && s->head.ts[i] <= s->head.ts[i - 1]) s->head_sorted = false;
+        cell_add(s, s->head.ts[i], s->head.v[i], s->head_sorted);
+    }
+}
+
 thz_err tsdb_head_append(tsdb *db, tsdb_ser *s, int64_t ts, uint64_t v, const char *str,
                          uint32_t slen)
 {
@@ -114,9 +258,16 @@ thz_err tsdb_head_append(tsdb *db, tsdb_ser *s, int64_t ts, uint64_t v, const ch
         hv = (uint64_t)r->str.len << 32 | slen;
         if (thz_buf_append(&r->str, str, slen)) return THZ_ENOMEM;
     }
-    r->ts[r->n] = ts;
-    r->v[r->n] = hv;
-    r->n++;
+    if (s->type != TSDB_STRING && s->head_sorted && r->n && ts <= r->ts[r->n - 1] &&
+        head_insert(s, ts, v)) {
+        /* kept sorted and free of duplicates */
+    } else {
+        if (r->n && ts <= r->ts[r->n - 1]) s->head_sorted = false;
+        r->ts[r->n] = ts;
+        r->v[r->n] = hv;
+        r->n++;
+        cell_add(s, ts, v, s->head_sorted);
+    }
     lvc_set(s, ts, v, str, slen);
     return THZ_OK;
 }
@@ -389,6 +540,11 @@ typedef struct scan_ops {
     /* A window whose only source is one block: true when handled without
      * decoding (aggregates from headers/rollups). May be NULL. */
     bool (*whole)(void *ctx, const tsdb_block *b, const tsdb_bentry *e);
+    /* Aggregates only (may be NULL): the bin a head cell with points from
+     * first to last can be merged into whole (-1: read its points), and the
+     * merge. */
+    long (*cell_bin)(void *ctx, int64_t first, int64_t last);
+    void (*cell)(void *ctx, long bin, const tsdb_agg *a);
     void *ctx;
 } scan_ops;
 
@@ -418,24 +574,14 @@ static void run_copy(const tsdb_run *r, int64_t t0, int64_t t1, mpt **out, size_
 #define ORD_HEAD   (3ull << 62)
 #define ORD_FROZEN (2ull << 62)
 
-static thz_err scan(tsdb *db, tsdb_ser *s, int64_t t0, int64_t t1, const scan_ops *ops)
+/* References the blocks holding s in [t0, t1) (sorted by window, seq);
+ * returns the publish generation they were listed at. Caller holds blk_mu. */
+static uint64_t list_blocks(tsdb *db, tsdb_ser *s, int64_t t0, int64_t t1, tsdb_block ***blp,
+                            const tsdb_bentry ***bep, size_t *nbp, bool *okp)
 {
-    if (t0 >= t1) return THZ_OK;
-    bool is_str = s->type == TSDB_STRING;
-    /* The head and frozen points in range, copied under the stripe lock. */
-    mpt *h = NULL;
-    size_t nh = 0, caph = 0;
-    thz_buf harena = {0};
-    pthread_mutex_lock(tsdb_stripe(db, s));
-    run_copy(&s->frozen, t0, t1, &h, &nh, &caph, &harena, is_str, ORD_FROZEN);
-    run_copy(&s->head, t0, t1, &h, &nh, &caph, &harena, is_str, ORD_HEAD);
-    pthread_mutex_unlock(tsdb_stripe(db, s));
-    if (nh > 1) qsort(h, nh, sizeof *h, mpt_cmp);
-    /* The blocks holding the series in range, referenced. */
     tsdb_block **bl = NULL;
     const tsdb_bentry **be = NULL;
     size_t nb = 0;
-    pthread_rwlock_rdlock(&db->blk_mu);
     if (db->nblocks) {
         bl = malloc(db->nblocks * sizeof *bl);
         be = malloc(db->nblocks * sizeof *be);
@@ -449,7 +595,202 @@ static thz_err scan(tsdb *db, tsdb_ser *s, int64_t t0, int64_t t1, const scan_op
         bl[nb] = b;
         be[nb++] = e;
     }
+    *blp = bl;
+    *bep = be;
+    *nbp = nb;
+    if (okp) *okp = !db->nblocks || (bl && be);
+    return db->blk_gen;
+}
+
+static bool mpt_push(mpt **out, size_t *n, size_t *cap, mpt m)
+{
+    if (*n == *cap) {
+        size_t nc = *cap ? *cap * 2 : 256;
+        mpt *np = realloc(*out, nc * sizeof *np);
+        if (!np) return false;
+        *out = np;
+        *cap = nc;
+    }
+    (*out)[(*n)++] = m;
+    return true;
+}
+
+
+typedef struct cell_use {
+    long bin;
+    tsdb_agg a;
+} cell_use;
+
+static int64_t sat_add(int64_t a, int64_t b)
+{
+    int64_t r;
+    if (__builtin_add_overflow(a, b, &r)) return b > 0 ? INT64_MAX : INT64_MIN;
+    return r;
+}
+
+static bool win_listed(tsdb_block *const *bl, size_t nb, int64_t win)
+{
+    for (size_t i = 0; i < nb; i++)
+        if (bl[i]->win == win) return true;
+    return false;
+}
+
+/* Sorts a numeric head and drops replaced duplicates (the last write wins),
+ * then rebuilds its cells: after out-of-order points too far back to be put
+ * in place. Caller holds the stripe lock. */
+static bool head_normalize(tsdb_ser *s)
+{
+    tsdb_run *r = &s->head;
+    mpt *m = malloc((r->n ? r->n : 1) * sizeof *m);
+    if (!m) return false;
+    for (uint32_t i = 0; i < r->n; i++) m[i] = (mpt){r->ts[i], r->v[i], i};
+    qsort(m, r->n, sizeof *m, mpt_cmp);
+    uint32_t o = 0;
+    for (uint32_t i = 0; i < r->n; i++) {
+        if (o && r->ts[o - 1] == m[i].ts) {
+            r->v[o - 1] = m[i].v;
+        } else {
+            r->ts[o] = m[i].ts;
+            r->v[o++] = m[i].v;
+        }
+    }
+    r->n = o;
+    free(m);
+    tsdb_cells_rebuild(s);
+    return true;
+}
+
+/* Aggregates over the head from its cells (caller holds the stripe lock, the
+ * series is numeric, its head sorted, frozen empty, the cells whole): the cells
+ * whose points all lie in [t0, t1) and in one bin (ops->cell_bin), clean, in a window no
+ * listed block holds go to *cu; the head points of every other minute in
+ * range to *h. false: out of memory. */
+static bool head_cells(tsdb_ser *s, int64_t t0, int64_t t1, const scan_ops *ops,
+                       tsdb_block *const *bl, size_t nb, cell_use **cu, size_t *ncu, mpt **h,
+                       size_t *nh, size_t *caph)
+{
+    const tsdb_run *r = &s->head;
+    size_t capcu = 0;
+    uint32_t c0 = 0;
+    /* the cells overlapping the range: from the first with m + 1 min > t0 */
+    {
+        uint32_t lo = 0, hi = s->ncells;
+        while (lo < hi) {
+            uint32_t mid = (lo + hi) / 2;
+            if (sat_add(s->cells[mid].m, TSDB_MINUTE_NS) <= t0)
+                lo = mid + 1;
+            else
+                hi = mid;
+        }
+        c0 = lo;
+    }
+    uint32_t c1 = c0;
+    while (c1 < s->ncells && s->cells[c1].m < t1) c1++;
+    int64_t lastwin = INT64_MIN;
+    bool lastlisted = false;
+    for (uint32_t i = c0; i < c1; i++) {
+        const tsdb_cell *c = &s->cells[i];
+        if (!c->a.count) continue;
+        long bin = -1;
+        int64_t cend = sat_add(c->m, TSDB_MINUTE_NS);
+        /* every point of the cell in range (the minute may not be: the
+         * current one ends after now) */
+        if (!c->dirty && c->a.first_ts >= t0 && c->a.last_ts < t1) {
+            int64_t w = tsdb_window_of(c->m);
+            if (w != lastwin) {
+                lastwin = w;
+                lastlisted = win_listed(bl, nb, w);
+            }
+            if (!lastlisted) bin = ops->cell_bin(ops->ctx, c->a.first_ts, c->a.last_ts);
+        }
+        if (bin >= 0) {
+            if (*ncu == capcu) {
+                size_t nc = capcu ? capcu * 2 : 64;
+                cell_use *n2 = realloc(*cu, nc * sizeof *n2);
+                if (!n2) return false;
+                *cu = n2;
+                capcu = nc;
+            }
+            (*cu)[(*ncu)++] = (cell_use){bin, c->a};
+            continue;
+        }
+        int64_t a = c->m < t0 ? t0 : c->m;
+        int64_t b = cend > t1 ? t1 : cend;
+        for (uint32_t k = head_lower(r, a); k < r->n && r->ts[k] < b; k++)
+            if (!mpt_push(h, nh, caph, (mpt){r->ts[k], r->v[k], ORD_HEAD + k})) return false;
+    }
+    return true;
+}
+
+static thz_err scan(tsdb *db, tsdb_ser *s, int64_t t0, int64_t t1, const scan_ops *ops)
+{
+    if (t0 >= t1) return THZ_OK;
+    bool is_str = s->type == TSDB_STRING;
+    mpt *h = NULL;
+    size_t nh = 0, caph = 0;
+    thz_buf harena = {0};
+    tsdb_block **bl = NULL;
+    const tsdb_bentry **be = NULL;
+    size_t nb = 0;
+    if (ops->cell_bin && !is_str) {
+        /* Aggregates from the head cells. The blocks are listed first (the
+         * cells of a window a block holds cannot be used: its points and the
+         * head's are merged point by point); a publish between the listing
+         * and the head snapshot could have moved head points into a block
+         * not listed, so the generation is checked after. */
+        cell_use *cu = NULL;
+        size_t ncu = 0;
+        pthread_rwlock_rdlock(&db->blk_mu);
+        bool listed;
+        uint64_t gen = list_blocks(db, s, t0, t1, &bl, &be, &nb, &listed);
+        pthread_rwlock_unlock(&db->blk_mu);
+        bool ok = false, mem = true;
+        pthread_mutex_lock(tsdb_stripe(db, s));
+        if (s->frozen.n == 0 && !s->head_sorted) head_normalize(s);
+        if (s->frozen.n == 0 && s->cells_ok && s->head_sorted && listed) {
+            ok = true;
+            mem = head_cells(s, t0, t1, ops, bl, nb, &cu, &ncu, &h, &nh, &caph);
+        }
+        pthread_mutex_unlock(tsdb_stripe(db, s));
+        if (ok) {
+            pthread_rwlock_rdlock(&db->blk_mu);
+            if (db->blk_gen != gen) ok = false;
+            pthread_rwlock_unlock(&db->blk_mu);
+        }
+        if (ok && !mem) {
+            for (size_t i = 0; i < nb; i++) tsdb_block_unref(bl[i]);
+            free(bl);
+            free(be);
+            free(cu);
+            free(h);
+            return THZ_ENOMEM;
+        }
+        if (ok) {
+            for (size_t i = 0; i < ncu; i++) ops->cell(ops->ctx, cu[i].bin, &cu[i].a);
+            free(cu);
+            goto have;
+        }
+        /* not usable: read every point */
+        free(cu);
+        for (size_t i = 0; i < nb; i++) tsdb_block_unref(bl[i]);
+        free(bl);
+        free(be);
+        bl = NULL;
+        be = NULL;
+        nb = 0;
+        nh = 0;
+    }
+    /* The head and frozen points in range, copied under the stripe lock. */
+    pthread_mutex_lock(tsdb_stripe(db, s));
+    run_copy(&s->frozen, t0, t1, &h, &nh, &caph, &harena, is_str, ORD_FROZEN);
+    run_copy(&s->head, t0, t1, &h, &nh, &caph, &harena, is_str, ORD_HEAD);
+    pthread_mutex_unlock(tsdb_stripe(db, s));
+    /* The blocks holding the series in range, referenced. */
+    pthread_rwlock_rdlock(&db->blk_mu);
+    list_blocks(db, s, t0, t1, &bl, &be, &nb, NULL);
     pthread_rwlock_unlock(&db->blk_mu);
+have:
+    if (nh > 1) qsort(h, nh, sizeof *h, mpt_cmp);
 
     thz_err rc = THZ_OK;
     size_t hi = 0, bi = 0;
@@ -603,7 +944,7 @@ thz_err tsdb_read(tsdb *db, int64_t tenant, uint64_t series, int64_t t0, int64_t
     if (!s) return THZ_ENOTFOUND;
     read_ctx rc = {s->type, fn, ctx, malloc(TSDB_BATCH * sizeof(tsdb_value))};
     if (!rc.vals) return THZ_ENOMEM;
-    scan_ops ops = {read_points, NULL, &rc};
+    scan_ops ops = {read_points, NULL, NULL, NULL, &rc};
     thz_err r = scan(db, s, t0, t1, &ops);
     free(rc.vals);
     return r;
@@ -615,27 +956,18 @@ typedef struct agg_ctx {
     tsdb *db;
     tsdb_type type;
     int64_t t0, t1, step;
+    int64_t origin; /* bin i starts at origin + i * step; origin <= t0 */
     tsdb_agg *out;
     size_t nbins;
     uint64_t decoded; /* points decoded (tests check the rollups are used) */
 } agg_ctx;
-
-static double as_double(tsdb_type t, uint64_t v)
-{
-    double d;
-    switch (t) {
-    case TSDB_FLOAT: memcpy(&d, &v, 8); return d;
-    case TSDB_INT: return (double)(int64_t)v;
-    default: return v ? 1.0 : 0.0;
-    }
-}
 
 /* The bin of ts, or -1 outside [t0, t1) or past the last bin. */
 static long bin_of(const agg_ctx *c, int64_t ts)
 {
     if (ts < c->t0 || ts >= c->t1) return -1;
     if (c->step <= 0) return 0;
-    uint64_t b = ((uint64_t)ts - (uint64_t)c->t0) / (uint64_t)c->step;
+    uint64_t b = ((uint64_t)ts - (uint64_t)c->origin) / (uint64_t)c->step;
     return b < c->nbins ? (long)b : -1;
 }
 
@@ -706,22 +1038,51 @@ static bool agg_whole(void *ctx, const tsdb_block *b, const tsdb_bentry *e)
     return ok;
 }
 
-thz_err tsdb_aggregate(tsdb *db, int64_t tenant, uint64_t series, int64_t t0, int64_t t1,
-                       int64_t step, tsdb_agg *out, size_t nbins)
+static long agg_cell_bin(void *ctx, int64_t first, int64_t last)
 {
-    if (!db || !out || nbins == 0 || step < 0) return THZ_EINVAL;
+    agg_ctx *c = ctx;
+    long b0 = bin_of(c, first), b1 = bin_of(c, last);
+    return b0 >= 0 && b0 == b1 ? b0 : -1;
+}
+
+static void agg_cell(void *ctx, long bin, const tsdb_agg *a)
+{
+    agg_ctx *c = ctx;
+    agg_merge(&c->out[bin], a);
+}
+
+thz_err tsdb_aggregate_from(tsdb *db, int64_t tenant, uint64_t series, int64_t t0, int64_t t1,
+                            int64_t origin, int64_t step, tsdb_agg *out, size_t nbins)
+{
+    if (!db || !out || nbins == 0 || step < 0 || (step && origin > t0)) return THZ_EINVAL;
     tsdb_ser *s = tsdb_ser_get(db, tenant, series);
     if (!s) return THZ_ENOTFOUND;
     if (s->type == TSDB_STRING) return THZ_EINVAL;
     memset(out, 0, nbins * sizeof *out);
-    agg_ctx c = {db, s->type, t0, t1, step, out, step ? nbins : 1, 0};
+    agg_ctx c = {db, s->type, t0, t1, step, step ? origin : t0, out, step ? nbins : 1, 0};
     /* Only the bins asked for are scanned. */
     int64_t span, end = t1;
     if (step && !__builtin_mul_overflow(step, (int64_t)nbins, &span) &&
-        !__builtin_add_overflow(t0, span, &end) && end > t1)
+        !__builtin_add_overflow(c.origin, span, &end) && end > t1)
         end = t1;
-    scan_ops ops = {agg_points, agg_whole, &c};
+    scan_ops ops = {agg_points, agg_whole, agg_cell_bin, agg_cell, &c};
     return scan(db, s, t0, end, &ops);
+}
+
+thz_err tsdb_aggregate(tsdb *db, int64_t tenant, uint64_t series, int64_t t0, int64_t t1,
+                       int64_t step, tsdb_agg *out, size_t nbins)
+{
+    return tsdb_aggregate_from(db, tenant, series, t0, t1, t0, step, out, nbins);
+}
+
+int64_t tsdb_max_ts(tsdb *db)
+{
+    int64_t m = atomic_load(&db->max_ts);
+    pthread_rwlock_rdlock(&db->blk_mu);
+    for (size_t i = 0; i < db->nblocks; i++)
+        if (db->blocks[i]->max_ts > m) m = db->blocks[i]->max_ts;
+    pthread_rwlock_unlock(&db->blk_mu);
+    return m;
 }
 
 /* ---- last ---- */
@@ -773,7 +1134,7 @@ thz_err tsdb_last(tsdb *db, int64_t tenant, uint64_t series, tsdb_points_fn fn, 
     }
     pthread_mutex_unlock(tsdb_stripe(db, s));
     if (!cached && blk_last != INT64_MIN) {
-        scan_ops ops = {last_points, NULL, &c};
+        scan_ops ops = {last_points, NULL, NULL, NULL, &c};
         thz_err rc = scan(db, s, blk_last, blk_last + 1, &ops);
         if (rc) {
             free(c.s);
@@ -834,6 +1195,7 @@ static int blk_cmp(const void *a, const void *b)
 static void blocks_publish(tsdb *db, tsdb_block **add, size_t nadd, tsdb_block **drop, size_t ndrop)
 {
     pthread_rwlock_wrlock(&db->blk_mu);
+    db->blk_gen++;
     size_t o = 0;
     for (size_t i = 0; i < db->nblocks; i++) {
         bool gone = false;
@@ -949,6 +1311,17 @@ static thz_err sort_run(const tsdb_run *r, cut_ser *out)
         free(m);
         return THZ_ENOMEM;
     }
+    bool sorted = true; /* the usual case: numeric heads are kept sorted */
+    for (uint32_t i = 1; i < r->n && sorted; i++) sorted = r->ts[i] > r->ts[i - 1];
+    if (sorted) {
+        if (r->n) {
+            memcpy(out->ts, r->ts, r->n * sizeof *r->ts);
+            memcpy(out->v, r->v, r->n * sizeof *r->v);
+        }
+        out->n = r->n;
+        free(m);
+        return THZ_OK;
+    }
     for (uint32_t i = 0; i < r->n; i++) m[i] = (mpt){r->ts[i], r->v[i], i};
     if (r->n) qsort(m, r->n, sizeof *m, mpt_cmp);
     size_t o = 0;
@@ -992,6 +1365,9 @@ static thz_err cut(tsdb *db, int64_t end)
             }
             s->frozen = s->head;
             memset(&s->head, 0, sizeof s->head);
+            s->ncells = 0; /* the frozen points are read as points */
+            s->cells_ok = true;
+            s->head_sorted = true;
             cs[n++] = (cut_ser){s, NULL, NULL, 0};
         }
         pthread_mutex_unlock(tsdb_stripe(db, s));
@@ -1055,6 +1431,7 @@ static thz_err cut(tsdb *db, int64_t end)
                 free(s->head.v);
                 thz_buf_free(&s->head.str);
                 s->head = nr;
+                tsdb_cells_rebuild(s);
                 atomic_fetch_add(&db->head_points, keep);
             } else {
                 log_error(TSDB_MOD, "out of memory keeping %zu head points", keep);
@@ -1357,7 +1734,9 @@ static void compact_upto(tsdb *db, int64_t horizon);
 /* Compacts windows with more than one block, once the window is closed. */
 static void compact_run(tsdb *db)
 {
-    compact_upto(db, data_now(db) - TSDB_GRACE_NS - TSDB_WINDOW_NS);
+    int64_t dn = data_now(db);
+    if (dn < INT64_MIN + TSDB_GRACE_NS + TSDB_WINDOW_NS) return; /* no data */
+    compact_upto(db, dn - TSDB_GRACE_NS - TSDB_WINDOW_NS);
 }
 
 static void compact_all(tsdb *db)

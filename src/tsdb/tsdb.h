@@ -130,6 +130,12 @@ typedef bool (*tsdb_series_fn)(void *ctx, const tsdb_series *s);
 thz_err tsdb_series_select(tsdb *db, int64_t tenant, const tsdb_matcher *m, size_t nm,
                            tsdb_series_fn fn, void *ctx);
 
+/* Calls fn once for every metric name (metric true) and every tag key
+ * (escaped as in the canonical tag set) of the tenant's series, in no
+ * order; fn returns false to stop. */
+typedef bool (*tsdb_label_fn)(void *ctx, bool metric, const char *name, size_t len);
+thz_err tsdb_labels(tsdb *db, int64_t tenant, tsdb_label_fn fn, void *ctx);
+
 /* The points of one series with t0 <= ts < t1 in time order (duplicates of a
  * timestamp resolved to the last written), delivered in batches. fn returns
  * false to stop. ENOTFOUND for an unknown series or another tenant's. */
@@ -154,9 +160,19 @@ typedef struct tsdb_agg {
 thz_err tsdb_aggregate(tsdb *db, int64_t tenant, uint64_t series, int64_t t0, int64_t t1,
                        int64_t step, tsdb_agg *out, size_t nbins);
 
+/* tsdb_aggregate with bins aligned elsewhere: bin i covers
+ * [origin + i*step, origin + (i+1)*step) intersected with [t0, t1)
+ * (origin <= t0; step 0: one bin [t0, t1), origin unused). */
+thz_err tsdb_aggregate_from(tsdb *db, int64_t tenant, uint64_t series, int64_t t0, int64_t t1,
+                            int64_t origin, int64_t step, tsdb_agg *out, size_t nbins);
+
 /* The last point of a series (from the last-value cache): fn is called once
  * with n = 1, or not at all when the series has no point. */
 thz_err tsdb_last(tsdb *db, int64_t tenant, uint64_t series, tsdb_points_fn fn, void *ctx);
+
+/* The newest timestamp the engine holds or was written (INT64_MIN: none),
+ * for bounding open time ranges; later writes may pass it. */
+int64_t tsdb_max_ts(tsdb *db);
 
 /* ---- administration ---- */
 

@@ -117,6 +117,30 @@ static thz_err tags_each(const char *tags, size_t tlen, thz_err (*fn)(void *, co
     return THZ_OK;
 }
 
+/* Notes a metric name ('m') or tag key ('k') of the tenant (tsdb_labels). */
+static thz_err label_add(tsdb_tenant *t, char kind, const char *a, size_t alen)
+{
+    char stack[300];
+    size_t klen = 2 + alen;
+    char *k = klen <= sizeof stack ? stack : malloc(klen);
+    if (!k) return THZ_ENOMEM;
+    k[0] = kind;
+    k[1] = 0;
+    memcpy(k + 2, a, alen);
+    thz_err rc = THZ_OK;
+    if (!hmap_get(&t->labels, k, klen)) {
+        char *c = malloc(klen);
+        if (!c)
+            rc = THZ_ENOMEM;
+        else {
+            memcpy(c, k, klen);
+            if ((rc = hmap_put(&t->labels, c, klen, c, NULL))) free(c);
+        }
+    }
+    if (k != stack) free(k);
+    return rc;
+}
+
 typedef struct post_ctx {
     tsdb_tenant *t;
     uint64_t id;
@@ -125,7 +149,11 @@ typedef struct post_ctx {
 static thz_err post_tag(void *ctx, const char *kv, size_t n)
 {
     post_ctx *c = ctx;
-    return posting_add(c->t, 't', kv, n, c->id);
+    size_t kl = 0;
+    while (kl < n && kv[kl] != '=') kl += kv[kl] == '\\' ? 2 : 1;
+    if (kl > n) kl = n;
+    thz_err rc = label_add(c->t, 'k', kv, kl);
+    return rc ? rc : posting_add(c->t, 't', kv, n, c->id);
 }
 
 thz_err tsdb_idx_add(tsdb *db, int64_t tenant, const char *dev, size_t dlen, const char *met,
@@ -169,13 +197,17 @@ thz_err tsdb_idx_add(tsdb *db, int64_t tenant, const char *dev, size_t dlen, con
     s->mlen = (uint32_t)mlen;
     s->tlen = (uint32_t)tlen;
     s->blk_last_ts = INT64_MIN;
+    s->stripe = (uint32_t)(hmap_hash(s->key, 8 + dlen) % TSDB_NSTRIPE); /* tenant, device */
+    s->cells_ok = true;
+    s->head_sorted = true;
     if (hmap_put(&db->series, s->key, s->klen, s, NULL)) {
         free(s);
         return THZ_ENOMEM;
     }
     post_ctx pc = {t, id};
     if (ids_push(&t->all, id) || posting_add(t, 'd', dev, dlen, id) ||
-        posting_add(t, 'm', met, mlen, id) || tags_each(tags, tlen, post_tag, &pc)) {
+        posting_add(t, 'm', met, mlen, id) || label_add(t, 'm', met, mlen) ||
+        tags_each(tags, tlen, post_tag, &pc)) {
         /* Postings may be partial after ENOMEM; the series stays findable. */
         log_error(TSDB_MOD, "out of memory indexing series %llu", (unsigned long long)id);
     }
@@ -347,6 +379,10 @@ void tsdb_idx_free(tsdb *db)
         hmap_free(&t->postings);
         p2 = 0;
         e2 = NULL;
+        while ((e2 = hmap_next(&t->labels, &p2, e2))) free(e2->val);
+        hmap_free(&t->labels);
+        p2 = 0;
+        e2 = NULL;
         while ((e2 = hmap_next(&t->metric_ret, &p2, e2))) free(e2->val);
         hmap_free(&t->metric_ret);
         free(t->all.v);
@@ -363,6 +399,7 @@ void tsdb_idx_free(tsdb *db)
         free(s->frozen.v);
         thz_buf_free(&s->frozen.str);
         free(s->lvc_s);
+        free(s->cells);
         free(s);
     }
     free(db->by_id);
@@ -561,8 +598,12 @@ thz_err tsdb_series_select(tsdb *db, int64_t tenant, const tsdb_matcher *m, size
             cm[i].has_re = true;
         }
     }
-    /* Candidates under the lock, callbacks outside it (they may read). */
-    tsdb_ids cand = {0};
+    /* Candidates under the lock, callbacks outside it (they may read);
+     * series live as long as the database, so pointers are kept. */
+    struct {
+        tsdb_ser **v;
+        size_t n, cap;
+    } cand = {0};
     pthread_rwlock_rdlock(&db->idx);
     tsdb_tenant *t = tsdb_tenant_get(db, tenant, false);
     if (t) {
@@ -576,12 +617,23 @@ thz_err tsdb_series_select(tsdb *db, int64_t tenant, const tsdb_matcher *m, size
         }
         for (size_t i = 0; i < best->n && rc == THZ_OK; i++) {
             tsdb_ser *s = db->by_id[best->v[i]];
-            if (s && matches(s, cm, nm)) rc = ids_push(&cand, s->id);
+            if (!s || !matches(s, cm, nm)) continue;
+            if (cand.n == cand.cap) {
+                size_t nc = cand.cap ? cand.cap * 2 : 64;
+                tsdb_ser **nv = realloc(cand.v, nc * sizeof *nv);
+                if (!nv) {
+                    rc = THZ_ENOMEM;
+                    break;
+                }
+                cand.v = nv;
+                cand.cap = nc;
+            }
+            cand.v[cand.n++] = s;
         }
     }
     pthread_rwlock_unlock(&db->idx);
     for (size_t i = 0; i < cand.n && rc == THZ_OK; i++) {
-        tsdb_ser *s = tsdb_ser_get(db, tenant, cand.v[i]);
+        const tsdb_ser *s = cand.v[i];
         tsdb_series view = {s->id, s->device, s->metric, s->tags, s->type};
         if (!fn(ctx, &view)) break;
     }
@@ -590,5 +642,31 @@ out:
     for (size_t i = 0; i < nm; i++)
         if (cm[i].has_re) regfree(&cm[i].re);
     free(cm);
+    return rc;
+}
+
+thz_err tsdb_labels(tsdb *db, int64_t tenant, tsdb_label_fn fn, void *ctx)
+{
+    if (!db || !fn) return THZ_EINVAL;
+    thz_buf b = {0}; /* [kind][u32 len][name] ..., copied under the lock */
+    thz_err rc = THZ_OK;
+    pthread_rwlock_rdlock(&db->idx);
+    tsdb_tenant *t = tsdb_tenant_get(db, tenant, false);
+    size_t pos = 0;
+    hmap_entry *e = NULL;
+    while (t && !rc && (e = hmap_next(&t->labels, &pos, e))) {
+        uint8_t h[5];
+        uint32_t n = (uint32_t)(e->klen - 2);
+        h[0] = ((const uint8_t *)e->key)[0];
+        tsdb_put32(h + 1, n);
+        if (!(rc = thz_buf_append(&b, h, 5))) rc = thz_buf_append(&b, (const char *)e->key + 2, n);
+    }
+    pthread_rwlock_unlock(&db->idx);
+    for (size_t o = 0; !rc && o < b.len;) {
+        uint32_t n = tsdb_get32(b.p + o + 1);
+        if (!fn(ctx, b.p[o] == 'm', (const char *)b.p + o + 5, n)) break;
+        o += 5 + n;
+    }
+    thz_buf_free(&b);
     return rc;
 }

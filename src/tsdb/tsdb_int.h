@@ -69,6 +69,18 @@ typedef struct tsdb_run {
     thz_buf str; /* string bytes of a string series */
 } tsdb_run;
 
+/* A head cell: the aggregates of one series' head points in one minute,
+ * kept at write time so tsdb_aggregate answers whole minutes of the head
+ * without reading its points. dirty: a point arrived at or between the
+ * cell's first and last timestamps, so the cell may count a replaced
+ * duplicate; it is not used (its points are read instead) until the next
+ * rebuild (cuts). */
+typedef struct tsdb_cell {
+    int64_t m; /* minute start */
+    tsdb_agg a;
+    bool dirty;
+} tsdb_cell;
+
 typedef struct tsdb_ser {
     uint64_t id;
     int64_t tenant;
@@ -78,9 +90,14 @@ typedef struct tsdb_ser {
     uint8_t *key; /* index key: tenant(8) device \0 metric \0 tags */
     size_t klen;
     bool persisted; /* in the index file */
-    /* Under the stripe lock of the series (db->stripe[id % TSDB_NSTRIPE]): */
+    uint32_t stripe; /* its head lock: by device, so a device's series share one */
+    /* Under the stripe lock of the series (db->stripe[stripe]): */
     tsdb_run head;   /* appended by writers, write order */
     tsdb_run frozen; /* detached by a cut, readable until its blocks are published */
+    tsdb_cell *cells; /* numeric series: head cells, sorted by minute */
+    uint32_t ncells, capcells;
+    bool cells_ok;    /* the cells cover every head point (false after ENOMEM) */
+    bool head_sorted; /* head timestamps strictly increase in write order */
     bool lvc_ok;     /* last-value cache */
     int64_t lvc_ts;
     uint64_t lvc_v;
@@ -99,6 +116,7 @@ typedef struct tsdb_tenant {
     uint64_t nseries;
     tsdb_ids all;        /* every series id, ascending */
     hmap postings;       /* "d\0device" | "m\0metric" | "t\0k=v" -> tsdb_ids* */
+    hmap labels;         /* "m\0metric" | "k\0tag key" -> the key (malloc'd) */
     int64_t retention_s; /* -1: the default */
     hmap metric_ret;     /* metric -> int64_t* seconds */
 } tsdb_tenant;
@@ -181,6 +199,7 @@ struct tsdb {
     tsdb_wal wal;
     pthread_rwlock_t blk_mu;
     tsdb_block **blocks; /* sorted by (win, seq) */
+    uint64_t blk_gen;    /* bumped by every publish (under blk_mu) */
     size_t nblocks, cap_blocks;
     uint64_t next_seq;
     pthread_mutex_t maint; /* one background job at a time */
@@ -245,9 +264,11 @@ thz_err tsdb_head_append(tsdb *db, tsdb_ser *s, int64_t ts, uint64_t v, const ch
                          uint32_t slen);
 /* Accounts n points appended to heads with timestamps in [min_ts, max_ts]. */
 void tsdb_head_note(tsdb *db, size_t n, int64_t min_ts, int64_t max_ts);
+/* Recomputes s's head cells from its head points; caller holds the stripe lock. */
+void tsdb_cells_rebuild(tsdb_ser *s);
 static inline pthread_mutex_t *tsdb_stripe(tsdb *db, const tsdb_ser *s)
 {
-    return &db->stripe[s->id % TSDB_NSTRIPE];
+    return &db->stripe[s->stripe];
 }
 
 /* ---- tsdb_block.c ---- */

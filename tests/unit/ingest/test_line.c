@@ -160,6 +160,21 @@ static void test_values(void **st)
         assert_int_equal(r->b.pts[0].v.type, TSDB_FLOAT);
         assert_true(r->b.pts[0].v.u.f == strtod(floats[i], NULL));
     }
+    /* decimals (the fast path) and long ones (strtod) give strtod's double, bit for bit */
+    srand(11);
+    for (int i = 0; i < 20000; i++) {
+        char num[40];
+        int ip = rand() % 100000, nf = rand() % 17;
+        int o = snprintf(num, sizeof num, "%s%d", rand() % 2 ? "-" : "", i % 3 ? ip : rand());
+        if (nf) num[o++] = '.';
+        for (int k = 0; k < nf - 1; k++) num[o++] = (char)('0' + rand() % 10);
+        num[o] = 0;
+        snprintf(in, sizeof in, "m v=%s", num);
+        res *r = parse(in);
+        if (r->rc) fail_msg("%s: %s", in, r->err);
+        double want = strtod(num, NULL);
+        if (memcmp(&r->b.pts[0].v.u.f, &want, 8)) fail_msg("%s: %.17g want %.17g", num, r->b.pts[0].v.u.f, want);
+    }
     res *r = parse("m a=-9223372036854775808i,b=9223372036854775807i,c=0u,d=9223372036854775807u");
     assert_int_equal(r->rc, THZ_OK);
     assert_int_equal(r->b.pts[0].v.u.i, INT64_MIN);

@@ -362,8 +362,94 @@ static void check_narrow(void)
     q_result_free(r);
 }
 
+/* The benchmark's queries (bench/tsdb/README.md) with one-sided ranges
+ * (time > ago(...)): all on the fast path, answers by brute force. now is
+ * T0 + 3 h, the data T0 .. T0 + 2 h. */
+static void check_one_sided(void)
+{
+    struct {
+        const char *ago;
+        int64_t t0;
+        bool incl;
+    } rs[] = {{"ago(1d)", T0 + 3 * 3600 * SEC - 86400 * SEC, false},
+              {"ago(150m)", T0 + 1800 * SEC, false},
+              {"ago(9015s)", T0 + 1785 * SEC, true}};
+    for (size_t k = 0; k < sizeof rs / sizeof *rs; k++) {
+        int64_t t0 = rs[k].t0;
+        const char *op = rs[k].incl ? ">=" : ">";
+#define IN_RANGE(i) (rs[k].incl ? pts[i].ts >= t0 : pts[i].ts > t0)
+        char sql[512];
+        /* mean per minute, one device; then over all devices; 90 s bins cut minutes */
+        for (int w = 0; w < 3; w++) {
+            int64_t bw = (w == 2 ? 90 : 60) * SEC;
+            snprintf(sql, sizeof sql,
+                     "SELECT bin(time, %s) AS t, avg(temperature), count(temperature) FROM "
+                     "telemetry WHERE %s time %s %s GROUP BY bin(time, %s) ORDER BY t",
+                     w == 2 ? "90s" : "1m", w == 0 ? "device = 'd1' AND" : "", op, rs[k].ago,
+                     w == 2 ? "90s" : "1m");
+            q_result *r = run(1, sql);
+            assert_string_equal(q_result_path(r), "agg-fast");
+            size_t row = 0;
+            for (int64_t b = T0 - 2 * bw; b < T0 + 3 * 3600 * SEC; b += bw) {
+                int64_t bb = b - ((b % bw) + bw) % bw;
+                double sum = 0;
+                int n = 0;
+                for (int i = 0; i < npts; i++)
+                    if ((w || !strcmp(pts[i].dev, "d1")) && IN_RANGE(i) && pts[i].ts >= bb &&
+                        pts[i].ts < bb + bw)
+                        sum += pts[i].v, n++;
+                if (bb != b || !n) continue;
+                assert_true(row < q_result_nrows(r));
+                const q_val *rv = q_result_row(r, row++);
+                assert_int_equal(rv[0].u.ns, bb);
+                near(num(&rv[1]), sum / n);
+                near(num(&rv[2]), n);
+            }
+            assert_int_equal(q_result_nrows(r), row);
+            q_result_free(r);
+        }
+        /* max over all devices, max per device */
+        snprintf(sql, sizeof sql,
+                 "SELECT max(temperature) FROM telemetry WHERE time %s %s", op, rs[k].ago);
+        q_result *r = run(1, sql);
+        assert_string_equal(q_result_path(r), "agg-fast");
+        double mx = -1e9;
+        for (int i = 0; i < npts; i++)
+            if (IN_RANGE(i)) mx = fmax(mx, pts[i].v);
+        near(num(&q_result_row(r, 0)[0]), mx);
+        q_result_free(r);
+        snprintf(sql, sizeof sql,
+                 "SELECT device, max(temperature) FROM telemetry WHERE time %s %s GROUP BY "
+                 "device ORDER BY device",
+                 op, rs[k].ago);
+        r = run(1, sql);
+        assert_string_equal(q_result_path(r), "agg-fast");
+        assert_int_equal(q_result_nrows(r), 3);
+        for (int d = 0; d < 3; d++) {
+            double m = -1e9;
+            for (int i = 0; i < npts; i++)
+                if (!strcmp(pts[i].dev, devs[d]) && IN_RANGE(i)) m = fmax(m, pts[i].v);
+            near(num(&q_result_row(r, d)[1]), m);
+        }
+        q_result_free(r);
+#undef IN_RANGE
+    }
+    /* last value per device */
+    q_result *r = run(1, "SELECT device, last(temperature) FROM telemetry GROUP BY device "
+                         "ORDER BY device");
+    assert_string_equal(q_result_path(r), "agg-fast");
+    for (int d = 0; d < 3; d++) near(num(&q_result_row(r, d)[1]), val(d, NPT - 1));
+    q_result_free(r);
+    /* nothing in range: no rows */
+    r = run(1, "SELECT bin(time, 1m) AS t, avg(temperature) FROM telemetry WHERE time > ago(1m) "
+               "GROUP BY 1");
+    assert_int_equal(q_result_nrows(r), 0);
+    q_result_free(r);
+}
+
 static void test_answers_head(void **st)
 {
+    check_one_sided();
     check_narrow();
     check_avg_per_bin();
     check_max();

@@ -264,6 +264,29 @@ static int sel(tsdb *db, int64_t tenant, const tsdb_matcher *m, size_t n)
     return c.n;
 }
 
+/* tsdb_labels, sorted into "k:key,m:metric," */
+typedef struct labels {
+    char names[16][64];
+    int n;
+    char s[1024];
+} labels;
+
+static int str_cmp(const void *a, const void *b) { return strcmp(a, b); }
+
+static bool labels_cb(void *ctx, bool metric, const char *name, size_t len)
+{
+    labels *l = ctx;
+    assert_true(l->n < 16);
+    snprintf(l->names[l->n++], 64, "%c:%.*s", metric ? 'm' : 'k', (int)len, name);
+    qsort(l->names, (size_t)l->n, 64, str_cmp);
+    l->s[0] = 0;
+    for (int i = 0; i < l->n; i++) {
+        strcat(l->s, l->names[i]);
+        strcat(l->s, ",");
+    }
+    return true;
+}
+
 static void test_series_select(void **state)
 {
     char dir[300];
@@ -293,6 +316,15 @@ static void test_series_select(void **state)
     assert_int_equal(sel(db, 1, NULL, 0), 6);
     assert_int_equal(sel(db, 2, NULL, 0), 1);
     assert_int_equal(sel(db, 3, NULL, 0), 0);
+    labels lb = {0};
+    assert_int_equal(tsdb_labels(db, 1, labels_cb, &lb), THZ_OK);
+    assert_string_equal(lb.s, "k:floor,k:site,m:hum,m:temp,");
+    memset(&lb, 0, sizeof lb);
+    assert_int_equal(tsdb_labels(db, 2, labels_cb, &lb), THZ_OK);
+    assert_string_equal(lb.s, "m:temp,");
+    memset(&lb, 0, sizeof lb);
+    assert_int_equal(tsdb_labels(db, 3, labels_cb, &lb), THZ_OK);
+    assert_int_equal(lb.n, 0);
     tsdb_matcher m1[] = {{"device", TSDB_EQ, "sensor-1"}};
     assert_int_equal(sel(db, 1, m1, 1), 2);
     tsdb_matcher m2[] = {{"device", TSDB_NE, "sensor-1"}};
@@ -348,13 +380,13 @@ static void test_series_select(void **state)
 }
 
 /* Brute-force aggregate reference. */
-static void brute(const int64_t *ts, const double *v, size_t n, int64_t t0, int64_t t1,
-                  int64_t step, tsdb_agg *out, size_t nb)
+static void brute_from(const int64_t *ts, const double *v, size_t n, int64_t t0, int64_t t1,
+                       int64_t origin, int64_t step, tsdb_agg *out, size_t nb)
 {
     memset(out, 0, nb * sizeof *out);
     for (size_t i = 0; i < n; i++) {
         if (ts[i] < t0 || ts[i] >= t1) continue;
-        size_t b = step ? (size_t)((ts[i] - t0) / step) : 0;
+        size_t b = step ? (size_t)((ts[i] - origin) / step) : 0;
         if (b >= nb) continue;
         tsdb_agg *a = &out[b];
         if (!a->count) {
@@ -376,8 +408,34 @@ static void brute(const int64_t *ts, const double *v, size_t n, int64_t t0, int6
     }
 }
 
+static void brute(const int64_t *ts, const double *v, size_t n, int64_t t0, int64_t t1,
+                  int64_t step, tsdb_agg *out, size_t nb)
+{
+    brute_from(ts, v, n, t0, t1, t0, step, out, nb);
+}
+
 static void check_aggs(tsdb *db, uint64_t id, const int64_t *ts, const double *v, size_t n)
 {
+    /* bins aligned before the range start (tsdb_aggregate_from) */
+    for (int k = 0; k < 3; k++) {
+        int64_t step = (k == 2 ? 90 : 60) * SEC, origin = T0 - 20 * SEC; /* a whole minute */
+        int64_t t0 = origin + (k == 0 ? 0 : 30 * SEC + 7), t1 = T0 + 3 * 3600 * SEC + 5 * SEC;
+        size_t nb = (size_t)((t1 - origin + step - 1) / step);
+        tsdb_agg got[200], want[200];
+        assert_true(nb <= 200);
+        assert_int_equal(tsdb_aggregate_from(db, 1, id, t0, t1, origin, step, got, nb), THZ_OK);
+        brute_from(ts, v, n, t0, t1, origin, step, want, nb);
+        for (size_t b = 0; b < nb; b++) {
+            if (got[b].count != want[b].count)
+                fail_msg("from %d bin %zu: count %" PRIu64 " want %" PRIu64, k, b, got[b].count,
+                         want[b].count);
+            if (!want[b].count) continue;
+            assert_true(fabs(got[b].sum - want[b].sum) < 1e-6 * (1 + fabs(want[b].sum)));
+            assert_true(got[b].min == want[b].min && got[b].max == want[b].max);
+            assert_true(got[b].first == want[b].first && got[b].last == want[b].last);
+            assert_true(got[b].first_ts == want[b].first_ts && got[b].last_ts == want[b].last_ts);
+        }
+    }
     struct {
         int64_t t0, t1, step;
         size_t nb;
@@ -389,6 +447,11 @@ static void check_aggs(tsdb *db, uint64_t id, const int64_t *ts, const double *v
         {T0 + 7 * SEC, T0 + 3 * 3600 * SEC, 300 * SEC + 3, 40}, /* unaligned */
         {T0 + 3599 * SEC, T0 + 3601 * SEC, SEC, 2},
         {T0 - 100 * SEC, T0 + 100 * SEC, 7 * SEC, 10},
+        {T0 + 30 * SEC + 1, T0 + 3 * 3600 * SEC, 60 * SEC, 180},     /* edge cuts a minute */
+        {T0 + 17 * SEC, T0 + 2 * 3600 * SEC + 3, 90 * SEC, 80},      /* bins cut minutes */
+        {T0 + 600 * SEC, T0 + 1200 * SEC, 30 * SEC, 20},             /* bins inside minutes */
+        {T0 + 59 * SEC, T0 + 3 * 3600 * SEC + 61 * SEC, 120 * SEC, 92}, /* 2-minute bins */
+        {T0 + 3600 * SEC + 1, INT64_MAX, 0, 1},                       /* open end */
     };
     for (size_t c = 0; c < sizeof cases / sizeof *cases; c++) {
         tsdb_agg got[200], want[200];
@@ -469,6 +532,139 @@ static void test_aggregate(void **state)
     free(v);
     free(ts2);
     free(v2);
+}
+
+/* A reference of written points: sorted, the last write of a timestamp wins. */
+typedef struct ref {
+    int64_t *ts;
+    double *v;
+    size_t n, cap;
+} ref;
+
+static void ref_put(ref *r, tsdb *db, int64_t ts, double v)
+{
+    tsdb_point p = fpt("cells", "temp", ts, v);
+    wr(db, 1, &p, 1);
+    for (size_t i = 0; i < r->n; i++)
+        if (r->ts[i] == ts) {
+            r->v[i] = v;
+            return;
+        }
+    if (r->n == r->cap) {
+        r->cap = r->cap ? r->cap * 2 : 1024;
+        r->ts = realloc(r->ts, r->cap * sizeof *r->ts);
+        r->v = realloc(r->v, r->cap * sizeof *r->v);
+    }
+    size_t i = r->n++;
+    while (i && r->ts[i - 1] > ts) {
+        r->ts[i] = r->ts[i - 1];
+        r->v[i] = r->v[i - 1];
+        i--;
+    }
+    r->ts[i] = ts;
+    r->v[i] = v;
+}
+
+/* The head's 1-minute cells: in order, out of order, duplicates (first,
+ * last and middle of a minute), empty minutes, late points; before and
+ * after a restart (replay rebuilds them), with blocks in other windows and
+ * in the same window, and whole minutes answered without reading points. */
+static void test_head_cells(void **state)
+{
+    char dir[300];
+    new_dir(dir, sizeof dir);
+    tsdb *db = open_db(dir, TSDB_FSYNC_EVERYSEC, 0);
+    ref r = {0};
+    /* 3 hours at 1 Hz in order, minutes 5..7 and 100 empty */
+    for (int i = 0; i < 3 * 3600; i++) {
+        int m = i / 60;
+        if ((m >= 5 && m <= 7) || m == 100) continue;
+        ref_put(&r, db, T0 + (int64_t)i * SEC, round(sin(i * 0.01) * 1000) / 100);
+    }
+    uint64_t id = series_id(db, 1, "cells", "temp");
+    check_aggs(db, id, r.ts, r.v, r.n);
+    /* in order: minute bins over the head read no point (T0 is 20 s past a
+     * minute) */
+    int64_t ta = T0 + 40 * SEC;
+    tsdb_agg bins[180];
+    uint64_t dec = tsdb__agg_decoded(db);
+    assert_int_equal(tsdb_aggregate(db, 1, id, ta, ta + 170 * 60 * SEC, 60 * SEC, bins, 170),
+                     THZ_OK);
+    assert_int_equal(bins[0].count, 60);
+    assert_int_equal(bins[6].count, 0);
+    assert_int_equal(tsdb_aggregate(db, 1, id, ta, ta + 3600 * SEC, 0, bins, 1), THZ_OK);
+    assert_int_equal(tsdb__agg_decoded(db), dec);
+    /* an edge inside a minute reads only that minute's points */
+    assert_int_equal(tsdb_aggregate(db, 1, id, ta + 30 * SEC, ta + 3600 * SEC, 0, bins, 1),
+                     THZ_OK);
+    assert_int_equal(tsdb__agg_decoded(db), dec + 30);
+    /* a little out of order (put in place): half seconds backwards over the
+     * newest 100 s, then duplicates of every other of the newest 100 points */
+    for (int i = 0; i < 100; i++)
+        ref_put(&r, db, T0 + (int64_t)(3 * 3600 - 1 - i) * SEC + SEC / 2, i * 0.1);
+    for (int i = 0; i < 50; i++) ref_put(&r, db, T0 + (int64_t)(3 * 3600 - 1 - 2 * i) * SEC, -i * 0.1);
+    assert_true(db->by_id[id]->head_sorted); /* put in place, not appended */
+    check_aggs(db, id, r.ts, r.v, r.n);
+    dec = tsdb__agg_decoded(db);
+    assert_int_equal(tsdb_aggregate(db, 1, id, ta, ta + 180 * 60 * SEC, 60 * SEC, bins, 180),
+                     THZ_OK);
+    assert_int_equal(tsdb__agg_decoded(db), dec); /* the cells stayed exact */
+    {
+        coll c = read_all(db, 1, id, INT64_MIN, INT64_MAX);
+        assert_int_equal(c.n, r.n);
+        for (size_t i = 0; i < c.n; i++) assert_true(c.ts[i] == r.ts[i] && c.v[i].u.f == r.v[i]);
+        coll_free(&c);
+    }
+    /* 300 points back: too far to move, appended (the head is sorted again
+     * on the next aggregate) */
+    ref_put(&r, db, T0 + (int64_t)(3 * 3600 - 300) * SEC + SEC / 4, 4.5);
+    assert_false(db->by_id[id]->head_sorted);
+    check_aggs(db, id, r.ts, r.v, r.n);
+    assert_true(db->by_id[id]->head_sorted);
+    /* duplicates: the first, a middle and the last point of minute 10 */
+    ref_put(&r, db, T0 + 600 * SEC, 1000);
+    ref_put(&r, db, T0 + 630 * SEC, -1000);
+    ref_put(&r, db, T0 + 659 * SEC, 500);
+    /* out of order: minute 6 (empty) filled backwards, a point before the
+     * first of minute 20, points between existing ones of minute 30 */
+    for (int i = 59; i >= 0; i -= 3) ref_put(&r, db, T0 + (360 + i) * SEC, i * 0.25);
+    ref_put(&r, db, T0 + 1200 * SEC - 1, 7.5);
+    ref_put(&r, db, T0 + 1800 * SEC + SEC / 2, 3.25);
+    /* late points far in the past (their own cells) and a duplicate of one */
+    ref_put(&r, db, T0 - 86400 * SEC, 1);
+    ref_put(&r, db, T0 - 86400 * SEC + 5 * SEC, 2);
+    ref_put(&r, db, T0 - 86400 * SEC, 3);
+    check_aggs(db, id, r.ts, r.v, r.n);
+    /* same-minute rewrite of every point of minute 40 */
+    for (int i = 0; i < 60; i++) ref_put(&r, db, T0 + (2400 + i) * SEC, -i * 0.5);
+    check_aggs(db, id, r.ts, r.v, r.n);
+    /* replay rebuilds the cells */
+    tsdb_close(db);
+    db = open_db(dir, TSDB_FSYNC_EVERYSEC, 0);
+    check_aggs(db, id, r.ts, r.v, r.n);
+    /* blocks for everything, then a new window in the head: its minutes
+     * come from cells, the blocks from rollups */
+    assert_int_equal(tsdb_flush(db), THZ_OK);
+    check_aggs(db, id, r.ts, r.v, r.n);
+    int64_t w4 = tsdb_window_of(T0) + 4 * TSDB_WINDOW_NS; /* no block holds it */
+    for (int i = 0; i < 1800; i++) ref_put(&r, db, w4 + (int64_t)i * SEC, i * 0.01);
+    check_aggs(db, id, r.ts, r.v, r.n);
+    dec = tsdb__agg_decoded(db);
+    assert_int_equal(tsdb_aggregate(db, 1, id, w4, w4 + 1800 * SEC, 60 * SEC, bins, 30), THZ_OK);
+    assert_int_equal(tsdb__agg_decoded(db), dec);
+    assert_int_equal(bins[29].count, 60);
+    /* head points in a window that has a block: merged point by point */
+    ref_put(&r, db, T0 + 700 * SEC, 99);
+    ref_put(&r, db, T0 + 700 * SEC + 1, 98);
+    check_aggs(db, id, r.ts, r.v, r.n);
+    tsdb_close(db);
+    db = open_db(dir, TSDB_FSYNC_EVERYSEC, 0);
+    check_aggs(db, id, r.ts, r.v, r.n);
+    assert_int_equal(tsdb_flush(db), THZ_OK);
+    check_aggs(db, id, r.ts, r.v, r.n);
+    tsdb_close(db);
+    free(r.ts);
+    free(r.v);
 }
 
 typedef struct last_ctx {
@@ -1005,6 +1201,7 @@ int main(void)
         cmocka_unit_test(test_out_of_order_and_duplicates),
         cmocka_unit_test(test_series_select),
         cmocka_unit_test(test_aggregate),
+        cmocka_unit_test(test_head_cells),
         cmocka_unit_test(test_last),
         cmocka_unit_test(test_tenants_limits_types),
         cmocka_unit_test(test_fsync_always_and_crash_copy),
