@@ -98,7 +98,7 @@ static void retention_answer(api_call *c, tsdb *db)
     cJSON **v = n ? malloc((size_t)n * sizeof *v) : NULL;
     if (!rc && !r.oom && (n == 0 || v)) {
         for (int i = 0; i < n; i++) v[i] = cJSON_DetachItemFromArray(r.metrics, 0);
-        qsort(v, (size_t)n, sizeof *v, by_metric);
+        if (n > 1) qsort(v, (size_t)n, sizeof *v, by_metric);
         for (int i = 0; i < n; i++) cJSON_AddItemToArray(r.metrics, v[i]);
     } else if (!rc) {
         rc = THZ_ENOMEM;

@@ -291,7 +291,7 @@ static thz_err load_passwords(rules *r, const char *path)
     /* Sort by name and keep the first line of a duplicated user, so the
      * file reads top-down like the ACL file. */
     if (r->nUsers > 1) {
-        qsort(r->users, r->nUsers, sizeof *r->users, pw_user_cmp_line);
+        if (r->nUsers > 1) qsort(r->users, r->nUsers, sizeof *r->users, pw_user_cmp_line);
         size_t w = 1;
         for (size_t i = 1; i < r->nUsers; i++) {
             if (strcmp(r->users[i].zName, r->users[w - 1].zName) == 0) {

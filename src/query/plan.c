@@ -613,8 +613,8 @@ static bool expand_star(qx *x)
     pos = 0;
     e = NULL;
     while ((e = hmap_next(&x->cat_metrics, &pos, e))) mk[nmk++] = e->val;
-    qsort(tk, nt, sizeof *tk, cmp_str);
-    qsort(mk, nmk, sizeof *mk, cmp_str);
+    if (nt > 1) qsort(tk, nt, sizeof *tk, cmp_str);
+    if (nmk > 1) qsort(mk, nmk, sizeof *mk, cmp_str);
     size_t total = x->q->nitems - n + n * (2 + nt + nmk);
     if (total > Q_MAX_COLS) {
         free(tk);

@@ -240,7 +240,7 @@ static thz_err field_groups(const cJSON *body, cJSON **out, char *err)
         if (!cJSON_IsString(e) || !reg__id_valid(e->valuestring)) goto bad;
         ids[k++] = e->valuestring;
     }
-    qsort(ids, (size_t)k, sizeof *ids, cmp_json_str);
+    if (k > 1) qsort(ids, (size_t)k, sizeof *ids, cmp_json_str);
     cJSON *a = cJSON_CreateArray();
     for (int i = 0; i < k; i++)
         if (i == 0 || strcmp(ids[i], ids[i - 1]) != 0)

@@ -644,7 +644,7 @@ static bool head_normalize(tsdb_ser *s)
     mpt *m = malloc((r->n ? r->n : 1) * sizeof *m);
     if (!m) return false;
     for (uint32_t i = 0; i < r->n; i++) m[i] = (mpt){r->ts[i], r->v[i], i};
-    qsort(m, r->n, sizeof *m, mpt_cmp);
+    if (r->n > 1) qsort(m, r->n, sizeof *m, mpt_cmp);
     uint32_t o = 0;
     for (uint32_t i = 0; i < r->n; i++) {
         if (o && r->ts[o - 1] == m[i].ts) {
@@ -1223,7 +1223,7 @@ static void blocks_publish(tsdb *db, tsdb_block **add, size_t nadd, tsdb_block *
         db->cap_blocks = nc;
     }
     for (size_t i = 0; i < nadd; i++) db->blocks[db->nblocks++] = add[i];
-    qsort(db->blocks, db->nblocks, sizeof *db->blocks, blk_cmp);
+    if (db->nblocks > 1) qsort(db->blocks, db->nblocks, sizeof *db->blocks, blk_cmp);
     pthread_rwlock_unlock(&db->blk_mu);
 }
 
@@ -1381,7 +1381,7 @@ static thz_err cut(tsdb *db, int64_t end)
     thz_err rc = THZ_OK;
     for (size_t i = 0; i < n && !rc; i++) rc = sort_run(&cs[i].s->frozen, &cs[i]);
     if (!rc && n) {
-        qsort(cs, n, sizeof *cs, cut_cmp);
+        if (n > 1) qsort(cs, n, sizeof *cs, cut_cmp);
         rc = write_blocks(db, cs, n, end);
     }
     /* Put back what stays in the head (newer than end, or everything when

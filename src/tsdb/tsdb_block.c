@@ -411,7 +411,7 @@ thz_err tsdb_block_write(tsdb *db, int64_t tenant, int64_t win, uint64_t seq, co
         if (!rc) rc = frame(&f, &sec);
     }
     if (!rc) {
-        qsort(we, n, sizeof *we, went_cmp);
+        if (n > 1) qsort(we, n, sizeof *we, went_cmp);
         sec.len = 0;
         rc = put_u32(&sec, BLK_VERSION);
         if (!rc) rc = put_u64(&sec, (uint64_t)tenant);

@@ -460,7 +460,7 @@ long tsdb_tags_canon(const char *const *keys, const size_t *klen, const char *co
         r[i] = (kv_ref){keys[i], vals[i] ? vals[i] : "", klen[i], vlen[i]};
         total += esc_len(keys[i], klen[i]) + 1 + esc_len(r[i].v, vlen[i]) + (i ? 1 : 0);
     }
-    qsort(r, n, sizeof *r, kv_cmp);
+    if (n > 1) qsort(r, n, sizeof *r, kv_cmp);
     for (size_t i = 1; i < n; i++)
         if (kv_cmp(&r[i - 1], &r[i]) == 0) {
             free(r);

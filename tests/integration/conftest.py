@@ -124,6 +124,8 @@ class Broker:
         # The HTTP port (test_http.py); fixed for the broker's life so that
         # it survives restarts. Unused when http_listen is given in opts.
         self.http_port = free_port()
+        while self.http_port == self.port:  # two free_port calls may agree
+            self.http_port = free_port()
         self.host = "127.0.0.1"
         # The first start of an empty data dir creates the admin from these.
         self.admin_email = "admin@example.com"
