@@ -49,7 +49,11 @@ $(BUILD)/libthinghz.a: $(LIB_OBJ)
 	@rm -f $@
 	ar rcs $@ $^
 
-$(BUILD)/thinghz: $(BUILD)/obj/src/main.o $(BUILD)/libthinghz.a
+# ThreadSanitizer builds make libuv's raw close syscalls visible to TSan
+# (tests/tsan/close_visible.c says why).
+TSAN_OBJ := $(if $(findstring thread,$(SAN)),$(BUILD)/obj/tests/tsan/close_visible.o)
+
+$(BUILD)/thinghz: $(BUILD)/obj/src/main.o $(BUILD)/libthinghz.a $(TSAN_OBJ)
 	$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS)
 
 $(BUILD)/tests/%: tests/unit/%.c $(BUILD)/libthinghz.a
