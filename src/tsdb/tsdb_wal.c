@@ -444,7 +444,9 @@ static void *wal_main(void *arg)
             ok = write_all(w->fd, b.p, rot_at);
             closed = w->seq;
             ok = ok && rotate(db);
-            ok = ok && write_all(w->fd, b.p + rot_at, b.len - rot_at);
+            /* nothing after the rotation point: no pointer arithmetic on an
+             * empty (possibly NULL) buffer */
+            ok = ok && (b.len == rot_at || write_all(w->fd, b.p + rot_at, b.len - rot_at));
             w->seg_bytes += b.len - rot_at;
         } else if (ok) {
             ok = write_all(w->fd, b.p, b.len);
