@@ -17,7 +17,7 @@
 #include "tsdb/tsdb.h"
 
 #define RETENTION_MAX_DAYS 36500 /* as the retention-days setting */
-#define DAY_S 86400
+#define DAY_S              86400
 
 static tsdb *engine(api_call *c)
 {
@@ -104,8 +104,10 @@ static void retention_answer(api_call *c, tsdb *db)
         rc = THZ_ENOMEM;
     }
     free(v);
-    if (!rc) cJSON_AddItemToObject(r.o, "metrics", r.metrics);
-    else cJSON_Delete(r.metrics);
+    if (!rc)
+        cJSON_AddItemToObject(r.o, "metrics", r.metrics);
+    else
+        cJSON_Delete(r.metrics);
     if (rc) {
         cJSON_Delete(r.o);
         c->rc = rc;
@@ -127,8 +129,8 @@ void op_retention_put(api_call *c)
 {
     const cJSON *days = cJSON_GetObjectItemCaseSensitive(c->body, "days");
     const cJSON *metric = cJSON_GetObjectItemCaseSensitive(c->body, "metric");
-    if (!cJSON_IsNumber(days) || days->valuedouble < 0 ||
-        days->valuedouble > RETENTION_MAX_DAYS || days->valuedouble != floor(days->valuedouble)) {
+    if (!cJSON_IsNumber(days) || days->valuedouble < 0 || days->valuedouble > RETENTION_MAX_DAYS ||
+        days->valuedouble != floor(days->valuedouble)) {
         bad(c, "days must be an integer 0..36500 (0 keeps data forever)");
         return;
     }
@@ -190,8 +192,10 @@ static uint64_t dir_bytes(const char *dir, int depth)
         snprintf(path, sizeof path, "%s/%s", dir, e->d_name);
         struct stat st;
         if (lstat(path, &st) != 0) continue;
-        if (S_ISDIR(st.st_mode)) n += dir_bytes(path, depth + 1);
-        else if (S_ISREG(st.st_mode)) n += (uint64_t)st.st_size;
+        if (S_ISDIR(st.st_mode))
+            n += dir_bytes(path, depth + 1);
+        else if (S_ISREG(st.st_mode))
+            n += (uint64_t)st.st_size;
     }
     closedir(d);
     return n;
@@ -228,7 +232,8 @@ void op_backup(api_call *c)
     thz_err rc = reg_backup(c->r, zDir, c->err);
     char terr[TSDB_ERR_LEN] = "";
     if (!rc && db && (rc = tsdb_backup(db, zTsdb, terr)))
-        snprintf(c->err, sizeof c->err, "time-series engine: %.170s", terr[0] ? terr : thz_strerror(rc));
+        snprintf(c->err, sizeof c->err, "time-series engine: %.170s",
+                 terr[0] ? terr : thz_strerror(rc));
     pthread_mutex_unlock(&backup_mu);
     if (rc) {
         /* The directory's state is the caller's to clean up; EEXIST here is

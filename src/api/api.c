@@ -25,9 +25,12 @@ void api_error(http_response *res, thz_err rc, const char *msg)
         http_res_error(res, 400, "invalid_request", has ? msg : "the request is not valid");
         break;
     case THZ_ENOTFOUND: http_res_error(res, 404, "not_found", has ? msg : "no such object"); break;
-    case THZ_EEXIST: http_res_error(res, 409, "conflict", has ? msg : "the object already exists"); break;
+    case THZ_EEXIST:
+        http_res_error(res, 409, "conflict", has ? msg : "the object already exists");
+        break;
     case THZ_EBADAUTH:
-        http_res_error(res, 401, "unauthorized", has ? msg : "missing, invalid or expired credentials");
+        http_res_error(res, 401, "unauthorized",
+                       has ? msg : "missing, invalid or expired credentials");
         http_res_header(res, "WWW-Authenticate", "Bearer realm=\"thinghz\"");
         break;
     case THZ_EDENIED:
@@ -35,11 +38,18 @@ void api_error(http_response *res, thz_err rc, const char *msg)
         break;
     /* A quota is a hard limit (devices per tenant...): retrying later does
      * not help, so it is 403 rather than 429, which is kept for rates. */
-    case THZ_EQUOTA: http_res_error(res, 403, "quota_exceeded", has ? msg : "a limit was reached"); break;
-    case THZ_ERATE: http_res_error(res, 429, "rate_limited", has ? msg : "too many requests"); break;
-    case THZ_ENOMEM: http_res_error(res, 503, "out_of_memory", "the server is out of memory"); break;
+    case THZ_EQUOTA:
+        http_res_error(res, 403, "quota_exceeded", has ? msg : "a limit was reached");
+        break;
+    case THZ_ERATE:
+        http_res_error(res, 429, "rate_limited", has ? msg : "too many requests");
+        break;
+    case THZ_ENOMEM:
+        http_res_error(res, 503, "out_of_memory", "the server is out of memory");
+        break;
     default:
-        log_error("api", "internal error: %s%s%s", thz_strerror(rc), has ? ": " : "", has ? msg : "");
+        log_error("api", "internal error: %s%s%s", thz_strerror(rc), has ? ": " : "",
+                  has ? msg : "");
         http_res_error(res, 500, "internal", "internal error (logged)");
         break;
     }
@@ -83,8 +93,10 @@ static int json_depth(const char *s, size_t n)
     for (size_t i = 0; i < n; i++) {
         char ch = s[i];
         if (str) {
-            if (ch == '\\') i++;
-            else if (ch == '"') str = false;
+            if (ch == '\\')
+                i++;
+            else if (ch == '"')
+                str = false;
         } else if (ch == '"') {
             str = true;
         } else if (ch == '{' || ch == '[') {
@@ -128,8 +140,10 @@ static void parse_body(api_call *c)
         size_t off = end && end >= b && end <= b + len ? (size_t)(end - b) : 0;
         int line = 1, col = 1;
         for (size_t i = 0; i < off; i++) {
-            if (b[i] == '\n') line++, col = 1;
-            else col++;
+            if (b[i] == '\n')
+                line++, col = 1;
+            else
+                col++;
         }
         c->estatus = 400;
         c->ecode = "invalid_json";
@@ -203,8 +217,10 @@ static void work_done(uv_work_t *w, int status)
 {
     api_call *c = w->data;
     http_response *res = http_req_response(c->req);
-    if (status != 0) http_res_error(res, 503, "unavailable", "the request was cancelled");
-    else call_finish(c, res);
+    if (status != 0)
+        http_res_error(res, 503, "unavailable", "the request was cancelled");
+    else
+        call_finish(c, res);
     http_reply(c->req);
     call_free(c);
 }
@@ -241,7 +257,8 @@ static http_result api_handle(http_request *req, http_response *res, void *ctx)
         /* A superuser's token must itself carry the admin role: a viewer
          * token of the superuser does not manage tenants. */
         if ((rt->flags & API_SUPER) && !(p.superuser && p.role == REG_ADMIN)) {
-            http_res_error(res, 403, "forbidden", "only an admin of the default tenant may do this");
+            http_res_error(res, 403, "forbidden",
+                           "only an admin of the default tenant may do this");
             return HTTP_DONE;
         }
         if (p.role < rt->role) {

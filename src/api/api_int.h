@@ -40,20 +40,20 @@ typedef struct api_route {
  * reply; freed by api.c after http_reply. */
 struct api_call {
     uv_work_t work;
-    http_request *req;   /* pending while the op runs; read-only for the op */
+    http_request *req; /* pending while the op runs; read-only for the op */
     const api_route *route;
     registry *r;
-    reg_principal p;     /* the caller (zero for API_NOAUTH) */
-    cJSON *body;         /* the parsed body (API_BODY), owned by the call */
+    reg_principal p; /* the caller (zero for API_NOAUTH) */
+    cJSON *body;     /* the parsed body (API_BODY), owned by the call */
     thz_err rc;
-    int estatus;         /* an API-level error (bad body): status... */
-    const char *ecode;   /* ...and code (static), with err as the message */
+    int estatus;           /* an API-level error (bad body): status... */
+    const char *ecode;     /* ...and code (static), with err as the message */
     char err[REG_ERR_LEN]; /* message for THZ_EINVAL and friends */
-    int status;          /* success status: 200, 201 or 204 */
-    cJSON *out;          /* the success body (NULL for 204), owned by the call */
-    char *raw;           /* a prebuilt body instead of out (openapi.json); not owned... */
+    int status;            /* success status: 200, 201 or 204 */
+    cJSON *out;            /* the success body (NULL for 204), owned by the call */
+    char *raw;             /* a prebuilt body instead of out (openapi.json); not owned... */
     size_t nraw;
-    bool raw_owned;      /* ...unless this is set (malloc'd, freed with the call) */
+    bool raw_owned;       /* ...unless this is set (malloc'd, freed with the call) */
     const char *raw_type; /* Content-Type of raw (static); NULL: application/json */
 };
 

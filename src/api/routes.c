@@ -133,18 +133,27 @@ static void op_device_list(api_call *c)
     int has_limit = http_req_query(c->req, "limit", limit, sizeof limit);
     int has_cursor = http_req_query(c->req, "cursor", cursor, sizeof cursor);
     int on = -1, lim = 100;
-    if (has_tag < 0) bad = "tag is too long or badly encoded";
-    else if (has_group < 0) bad = "group is too long or badly encoded";
-    else if (has_cursor < 0) bad = "cursor is too long or badly encoded";
-    else if (has_online < 0) bad = "online must be true or false";
-    else if (has_online && strcmp(online, "true") == 0) on = 1;
-    else if (has_online && strcmp(online, "false") == 0) on = 0;
-    else if (has_online) bad = "online must be true or false";
+    if (has_tag < 0)
+        bad = "tag is too long or badly encoded";
+    else if (has_group < 0)
+        bad = "group is too long or badly encoded";
+    else if (has_cursor < 0)
+        bad = "cursor is too long or badly encoded";
+    else if (has_online < 0)
+        bad = "online must be true or false";
+    else if (has_online && strcmp(online, "true") == 0)
+        on = 1;
+    else if (has_online && strcmp(online, "false") == 0)
+        on = 0;
+    else if (has_online)
+        bad = "online must be true or false";
     if (!bad && has_limit) {
         char *end;
         long v = has_limit > 0 ? strtol(limit, &end, 10) : 0;
-        if (has_limit < 0 || !*limit || *end || v < 1 || v > 1000) bad = "limit must be 1..1000";
-        else lim = (int)v;
+        if (has_limit < 0 || !*limit || *end || v < 1 || v > 1000)
+            bad = "limit must be 1..1000";
+        else
+            lim = (int)v;
     }
     if (bad) {
         c->rc = THZ_EINVAL;

@@ -769,8 +769,8 @@ static bool acl_check(auth *a, const char *cid, const char *user, const char *re
     return ok;
 }
 
-bool auth_can_publish(auth *a, const auth_identity *id, const char *client_id,
-                      const char *username, const char *topic)
+bool auth_can_publish(auth *a, const auth_identity *id, const char *client_id, const char *username,
+                      const char *topic)
 {
     if (id && id->dev) return reg_dev_can_publish(a->reg, id->dev, topic);
     if (id && id->token_role) return id->token_role >= REG_OPERATOR;

@@ -61,8 +61,8 @@ thz_err auth_bearer(auth *a, const char *token, auth_identity *id);
  * anonymous identity; username NULL for anonymous): without an ACL file
  * everything is allowed; ACL patterns may use %u (username) and %c (client
  * id), as in mosquitto's acl_file. */
-bool auth_can_publish(auth *a, const auth_identity *id, const char *client_id,
-                      const char *username, const char *topic);
+bool auth_can_publish(auth *a, const auth_identity *id, const char *client_id, const char *username,
+                      const char *topic);
 bool auth_can_subscribe(auth *a, const auth_identity *id, const char *client_id,
                         const char *username, const char *filter);
 /* True when checks can deny this identity at all, so callers can skip

@@ -55,7 +55,8 @@ static int offline_tsdb_backup(cli_ctx *c, const char *zDir, uint64_t *nSeries)
         tsdb_close(db);
     }
     if (e != THZ_OK) {
-        fprintf(stderr, "thinghz: backup: time-series engine: %s\n", err[0] ? err : thz_strerror(e));
+        fprintf(stderr, "thinghz: backup: time-series engine: %s\n",
+                err[0] ? err : thz_strerror(e));
         return CLI_FAIL;
     }
     return CLI_OK;
@@ -75,13 +76,16 @@ static int offline_backup(cli_ctx *c, const char *zDir, bool live)
         /* A daemon without the backup route: the registry only. */
         thz_err e = reg_backup_offline(c->zDataDir, zDir, err);
         if (e != THZ_OK) return cli_reg_fail("backup", e, err);
-        fprintf(stderr, "thinghz: the daemon at %s has no backup route: the time-series data "
-                        "was not copied (stop the daemon, or upgrade it)\n", c->zUrl);
+        fprintf(stderr,
+                "thinghz: the daemon at %s has no backup route: the time-series data "
+                "was not copied (stop the daemon, or upgrade it)\n",
+                c->zUrl);
         if (c->json)
             printf("{\"dir\":\"%s\",\"method\":\"sqlite-live\",\"tsdb\":false}\n", zDir);
         else
             printf("registry of %s backed up to %s/registry.db (SQLite backup API beside the "
-                   "running daemon)\n", c->zDataDir, zDir);
+                   "running daemon)\n",
+                   c->zDataDir, zDir);
         return CLI_OK;
     }
     /* Holding the registry (and its lock on the data dir) keeps a daemon
@@ -150,8 +154,10 @@ static void remove_tree(const char *zPath, int depth)
         if (!strcmp(e->d_name, ".") || !strcmp(e->d_name, "..")) continue;
         snprintf(z, sizeof z, "%s/%s", zPath, e->d_name);
         struct stat st;
-        if (lstat(z, &st) == 0 && S_ISDIR(st.st_mode)) remove_tree(z, depth + 1);
-        else unlink(z);
+        if (lstat(z, &st) == 0 && S_ISDIR(st.st_mode))
+            remove_tree(z, depth + 1);
+        else
+            unlink(z);
     }
     if (d) closedir(d);
     rmdir(zPath);
@@ -224,8 +230,10 @@ int cli_cmd_restore(cli_ctx *c, int argc, char **argv)
     if (hasTsdb) {
         remove_tree(zOld, 0);
         if ((stat(zLive, &st) == 0 && rename(zLive, zOld) != 0) || rename(zStage, zLive) != 0) {
-            fprintf(stderr, "thinghz: restore: the registry was restored but %s could not be "
-                            "replaced by %s: %s\n", zLive, zStage, strerror(errno));
+            fprintf(stderr,
+                    "thinghz: restore: the registry was restored but %s could not be "
+                    "replaced by %s: %s\n",
+                    zLive, zStage, strerror(errno));
             return CLI_FAIL;
         }
         remove_tree(zOld, 0);

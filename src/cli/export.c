@@ -15,10 +15,10 @@
 
 #include "cli/cli_int.h"
 
-#define EXP_ROWS 100000          /* most rows one chunk query may return */
-#define EXP_CHUNK_NS (86400 * 1000000000ll) /* first chunk: one day */
-#define EXP_MIN_CHUNK_NS 1000000ll          /* never split below a millisecond */
-#define EXP_MAX_LIST 256                    /* --device / --metric values */
+#define EXP_ROWS         100000                 /* most rows one chunk query may return */
+#define EXP_CHUNK_NS     (86400 * 1000000000ll) /* first chunk: one day */
+#define EXP_MIN_CHUNK_NS 1000000ll              /* never split below a millisecond */
+#define EXP_MAX_LIST     256                    /* --device / --metric values */
 
 /* ---- pure helpers (unit-tested in tests/unit/cli) ---- */
 
@@ -67,8 +67,8 @@ bool cli_export_parse_time(const char *z, int64_t *ns)
         p += 6;
     }
     if (*p || mo < 1 || mo > 12 || d < 1 || d > 31 || h > 23 || mi > 59 || s > 60) return false;
-    int64_t secs = days_from_civil(y, (unsigned)mo, (unsigned)d) * 86400 + h * 3600 + mi * 60 + s -
-                   off;
+    int64_t secs =
+        days_from_civil(y, (unsigned)mo, (unsigned)d) * 86400 + h * 3600 + mi * 60 + s - off;
     *ns = secs * 1000000000 + frac;
     return true;
 }
@@ -280,8 +280,9 @@ static int export_range(exp_state *s, const char *dev, int64_t t0, int64_t t1)
     for (int64_t a = t0; a < t1;) {
         int64_t b = t1 - a > chunk ? a + chunk : t1;
         sql_buf q = {0};
-        sql_add(&q, "SELECT time, measure_name, measure_value::double, measure_value::bigint, "
-                    "measure_value::boolean, measure_value::varchar FROM telemetry WHERE device = ");
+        sql_add(&q,
+                "SELECT time, measure_name, measure_value::double, measure_value::bigint, "
+                "measure_value::boolean, measure_value::varchar FROM telemetry WHERE device = ");
         sql_str(&q, dev);
         sql_in(&q, "measure_name", s->metrics, s->nmetric);
         sql_ts(&q, ">=", a);

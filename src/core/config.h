@@ -30,17 +30,17 @@ typedef struct thz_config {
     uint32_t max_queued_messages;     /* max-queued-messages: per session queue bound */
     uint32_t max_keepalive;      /* max-keepalive: seconds; longer requests get server keep alive */
     uint32_t max_session_expiry; /* max-session-expiry: seconds cap on session expiry */
-    uint32_t topic_alias_maximum;    /* topic-alias-maximum: inbound aliases per v5 client */
-    uint32_t max_connections;        /* max-connections: 0 = unlimited */
-    uint32_t connect_timeout;        /* connect-timeout: seconds to wait for CONNECT */
-    uint32_t max_outbuf;             /* max-outbuf: bytes queued to one socket before QoS 0 drops */
-    uint32_t slow_consumer_timeout;  /* slow-consumer-timeout: seconds a congested reader lasts */
-    uint32_t sys_interval;           /* sys-interval: seconds between $SYS updates; 0 = off */
-    bool retain_available;           /* retain-available */
-    int fsync;       /* fsync: THZ_FSYNC_* for the telemetry WAL (never acts as everysec) */
-    uint32_t retention_days;         /* retention-days: default telemetry retention; 0 = forever */
+    uint32_t topic_alias_maximum;   /* topic-alias-maximum: inbound aliases per v5 client */
+    uint32_t max_connections;       /* max-connections: 0 = unlimited */
+    uint32_t connect_timeout;       /* connect-timeout: seconds to wait for CONNECT */
+    uint32_t max_outbuf;            /* max-outbuf: bytes queued to one socket before QoS 0 drops */
+    uint32_t slow_consumer_timeout; /* slow-consumer-timeout: seconds a congested reader lasts */
+    uint32_t sys_interval;          /* sys-interval: seconds between $SYS updates; 0 = off */
+    bool retain_available;          /* retain-available */
+    int fsync;               /* fsync: THZ_FSYNC_* for the telemetry WAL (never acts as everysec) */
+    uint32_t retention_days; /* retention-days: default telemetry retention; 0 = forever */
     uint32_t max_series_per_tenant;  /* max-series-per-tenant: 0 = unlimited */
-    int state_fsync; /* state-fsync: THZ_FSYNC_* for the broker state log */
+    int state_fsync;                 /* state-fsync: THZ_FSYNC_* for the broker state log */
     uint32_t store_segment_mb;       /* store-segment-mb: state log segment size before rotating */
     char cors_origins[THZ_PATH_MAX]; /* cors-origins: "*" or comma-separated origins; empty = off */
 } thz_config;

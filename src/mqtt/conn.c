@@ -81,8 +81,8 @@ static bool may_publish(conn *c, const char *topic, size_t tl)
     if (sys || topic_reserved(topic, tl)) return false;
     if (!auth_has_acl(B.auth, &c->id)) return true;
     char *t = strndup(topic, tl);
-    bool ok = t && auth_can_publish(B.auth, &c->id, c->s ? c->s->cid + c->tplen : NULL,
-                                    c->username, t);
+    bool ok =
+        t && auth_can_publish(B.auth, &c->id, c->s ? c->s->cid + c->tplen : NULL, c->username, t);
     free(t);
     return ok;
 }
@@ -347,8 +347,7 @@ static void presence_event(conn *c, const session *s, const char *reason)
     char sid[40];
     uint64_t h = 1469598103934665603ull; /* FNV-1a of the id, then the instance */
     for (const char *p = s->cid; *p; p++) h = (h ^ (uint8_t)*p) * 1099511628211ull;
-    snprintf(sid, sizeof sid, "%016llx%016llx", (unsigned long long)h,
-             (unsigned long long)s->gen);
+    snprintf(sid, sizeof sid, "%016llx%016llx", (unsigned long long)h, (unsigned long long)s->gen);
     cJSON *j = cJSON_CreateObject();
     cJSON_AddStringToObject(j, "clientId", ucid);
     struct timespec now;
@@ -392,8 +391,7 @@ void conn_count_flush(conn *c)
 {
     if (!c->id.dev) return;
     if (c->n_msgs_in | c->n_bytes_in | c->n_msgs_out | c->n_bytes_out)
-        reg_presence_count(c->id.dev, c->n_msgs_in, c->n_bytes_in, c->n_msgs_out,
-                           c->n_bytes_out);
+        reg_presence_count(c->id.dev, c->n_msgs_in, c->n_bytes_in, c->n_msgs_out, c->n_bytes_out);
     c->n_msgs_in = c->n_bytes_in = c->n_msgs_out = c->n_bytes_out = 0;
 }
 
@@ -659,8 +657,8 @@ static durable *telemetry_store(conn *c, const char *dev, size_t dl, const mqtt_
         d->seq = 0;
     }
     char err[INGEST_ERR_LEN];
-    thz_err rc = ingest_telemetry(B.db, c->id.tenant, dev, dl, pb->payload.p, pb->payload.n,
-                                  now_ns, d ? durable_done : NULL, d, err);
+    thz_err rc = ingest_telemetry(B.db, c->id.tenant, dev, dl, pb->payload.p, pb->payload.n, now_ns,
+                                  d ? durable_done : NULL, d, err);
     if (rc == THZ_OK) {
         if (d) c->durable_pending++;
         return d;
@@ -939,9 +937,9 @@ static int handle_connect(conn *c, const mqtt_packet *pkt, const uint8_t *raw, s
             reason = MQTT_RC_TOPIC_NAME_INVALID;
         else if (cn->will_retain && !cfg->retain_available)
             reason = MQTT_RC_RETAIN_NOT_SUPPORTED;
-        if (!reason && (topic_reserved((const char *)cn->will_topic.p, cn->will_topic.n) ||
-                        (auth_has_acl(B.auth, &c->id) &&
-                         !will_allowed(c, ucid, user, cn->will_topic))))
+        if (!reason &&
+            (topic_reserved((const char *)cn->will_topic.p, cn->will_topic.n) ||
+             (auth_has_acl(B.auth, &c->id) && !will_allowed(c, ucid, user, cn->will_topic))))
             reason = MQTT_RC_NOT_AUTHORIZED;
         if (reason) {
             free(user);
@@ -1075,7 +1073,8 @@ static int handle_connect(conn *c, const mqtt_packet *pkt, const uint8_t *raw, s
         p.shared_sub_available = 1;
         if (assigned) {
             MQTT_SET(&p, MQTT_P_ASSIGNED_CLIENT_ID);
-            p.assigned_client_id = (mqtt_span){(const uint8_t *)ucid, (uint32_t)(cidlen - c->tplen)};
+            p.assigned_client_id =
+                (mqtt_span){(const uint8_t *)ucid, (uint32_t)(cidlen - c->tplen)};
         }
         uint32_t max_ka = LIMIT(max_keepalive);
         if (max_ka && (cn->keep_alive == 0 || cn->keep_alive > max_ka)) {
@@ -1190,8 +1189,8 @@ static void handle_publish(conn *c, const mqtt_packet *pkt)
                       : 0;
     const char *dev;
     size_t dl;
-    durable *d = B.db && telemetry_topic(topic, tl, &dev, &dl) ? telemetry_store(c, dev, dl, pb)
-                                                                : NULL;
+    durable *d =
+        B.db && telemetry_topic(topic, tl, &dev, &dl) ? telemetry_store(c, dev, dl, pb) : NULL;
     char *theap;
     const char *it = tenant_name(c, topic, &tl, false, &theap);
     msg *m = it ? msg_new(it, tl, pb->payload.p, pb->payload.n, fwd, fl, pb->qos, pb->retain, exp)

@@ -165,7 +165,7 @@ typedef struct conn {
     struct worker *w;
     session *s;
     char *username;
-    auth_identity id; /* tenant, registry device or API token (auth.h) */
+    auth_identity id;                      /* tenant, registry device or API token (auth.h) */
     char tprefix[TOPIC_TENANT_PREFIX_MAX]; /* its tenant's topic prefix (topic.h) */
     uint8_t tplen;
     uint64_t pres_version; /* presence events' versionNumber (registry devices) */
@@ -174,8 +174,8 @@ typedef struct conn {
      * tsdb's fsync, and every acknowledgement after it waits its turn. */
     struct ack_entry *acks;
     uint32_t nacks, acks_cap;
-    uint32_t ack_seq;          /* numbers the entries */
-    uint32_t durable_pending;  /* tsdb writes whose done has not come back: c stays */
+    uint32_t ack_seq;         /* numbers the entries */
+    uint32_t durable_pending; /* tsdb writes whose done has not come back: c stays */
     /* traffic not yet added to its registry device's counters (at each tick) */
     uint64_t n_msgs_in, n_bytes_in, n_msgs_out, n_bytes_out;
     uint8_t version;

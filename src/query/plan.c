@@ -783,8 +783,8 @@ thz_err qx_plan(qx *x)
         int64_t hi = tsdb_max_ts(x->db);
         if (x->now > hi) hi = x->now;
         if (hi < INT64_MAX) hi++;
-        if (hi <= x->t0 || ((double)(hi - 1) / x->bin_w - (double)x->t0 / x->bin_w + 2 <=
-                            QUERY_MAX_BINS))
+        if (hi <= x->t0 ||
+            ((double)(hi - 1) / x->bin_w - (double)x->t0 / x->bin_w + 2 <= QUERY_MAX_BINS))
             x->t1 = hi;
     }
     if (x->bin_key >= 0 && x->t0 != INT64_MIN && x->t1 != INT64_MAX && x->t1 > x->t0) {

@@ -397,8 +397,7 @@ thz_err reg_restore_offline(const char *data_dir, const char *dir, char err[REG_
             e = THZ_ECORRUPT;
         }
     }
-    if (e == THZ_OK)
-        e = reg__db_open(dst, SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE, &out, err);
+    if (e == THZ_OK) e = reg__db_open(dst, SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE, &out, err);
     if (e == THZ_OK) {
         sqlite3_backup *b = sqlite3_backup_init(out, "main", in, "main");
         int rc = b ? sqlite3_backup_step(b, -1) : sqlite3_errcode(out);

@@ -167,7 +167,8 @@ static cJSON *group_json(const reg_tenant *t, const reg_group *g)
     cJSON *o = cJSON_CreateObject();
     cJSON_AddStringToObject(o, "id", g->zId);
     cJSON_AddStringToObject(o, "name", g->zName);
-    cJSON_AddItemToObject(o, "query", g->query ? cJSON_Duplicate(g->query, true) : cJSON_CreateNull());
+    cJSON_AddItemToObject(o, "query",
+                          g->query ? cJSON_Duplicate(g->query, true) : cJSON_CreateNull());
     cJSON_AddItemToObject(o, "policy", cJSON_Duplicate(g->policy, true));
     cJSON_AddItemToObject(o, "created_at", reg__time_json(g->createdAt));
     cJSON *a = cJSON_AddArrayToObject(o, "devices");
@@ -424,8 +425,8 @@ thz_err reg__load_devices(registry *r, char *err)
                                 -1, &st, NULL);
         if (rc != SQLITE_OK) return reg__sql_err(r->db, rc, "loading group members");
         while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
-            reg_dev *d = dev_find(r, sqlite3_column_int64(st, 0),
-                                  (const char *)sqlite3_column_text(st, 1));
+            reg_dev *d =
+                dev_find(r, sqlite3_column_int64(st, 0), (const char *)sqlite3_column_text(st, 1));
             if (d)
                 cJSON_AddItemToArray(d->groups,
                                      cJSON_CreateString((const char *)sqlite3_column_text(st, 2)));
@@ -450,9 +451,8 @@ static thz_err step_done(registry *r, sqlite3_stmt *st, const char *what)
 static thz_err set_members(registry *r, int64_t tenant, const char *id, const cJSON *groups)
 {
     sqlite3_stmt *st;
-    int rc = sqlite3_prepare_v2(r->db,
-                                "DELETE FROM group_members WHERE tenant_id = ? AND device_id = ?",
-                                -1, &st, NULL);
+    int rc = sqlite3_prepare_v2(
+        r->db, "DELETE FROM group_members WHERE tenant_id = ? AND device_id = ?", -1, &st, NULL);
     if (rc != SQLITE_OK) return reg__sql_err(r->db, rc, "set groups");
     sqlite3_bind_int64(st, 1, tenant);
     sqlite3_bind_text(st, 2, id, -1, SQLITE_STATIC);
@@ -566,8 +566,8 @@ thz_err reg_device_create(registry *r, int64_t tenant, const cJSON *body, cJSON 
         if (e != THZ_OK) {
             /* Not in the mirror: take it out of the database again. */
             sqlite3_stmt *st;
-            if (sqlite3_prepare_v2(r->db, "DELETE FROM devices WHERE tenant_id = ? AND id = ?",
-                                   -1, &st, NULL) == SQLITE_OK) {
+            if (sqlite3_prepare_v2(r->db, "DELETE FROM devices WHERE tenant_id = ? AND id = ?", -1,
+                                   &st, NULL) == SQLITE_OK) {
                 sqlite3_bind_int64(st, 1, tenant);
                 sqlite3_bind_text(st, 2, d->zId, -1, SQLITE_STATIC);
                 step_done(r, st, "undo insert device");
@@ -593,8 +593,7 @@ thz_err reg_device_get(registry *r, int64_t tenant, const char *id, cJSON **out)
     return THZ_OK;
 }
 
-void reg_telemetry_error(registry *r, int64_t tenant, const char *id, size_t idlen,
-                         const char *msg)
+void reg_telemetry_error(registry *r, int64_t tenant, const char *id, size_t idlen, const char *msg)
 {
     char key[REG_ID_MAX + 1];
     if (idlen > REG_ID_MAX) return;
@@ -625,9 +624,8 @@ static bool dev_online(reg_dev *d)
     return on;
 }
 
-thz_err reg_device_list(registry *r, int64_t tenant, const char *tag, const char *group,
-                        int online, int limit, const char *cursor, cJSON **out,
-                        char err[REG_ERR_LEN])
+thz_err reg_device_list(registry *r, int64_t tenant, const char *tag, const char *group, int online,
+                        int limit, const char *cursor, cJSON **out, char err[REG_ERR_LEN])
 {
     if (limit < 1 || limit > 1000) {
         reg__err(err, "parameter 'limit' must be an integer 1..1000");
@@ -897,7 +895,8 @@ static thz_err group_body_parse(const cJSON *body, bool create, group_body *b, c
     const cJSON *pol = cJSON_GetObjectItemCaseSensitive(body, "policy");
     if (e == THZ_OK && pol && !cJSON_IsNull(pol)) {
         if (!cJSON_IsObject(pol)) {
-            reg__err(err, "field 'policy' must be an object {\"publish\":[...],\"subscribe\":[...]}");
+            reg__err(err,
+                     "field 'policy' must be an object {\"publish\":[...],\"subscribe\":[...]}");
             e = THZ_EINVAL;
         } else {
             b->policy = cJSON_CreateObject();
@@ -1006,7 +1005,8 @@ thz_err reg_group_list(registry *r, int64_t tenant, cJSON **out)
     cJSON *a = cJSON_CreateArray();
     pthread_rwlock_rdlock(&r->lock);
     reg_tenant *t = reg__tenant(r, tenant);
-    for (size_t i = 0; t && i < t->nGroup; i++) cJSON_AddItemToArray(a, group_json(t, t->groups[i]));
+    for (size_t i = 0; t && i < t->nGroup; i++)
+        cJSON_AddItemToArray(a, group_json(t, t->groups[i]));
     pthread_rwlock_unlock(&r->lock);
     *out = a;
     return THZ_OK;

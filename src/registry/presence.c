@@ -58,8 +58,7 @@ static void totals(reg_dev *d, uint64_t out[CNT_N])
 
 void reg__presence_json(reg_dev *d, cJSON *o)
 {
-    static const char *const live[CNT_N] = {"messages_in", "messages_out", "bytes_in",
-                                            "bytes_out"};
+    static const char *const live[CNT_N] = {"messages_in", "messages_out", "bytes_in", "bytes_out"};
     static const char *const tot[CNT_N] = {"messages_in_total", "messages_out_total",
                                            "bytes_in_total", "bytes_out_total"};
     pthread_mutex_lock(&d->pmu);

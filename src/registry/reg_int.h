@@ -58,15 +58,15 @@ struct reg_dev {
     /* Presence, guarded by pmu. */
     pthread_mutex_t pmu;
     bool online;
-    uint64_t connVersion; /* what the latest connect returned */
-    bool dirty; /* changed since the background thread last wrote it */
+    uint64_t connVersion;             /* what the latest connect returned */
+    bool dirty;                       /* changed since the background thread last wrote it */
     int64_t connectedSince, lastSeen; /* ms; lastSeen is the disconnect time, 0 never */
     char zAddr[64];
     int protocolVersion, keepAlive;
     char *zReason;
     uint64_t version;
-    uint64_t telemetryErrors; /* payloads the ingest refused, since start */
-    char *zTelemetryError;    /* the last refusal's message */
+    uint64_t telemetryErrors;  /* payloads the ingest refused, since start */
+    char *zTelemetryError;     /* the last refusal's message */
     uint64_t persisted[CNT_N]; /* totals as last written */
 
     /* Counters, relaxed atomics: since connect, and the totals before it. */
@@ -82,8 +82,8 @@ typedef struct reg_group {
 } reg_group;
 
 typedef struct reg_tenant {
-    int64_t id; /* key of registry.tenants */
-    hmap devs;  /* id -> reg_dev */
+    int64_t id;       /* key of registry.tenants */
+    hmap devs;        /* id -> reg_dev */
     reg_dev **sorted; /* by id, for listing */
     size_t nDev, capDev;
     reg_group **groups; /* by id */
@@ -111,7 +111,7 @@ struct registry {
     pthread_mutex_t dbMu;
     sqlite3 *db;
     sqlite3_stmt *stPresence, *stTokUsed; /* the background thread's, under dbMu */
-    char *zDummyHash; /* verified for unknown emails, so they cost the same */
+    char *zDummyHash;                     /* verified for unknown emails, so they cost the same */
 
     pthread_rwlock_t lock;
     hmap tenants; /* id -> reg_tenant */
@@ -158,8 +158,8 @@ void reg__err(char *err, const char *fmt, ...) __attribute__((format(printf, 2, 
 bool reg__id_valid(const char *z);
 /* Validates body's optional string field name (<= max bytes; required when
  * req) into *out (borrowed from body; NULL when absent). */
-thz_err reg__field_str(const cJSON *body, const char *name, size_t max, bool req,
-                       const char **out, char *err);
+thz_err reg__field_str(const cJSON *body, const char *name, size_t max, bool req, const char **out,
+                       char *err);
 /* Drops expired tokens from the mirror; the background thread calls it. */
 void reg__sweep_tokens(registry *r);
 /* Lookup under registry.lock. */

@@ -35,8 +35,8 @@ bool reg__id_valid(const char *z)
     return n >= 1;
 }
 
-thz_err reg__field_str(const cJSON *body, const char *name, size_t max, bool req,
-                       const char **out, char *err)
+thz_err reg__field_str(const cJSON *body, const char *name, size_t max, bool req, const char **out,
+                       char *err)
 {
     const cJSON *v = cJSON_GetObjectItemCaseSensitive(body, name);
     *out = NULL;
@@ -239,8 +239,8 @@ static thz_err load_tokens(registry *r, char *err)
     thz_err e = THZ_OK;
     while (e == THZ_OK && (rc = sqlite3_step(st)) == SQLITE_ROW) {
         if (sqlite3_column_bytes(st, 0) != REG_HASH_LEN) continue;
-        int64_t exp = sqlite3_column_type(st, 6) == SQLITE_NULL ? REG_NEVER
-                                                                 : sqlite3_column_int64(st, 6);
+        int64_t exp =
+            sqlite3_column_type(st, 6) == SQLITE_NULL ? REG_NEVER : sqlite3_column_int64(st, 6);
         e = tok_add(r, sqlite3_column_blob(st, 0), sqlite3_column_int64(st, 1),
                     sqlite3_column_int64(st, 2), sqlite3_column_int64(st, 3),
                     role_parse((const char *)sqlite3_column_text(st, 4)),
@@ -275,7 +275,8 @@ static thz_err insert_user(registry *r, int64_t tenant, const char *email, const
     sqlite3_bind_int64(st, 5, now);
     rc = sqlite3_step(st);
     sqlite3_finalize(st);
-    if (rc != SQLITE_DONE) return reg__sql_err(r->db, sqlite3_extended_errcode(r->db), "insert user");
+    if (rc != SQLITE_DONE)
+        return reg__sql_err(r->db, sqlite3_extended_errcode(r->db), "insert user");
     *id = sqlite3_last_insert_rowid(r->db);
     return THZ_OK;
 }
@@ -532,7 +533,8 @@ static thz_err token_insert(registry *r, int64_t tenant, int64_t user, const cha
     sqlite3_bind_int64(st, 8, *created);
     rc = sqlite3_step(st);
     sqlite3_finalize(st);
-    if (rc != SQLITE_DONE) return reg__sql_err(r->db, sqlite3_extended_errcode(r->db), "insert token");
+    if (rc != SQLITE_DONE)
+        return reg__sql_err(r->db, sqlite3_extended_errcode(r->db), "insert token");
     *id = sqlite3_last_insert_rowid(r->db);
     pthread_rwlock_wrlock(&r->lock);
     thz_err e = tok_add(r, hash, *id, tenant, user, role, api, expiresAt, 0);
@@ -789,8 +791,8 @@ thz_err reg_tenant_create(registry *r, const cJSON *body, cJSON **out, char err[
     e = reg__exec(r->db, "BEGIN IMMEDIATE");
     if (e == THZ_OK) {
         sqlite3_stmt *st;
-        int rc = sqlite3_prepare_v2(r->db, "INSERT INTO tenants(name, created_at) VALUES (?,?)",
-                                    -1, &st, NULL);
+        int rc = sqlite3_prepare_v2(r->db, "INSERT INTO tenants(name, created_at) VALUES (?,?)", -1,
+                                    &st, NULL);
         if (rc == SQLITE_OK) {
             sqlite3_bind_text(st, 1, name, -1, SQLITE_STATIC);
             sqlite3_bind_int64(st, 2, now);
@@ -948,12 +950,13 @@ thz_err reg_user_update(registry *r, int64_t tenant, int64_t id, const cJSON *bo
                          " (role = 'admin' OR (role = 'operator' AND ?1 = 'viewer'))",
                          id, tenant, role_name((reg_role)role));
     if (e == THZ_OK && hash)
-        e = run_user_sql(r, "UPDATE users SET password_hash = ? WHERE id = ? AND tenant_id = ?",
-                         id, tenant, hash);
+        e = run_user_sql(r, "UPDATE users SET password_hash = ? WHERE id = ? AND tenant_id = ?", id,
+                         tenant, hash);
     bool disable = dis && cJSON_IsTrue(dis);
     if (e == THZ_OK && dis)
-        e = run_user_sql(r, disable ? "UPDATE users SET disabled = 1 WHERE id = ? AND tenant_id = ?"
-                                    : "UPDATE users SET disabled = 0 WHERE id = ? AND tenant_id = ?",
+        e = run_user_sql(r,
+                         disable ? "UPDATE users SET disabled = 1 WHERE id = ? AND tenant_id = ?"
+                                 : "UPDATE users SET disabled = 0 WHERE id = ? AND tenant_id = ?",
                          id, tenant, NULL);
     if (e == THZ_OK && disable)
         e = run_user_sql(r, "UPDATE tokens SET revoked = 1 WHERE user_id = ? AND tenant_id = ?", id,
@@ -986,8 +989,8 @@ thz_err reg_user_delete(registry *r, int64_t tenant, int64_t id)
 {
     pthread_mutex_lock(&r->dbMu);
     /* Tokens go with the user (ON DELETE CASCADE). */
-    thz_err e = run_user_sql(r, "DELETE FROM users WHERE id = ? AND tenant_id = ?", id, tenant,
-                             NULL);
+    thz_err e =
+        run_user_sql(r, "DELETE FROM users WHERE id = ? AND tenant_id = ?", id, tenant, NULL);
     if (e == THZ_OK && sqlite3_changes(r->db) == 0) e = THZ_ENOTFOUND;
     if (e == THZ_OK) {
         pthread_rwlock_wrlock(&r->lock);

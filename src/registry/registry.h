@@ -34,8 +34,9 @@
 #include "core/err.h"
 
 #define REG_ERR_LEN 200 /* size of the err buffers below */
-#define REG_DEFAULT_TENANT 1 /* created on first start; password-file and anonymous clients live here */
-#define REG_ID_MAX 128       /* device, group ids: 1..128 bytes of [A-Za-z0-9_.:-] */
+#define REG_DEFAULT_TENANT                                                                         \
+    1                  /* created on first start; password-file and anonymous clients live here */
+#define REG_ID_MAX 128 /* device, group ids: 1..128 bytes of [A-Za-z0-9_.:-] */
 
 typedef struct registry registry;
 
@@ -45,9 +46,9 @@ typedef enum reg_role { REG_VIEWER = 1, REG_OPERATOR = 2, REG_ADMIN = 3 } reg_ro
 typedef struct reg_principal {
     int64_t tenant;
     int64_t user;
-    int64_t token;   /* the id of the token (login session or API token) */
-    reg_role role;   /* the token's role: never above its user's */
-    bool superuser;  /* an admin of the default tenant: may manage tenants */
+    int64_t token;  /* the id of the token (login session or API token) */
+    reg_role role;  /* the token's role: never above its user's */
+    bool superuser; /* an admin of the default tenant: may manage tenants */
 } reg_principal;
 
 /* ---- lifecycle ---- */
@@ -136,9 +137,8 @@ thz_err reg_device_get(registry *r, int64_t tenant, const char *id, cJSON **out)
  * (NULL: any; static or dynamic membership), online (-1 any, 0, 1); at most
  * limit (1..1000) after cursor (NULL: from the start). out:
  * {"items":[...],"next_cursor": string or null}. */
-thz_err reg_device_list(registry *r, int64_t tenant, const char *tag, const char *group,
-                        int online, int limit, const char *cursor, cJSON **out,
-                        char err[REG_ERR_LEN]);
+thz_err reg_device_list(registry *r, int64_t tenant, const char *tag, const char *group, int online,
+                        int limit, const char *cursor, cJSON **out, char err[REG_ERR_LEN]);
 /* {"name"?,"type"?,"tags"?,"attributes"?,"groups"?,"enabled"?}: fields given
  * replace the stored ones. Disabling revokes (see reg_on_revoke). */
 thz_err reg_device_update(registry *r, int64_t tenant, const char *id, const cJSON *body,
@@ -175,8 +175,8 @@ typedef struct reg_dev reg_dev;
 /* What a CONNECT's credentials resolved to. */
 typedef struct reg_identity {
     int64_t tenant;
-    reg_dev *dev;   /* a device (release with reg_dev_release), or NULL */
-    reg_role role;  /* for an API token (dev NULL): its role */
+    reg_dev *dev;  /* a device (release with reg_dev_release), or NULL */
+    reg_role role; /* for an API token (dev NULL): its role */
 } reg_identity;
 
 /* [fast] username = device id, password = its secret; or any username and
@@ -204,8 +204,8 @@ bool reg_dev_can_subscribe(registry *r, reg_dev *d, const char *filter);
  * as AWS IoT's do; the registry's own ordering uses the returned ones. */
 typedef struct reg_conn_info {
     const char *client_id;
-    const char *address;   /* "ip:port" */
-    int protocol_version;  /* 3, 4 or 5 */
+    const char *address;  /* "ip:port" */
+    int protocol_version; /* 3, 4 or 5 */
     int keep_alive;
 } reg_conn_info;
 uint64_t reg_presence_connect(registry *r, reg_dev *d, const reg_conn_info *ci);

@@ -240,8 +240,14 @@ static size_t istream_bound(size_t n)
 static pthread_key_t zkey_c, zkey_d;
 static pthread_once_t zonce = PTHREAD_ONCE_INIT;
 
-static void zfree_c(void *p) { ZSTD_freeCCtx(p); }
-static void zfree_d(void *p) { ZSTD_freeDCtx(p); }
+static void zfree_c(void *p)
+{
+    ZSTD_freeCCtx(p);
+}
+static void zfree_d(void *p)
+{
+    ZSTD_freeDCtx(p);
+}
 static void zinit(void)
 {
     pthread_key_create(&zkey_c, zfree_c);
@@ -317,7 +323,8 @@ static thz_err col_open(const uint8_t *p, size_t len, size_t bound, uint8_t *enc
     uint8_t *out = malloc(raw);
     if (!out) return THZ_ENOMEM;
     ZSTD_DCtx *dc = zdctx();
-    size_t got = dc ? ZSTD_decompressDCtx(dc, out, raw, z, zlen) : ZSTD_decompress(out, raw, z, zlen);
+    size_t got =
+        dc ? ZSTD_decompressDCtx(dc, out, raw, z, zlen) : ZSTD_decompress(out, raw, z, zlen);
     if (ZSTD_isError(got) || got != raw) {
         free(out);
         return THZ_ECORRUPT;

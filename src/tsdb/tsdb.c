@@ -615,7 +615,6 @@ static bool mpt_push(mpt **out, size_t *n, size_t *cap, mpt m)
     return true;
 }
 
-
 typedef struct cell_use {
     long bin;
     tsdb_agg a;

@@ -33,7 +33,7 @@ typedef enum tsdb_fsync {
 } tsdb_fsync;
 
 typedef struct tsdb_options {
-    const char *dir;                /* created if missing, e.g. DATA_DIR/tsdb */
+    const char *dir; /* created if missing, e.g. DATA_DIR/tsdb */
     tsdb_fsync fsync;
     uint64_t max_series_per_tenant; /* 0: unlimited; past it: THZ_EQUOTA */
     int64_t retention_s;            /* default retention; 0: keep forever */
@@ -110,10 +110,10 @@ typedef struct tsdb_series {
 } tsdb_series;
 
 typedef enum tsdb_match_op {
-    TSDB_EQ,  /* label == value */
-    TSDB_NE,  /* label != value (a missing tag is "") */
-    TSDB_RE,  /* POSIX extended regex, anchored at both ends, matches */
-    TSDB_NRE  /* ... does not match */
+    TSDB_EQ, /* label == value */
+    TSDB_NE, /* label != value (a missing tag is "") */
+    TSDB_RE, /* POSIX extended regex, anchored at both ends, matches */
+    TSDB_NRE /* ... does not match */
 } tsdb_match_op;
 
 /* label is "device", "metric" or a tag key. */
@@ -187,8 +187,8 @@ thz_err tsdb_set_retention(tsdb *db, int64_t tenant, const char *metric, int64_t
  * in no particular order, with own true. metric (not NUL-terminated,
  * metric_len bytes) is valid during the call only. fn runs under the
  * index's read lock: it must be quick and must not call the engine. */
-typedef void (*tsdb_retention_fn)(void *ctx, const char *metric, size_t metric_len,
-                                  int64_t seconds, bool own);
+typedef void (*tsdb_retention_fn)(void *ctx, const char *metric, size_t metric_len, int64_t seconds,
+                                  bool own);
 thz_err tsdb_get_retention(tsdb *db, int64_t tenant, tsdb_retention_fn fn, void *ctx);
 
 /* Cuts the whole head into blocks now and checkpoints the WAL (tests,
@@ -204,7 +204,7 @@ typedef struct tsdb_stats {
     uint64_t points_rejected; /* since open */
     uint64_t head_points;     /* not yet in blocks */
     uint64_t blocks;
-    uint64_t disk_bytes;      /* blocks + index + WAL */
+    uint64_t disk_bytes; /* blocks + index + WAL */
     uint64_t wal_bytes;
     uint64_t fsyncs;
 } tsdb_stats;

@@ -89,16 +89,16 @@ typedef struct tsdb_ser {
     uint32_t dlen, mlen, tlen;
     uint8_t *key; /* index key: tenant(8) device \0 metric \0 tags */
     size_t klen;
-    bool persisted; /* in the index file */
+    bool persisted;  /* in the index file */
     uint32_t stripe; /* its head lock: by device, so a device's series share one */
     /* Under the stripe lock of the series (db->stripe[stripe]): */
-    tsdb_run head;   /* appended by writers, write order */
-    tsdb_run frozen; /* detached by a cut, readable until its blocks are published */
+    tsdb_run head;    /* appended by writers, write order */
+    tsdb_run frozen;  /* detached by a cut, readable until its blocks are published */
     tsdb_cell *cells; /* numeric series: head cells, sorted by minute */
     uint32_t ncells, capcells;
     bool cells_ok;    /* the cells cover every head point (false after ENOMEM) */
     bool head_sorted; /* head timestamps strictly increase in write order */
-    bool lvc_ok;     /* last-value cache */
+    bool lvc_ok;      /* last-value cache */
     int64_t lvc_ts;
     uint64_t lvc_v;
     char *lvc_s;

@@ -106,8 +106,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         cJSON_Delete(out);
         out = NULL;
         (void)reg_group_add(R, 1, id, "fixed");
-        static const char *const topics[] = {"devices/fixed/x", "a/b", "sites/a/fixed", "#",
-                                             "+/+", "$aws/things/fixed/shadow", "a"};
+        static const char *const topics[] = {
+            "devices/fixed/x", "a/b", "sites/a/fixed", "#", "+/+", "$aws/things/fixed/shadow", "a"};
         for (size_t i = 0; i < sizeof topics / sizeof topics[0]; i++) {
             (void)reg_dev_can_publish(R, Fixed, topics[i]);
             (void)reg_dev_can_subscribe(R, Fixed, topics[i]);

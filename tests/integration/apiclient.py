@@ -79,3 +79,12 @@ def new_device(api, dev_id=None, **fields):
     body = {"id": dev_id or unique("dev")}
     body.update(fields)
     return expect(api.post("/devices", body), 201).json()
+
+
+def write_lines(api, lines, precision="ns"):
+    """Writes InfluxDB line protocol through POST /write; asserts the 204
+    (sent once the points are durable)."""
+    r = api.s.post("http://127.0.0.1:%d/write?precision=%s" % (api.b.http_port, precision),
+                   data="\n".join(lines).encode(),
+                   headers={"Authorization": "Bearer " + api.token}, timeout=10)
+    assert r.status_code == 204, r.text

@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from apiclient import Api, expect
+from apiclient import Api, expect, write_lines
 from conftest import IS_MOSQUITTO, THINGHZ_BIN
 
 pytestmark = pytest.mark.skipif(IS_MOSQUITTO, reason="thinghz's own REST API and CLI")
@@ -29,10 +29,7 @@ def admin(daemon):
 
 
 def write_s(api, lines):
-    r = api.s.post("http://127.0.0.1:%d/write?precision=s" % api.b.http_port,
-                   data="\n".join(lines).encode(),
-                   headers={"Authorization": "Bearer " + api.token}, timeout=10)
-    assert r.status_code == 204, r.text
+    write_lines(api, lines, "s")
 
 
 def q(api, sql):

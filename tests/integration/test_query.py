@@ -8,7 +8,7 @@ import io
 
 import pytest
 
-from apiclient import Api, expect
+from apiclient import Api, expect, write_lines
 from clients import unique
 
 T0 = 1795687200 * 10**9  # 2026-11-26T10:00:00Z
@@ -26,10 +26,7 @@ def admin(daemon):
 
 
 def write(api, lines):
-    r = api.s.post("http://127.0.0.1:%d/write?precision=ns" % api.b.http_port,
-                   data="\n".join(lines).encode(),
-                   headers={"Authorization": "Bearer " + api.token}, timeout=10)
-    assert r.status_code == 204, r.text
+    write_lines(api, lines, "ns")
 
 
 def q(api, sql, status=200, **kw):

@@ -125,7 +125,8 @@ static void test_connect_passwords(void **state)
     assert_int_equal(conn(fx->a, "alice", "secret "), THZ_EBADAUTH);
     assert_int_equal(conn(fx->a, "alice", ""), THZ_EBADAUTH);
     assert_int_equal(conn(fx->a, "alice", NULL), THZ_EBADAUTH);
-    assert_int_equal(auth_connect(fx->a, "c", "alice", (const uint8_t *)"secret", 5, NULL), THZ_EBADAUTH);
+    assert_int_equal(auth_connect(fx->a, "c", "alice", (const uint8_t *)"secret", 5, NULL),
+                     THZ_EBADAUTH);
     /* The length, not a NUL, ends a password. (A trailing NUL byte itself
      * is invisible to PBKDF2-HMAC, which zero-pads short keys; stored
      * passwords are C strings, so only the holder of the password could

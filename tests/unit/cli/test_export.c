@@ -29,8 +29,13 @@ static void test_parse_time(void **state)
     assert_true(ns == 1600000000123000000ll);
     assert_true(cli_export_parse_time("1969-12-31T23:59:59Z", &ns));
     assert_true(ns == -1000000000ll);
-    const char *bad[] = {"", "yesterday", "2026-13-01", "2026-11-26T10:00Z", "2026-11-26T10:00:00.Z",
-                         "2026-11-26X", "12345678901234567"};
+    const char *bad[] = {"",
+                         "yesterday",
+                         "2026-13-01",
+                         "2026-11-26T10:00Z",
+                         "2026-11-26T10:00:00.Z",
+                         "2026-11-26X",
+                         "12345678901234567"};
     for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++)
         assert_false(cli_export_parse_time(bad[i], &ns));
 }

@@ -16,7 +16,8 @@ static long dec(const char *s, uint8_t *out, size_t max)
 
 static void rfc4648_vectors(void **state)
 {
-    static const char *const in[] = {"", "Zg==", "Zm8=", "Zm9v", "Zm9vYg==", "Zm9vYmE=", "Zm9vYmFy"};
+    static const char *const in[] = {"",         "Zg==",     "Zm8=",    "Zm9v",
+                                     "Zm9vYg==", "Zm9vYmE=", "Zm9vYmFy"};
     static const char *const want[] = {"", "f", "fo", "foo", "foob", "fooba", "foobar"};
     for (size_t i = 0; i < sizeof in / sizeof *in; i++) {
         uint8_t out[16];

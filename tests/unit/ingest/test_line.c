@@ -173,7 +173,8 @@ static void test_values(void **st)
         res *r = parse(in);
         if (r->rc) fail_msg("%s: %s", in, r->err);
         double want = strtod(num, NULL);
-        if (memcmp(&r->b.pts[0].v.u.f, &want, 8)) fail_msg("%s: %.17g want %.17g", num, r->b.pts[0].v.u.f, want);
+        if (memcmp(&r->b.pts[0].v.u.f, &want, 8))
+            fail_msg("%s: %.17g want %.17g", num, r->b.pts[0].v.u.f, want);
     }
     res *r = parse("m a=-9223372036854775808i,b=9223372036854775807i,c=0u,d=9223372036854775807u");
     assert_int_equal(r->rc, THZ_OK);

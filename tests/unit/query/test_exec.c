@@ -409,8 +409,8 @@ static void check_one_sided(void)
             q_result_free(r);
         }
         /* max over all devices, max per device */
-        snprintf(sql, sizeof sql,
-                 "SELECT max(temperature) FROM telemetry WHERE time %s %s", op, rs[k].ago);
+        snprintf(sql, sizeof sql, "SELECT max(temperature) FROM telemetry WHERE time %s %s", op,
+                 rs[k].ago);
         q_result *r = run(1, sql);
         assert_string_equal(q_result_path(r), "agg-fast");
         double mx = -1e9;

@@ -544,8 +544,7 @@ static void test_list(void **state)
     assert_int_equal(list_all(fx, NULL, NULL, 1, 10, ids, 64), 0);
 
     /* Parameters. */
-    assert_int_equal(reg_device_list(fx->r, 1, NULL, NULL, -1, 0, NULL, &out, fx->err),
-                     THZ_EINVAL);
+    assert_int_equal(reg_device_list(fx->r, 1, NULL, NULL, -1, 0, NULL, &out, fx->err), THZ_EINVAL);
     assert_non_null(strstr(fx->err, "'limit'"));
     assert_int_equal(reg_device_list(fx->r, 1, NULL, NULL, -1, 1001, NULL, &out, fx->err),
                      THZ_EINVAL);
@@ -561,9 +560,9 @@ static void test_groups_acl(void **state)
 {
     fixture *fx = *state;
     char secret[128];
-    assert_int_equal(dev_create(fx, 1, "{\"id\":\"s1\",\"tags\":{\"site\":\"a\",\"kind\":\"t\"}}",
-                                secret),
-                     THZ_OK);
+    assert_int_equal(
+        dev_create(fx, 1, "{\"id\":\"s1\",\"tags\":{\"site\":\"a\",\"kind\":\"t\"}}", secret),
+        THZ_OK);
     assert_int_equal(dev_create(fx, 1, "{\"id\":\"s2\",\"tags\":{\"site\":\"b\"}}", NULL), THZ_OK);
     assert_int_equal(group_create(fx, 1,
                                   "{\"id\":\"site-a\",\"query\":{\"site\":\"a\"},"
@@ -574,8 +573,9 @@ static void test_groups_acl(void **state)
     assert_int_equal(group_create(fx, 1, "{\"id\":\"static\",\"policy\":{\"publish\":[\"st/#\"]}}"),
                      THZ_OK);
     /* An empty query is no dynamic membership. */
-    assert_int_equal(group_create(fx, 1, "{\"id\":\"all\",\"query\":{},"
-                                         "\"policy\":{\"publish\":[\"#\"]}}"),
+    assert_int_equal(group_create(fx, 1,
+                                  "{\"id\":\"all\",\"query\":{},"
+                                  "\"policy\":{\"publish\":[\"#\"]}}"),
                      THZ_OK);
     reg_identity id;
     assert_int_equal(mqtt(fx, "s1", secret, &id), THZ_OK);
@@ -799,7 +799,8 @@ static void test_validation(void **state)
     expect_dev_einval(fx, "{\"id\":\"v1\",\"tags\":{\"a\":1}}", "'tags'");
     expect_dev_einval(fx, "{\"id\":\"v1\",\"tags\":[\"a\"]}", "'tags'");
     int n = snprintf(body, sizeof body, "{\"id\":\"v1\",\"tags\":{");
-    for (int i = 0; i < 65; i++) n += snprintf(body + n, sizeof body - n, "%s\"k%d\":\"v\"", i ? "," : "", i);
+    for (int i = 0; i < 65; i++)
+        n += snprintf(body + n, sizeof body - n, "%s\"k%d\":\"v\"", i ? "," : "", i);
     snprintf(body + n, sizeof body - n, "}}");
     expect_dev_einval(fx, body, "'tags'");
     expect_dev_einval(fx, "{\"id\":\"v1\",\"attributes\":[1]}", "'attributes'");
@@ -811,8 +812,9 @@ static void test_validation(void **state)
     expect_dev_einval(fx, "{\"id\":\"v1\",\"groups\":[\"nope\"]}", "'groups'");
     expect_dev_einval(fx, "{\"id\":\"v1\",\"groups\":\"g\"}", "'groups'");
     /* Nested attributes are fine. */
-    assert_int_equal(dev_create(fx, 1, "{\"id\":\"v1\",\"attributes\":{\"a\":{\"b\":[1,2,null]}},"
-                                       "\"unknown\":true}",
+    assert_int_equal(dev_create(fx, 1,
+                                "{\"id\":\"v1\",\"attributes\":{\"a\":{\"b\":[1,2,null]}},"
+                                "\"unknown\":true}",
                                 NULL),
                      THZ_OK);
     assert_int_equal(dev_update(fx, 1, "v1", "{\"tags\":{\"x\":false}}"), THZ_EINVAL);
@@ -908,8 +910,7 @@ static void test_concurrent(void **state)
     race rc = {.r = fx->r};
     char secret[128];
     assert_int_equal(login(fx, ADMIN, ADMIN_PW, rc.tok), THZ_OK);
-    assert_int_equal(dev_create(fx, 1, "{\"id\":\"held\",\"tags\":{\"k\":\"v\"}}", secret),
-                     THZ_OK);
+    assert_int_equal(dev_create(fx, 1, "{\"id\":\"held\",\"tags\":{\"k\":\"v\"}}", secret), THZ_OK);
     reg_identity id;
     assert_int_equal(mqtt(fx, "held", secret, &id), THZ_OK);
     rc.held = id.dev;
@@ -920,18 +921,21 @@ static void test_concurrent(void **state)
         snprintf(did, sizeof did, "x%d", i);
         snprintf(body, sizeof body, "{\"id\":\"%s\",\"tags\":{\"k\":\"%d\"}}", did, i);
         assert_int_equal(dev_create(fx, 1, body, NULL), THZ_OK);
-        assert_int_equal(group_create(fx, 1, "{\"id\":\"grp\",\"query\":{\"k\":\"v\"},"
-                                             "\"policy\":{\"subscribe\":[\"grp/${device}/+\"]}}"),
+        assert_int_equal(group_create(fx, 1,
+                                      "{\"id\":\"grp\",\"query\":{\"k\":\"v\"},"
+                                      "\"policy\":{\"subscribe\":[\"grp/${device}/+\"]}}"),
                          THZ_OK);
-        assert_int_equal(dev_update(fx, 1, "held", i % 2 ? "{\"tags\":{\"k\":\"v\"}}"
-                                                        : "{\"tags\":{\"k\":\"w\"}}"),
-                         THZ_OK);
+        assert_int_equal(
+            dev_update(fx, 1, "held",
+                       i % 2 ? "{\"tags\":{\"k\":\"v\"}}" : "{\"tags\":{\"k\":\"w\"}}"),
+            THZ_OK);
         cJSON *out;
         assert_int_equal(reg_device_rotate(fx->r, 1, "held", &out), THZ_OK);
         cJSON_Delete(out);
         assert_int_equal(reg_group_delete(fx->r, 1, "grp"), THZ_OK);
         assert_int_equal(reg_device_delete(fx->r, 1, did), THZ_OK);
-        if (i == 20) assert_int_equal(reg_backup(fx->r, "/tmp/thz_test_reg_race_bk", fx->err), THZ_OK);
+        if (i == 20)
+            assert_int_equal(reg_backup(fx->r, "/tmp/thz_test_reg_race_bk", fx->err), THZ_OK);
     }
     /* The broker's device is deleted while the readers still use it. */
     assert_int_equal(reg_device_delete(fx->r, 1, "held"), THZ_OK);

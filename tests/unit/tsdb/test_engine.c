@@ -271,7 +271,10 @@ typedef struct labels {
     char s[1024];
 } labels;
 
-static int str_cmp(const void *a, const void *b) { return strcmp(a, b); }
+static int str_cmp(const void *a, const void *b)
+{
+    return strcmp(a, b);
+}
 
 static bool labels_cb(void *ctx, bool metric, const char *name, size_t len)
 {
@@ -447,11 +450,11 @@ static void check_aggs(tsdb *db, uint64_t id, const int64_t *ts, const double *v
         {T0 + 7 * SEC, T0 + 3 * 3600 * SEC, 300 * SEC + 3, 40}, /* unaligned */
         {T0 + 3599 * SEC, T0 + 3601 * SEC, SEC, 2},
         {T0 - 100 * SEC, T0 + 100 * SEC, 7 * SEC, 10},
-        {T0 + 30 * SEC + 1, T0 + 3 * 3600 * SEC, 60 * SEC, 180},     /* edge cuts a minute */
-        {T0 + 17 * SEC, T0 + 2 * 3600 * SEC + 3, 90 * SEC, 80},      /* bins cut minutes */
-        {T0 + 600 * SEC, T0 + 1200 * SEC, 30 * SEC, 20},             /* bins inside minutes */
+        {T0 + 30 * SEC + 1, T0 + 3 * 3600 * SEC, 60 * SEC, 180},        /* edge cuts a minute */
+        {T0 + 17 * SEC, T0 + 2 * 3600 * SEC + 3, 90 * SEC, 80},         /* bins cut minutes */
+        {T0 + 600 * SEC, T0 + 1200 * SEC, 30 * SEC, 20},                /* bins inside minutes */
         {T0 + 59 * SEC, T0 + 3 * 3600 * SEC + 61 * SEC, 120 * SEC, 92}, /* 2-minute bins */
-        {T0 + 3600 * SEC + 1, INT64_MAX, 0, 1},                       /* open end */
+        {T0 + 3600 * SEC + 1, INT64_MAX, 0, 1},                         /* open end */
     };
     for (size_t c = 0; c < sizeof cases / sizeof *cases; c++) {
         tsdb_agg got[200], want[200];
@@ -595,14 +598,14 @@ static void test_head_cells(void **state)
     assert_int_equal(tsdb_aggregate(db, 1, id, ta, ta + 3600 * SEC, 0, bins, 1), THZ_OK);
     assert_int_equal(tsdb__agg_decoded(db), dec);
     /* an edge inside a minute reads only that minute's points */
-    assert_int_equal(tsdb_aggregate(db, 1, id, ta + 30 * SEC, ta + 3600 * SEC, 0, bins, 1),
-                     THZ_OK);
+    assert_int_equal(tsdb_aggregate(db, 1, id, ta + 30 * SEC, ta + 3600 * SEC, 0, bins, 1), THZ_OK);
     assert_int_equal(tsdb__agg_decoded(db), dec + 30);
     /* a little out of order (put in place): half seconds backwards over the
      * newest 100 s, then duplicates of every other of the newest 100 points */
     for (int i = 0; i < 100; i++)
         ref_put(&r, db, T0 + (int64_t)(3 * 3600 - 1 - i) * SEC + SEC / 2, i * 0.1);
-    for (int i = 0; i < 50; i++) ref_put(&r, db, T0 + (int64_t)(3 * 3600 - 1 - 2 * i) * SEC, -i * 0.1);
+    for (int i = 0; i < 50; i++)
+        ref_put(&r, db, T0 + (int64_t)(3 * 3600 - 1 - 2 * i) * SEC, -i * 0.1);
     assert_true(db->by_id[id]->head_sorted); /* put in place, not appended */
     check_aggs(db, id, r.ts, r.v, r.n);
     dec = tsdb__agg_decoded(db);
