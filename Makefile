@@ -22,6 +22,13 @@ LDFLAGS  += $(SAN)
 LIB_SRC  := $(sort $(filter-out src/main.c,$(shell find src -name '*.c')))
 LIB_OBJ  := $(LIB_SRC:%.c=$(BUILD)/obj/%.o) \
             $(patsubst $(LLHTTP_DIR)/%.c,$(BUILD)/obj/llhttp/%.o,$(wildcard $(LLHTTP_DIR)/*.c))
+# The web app (web/, docs/DASHBOARD.md): web/build.mjs copies it and its npm
+# libraries to WEB_OUT and generates WEB_OUT/assets.c, which embeds them with
+# .incbin. One WEB_OUT for every BUILD (sanitizers, fuzz): the assets do not
+# depend on the compiler.
+WEB_OUT  := build/web
+WEB_SRC  := web/index.html web/build.mjs $(shell find web/app -type f 2>/dev/null)
+LIB_OBJ  += $(BUILD)/obj/$(WEB_OUT)/assets.o
 UNIT_SRC := $(sort $(shell find tests/unit -name 'test_*.c' 2>/dev/null))
 UNIT_BIN := $(UNIT_SRC:tests/unit/%.c=$(BUILD)/tests/%)
 FUZZ_SRC := $(sort $(wildcard tests/fuzz/fuzz_*.c))
@@ -44,6 +51,15 @@ $(BUILD)/obj/llhttp/%.o: $(LLHTTP_DIR)/%.c
 
 # The OpenAPI document is embedded by openapi.c (.incbin), which -MMD cannot see.
 $(BUILD)/obj/src/api/openapi.o: src/api/openapi.json
+
+# npm ci when node_modules is missing or the lock changed (npm ci rewrites
+# node_modules/.package-lock.json, the stamp).
+web/node_modules/.package-lock.json: web/package.json web/package-lock.json
+	cd web && npm ci --no-audit --no-fund --loglevel=error
+	@touch $@
+
+$(WEB_OUT)/assets.c: $(WEB_SRC) web/node_modules/.package-lock.json
+	node web/build.mjs $(WEB_OUT)
 
 $(BUILD)/libthinghz.a: $(LIB_OBJ)
 	@rm -f $@

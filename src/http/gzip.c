@@ -64,6 +64,11 @@ int http_accept_q(const char *accept, const char *coding)
     return q_star >= 0 ? q_star : 0;
 }
 
+int http_req_accept_q(const http_request *req, const char *coding)
+{
+    return http_accept_q(http_req_header(req, "accept-encoding"), coding);
+}
+
 bool http_gzip_type(const char *ctype, size_t n)
 {
     size_t m = 0;

@@ -57,6 +57,10 @@ int http_req_query(const http_request *req, const char *name, char *out, size_t 
 /* The path parameter `name` of the matched route ({name} or {name...}),
  * percent-decoded and NUL-terminated, or NULL. Owned by the request. */
 const char *http_req_param(const http_request *req, const char *name);
+/* The weight (0..1000) the request's Accept-Encoding gives content coding
+ * `coding` (RFC 9110 section 12.5.3; "gzip" also matches "x-gzip"): 0 when
+ * not acceptable or the header is absent. */
+int http_req_accept_q(const http_request *req, const char *coding);
 /* The decoded body (chunked already joined); *len gets its length. Owned by
  * the request. The bytes are followed by a NUL that is not counted. */
 const uint8_t *http_req_body(const http_request *req, size_t *len);
