@@ -89,7 +89,12 @@ unit: $(UNIT_BIN)
 	@set -e; n=0; for t in $(UNIT_BIN); do echo "== $$t"; $$t; n=$$((n+1)); done; \
 	echo "unit: $$n test programs passed"
 
-integration: all
+# The browser tests' npm packages (tests/integration/test_browser.py).
+tests/browser/node_modules/.package-lock.json: tests/browser/package.json tests/browser/package-lock.json
+	cd tests/browser && npm ci --no-audit --no-fund --loglevel=error
+	@touch $@
+
+integration: all tests/browser/node_modules/.package-lock.json
 	THINGHZ_BIN=$(abspath $(BUILD)/thinghz) $(PYTEST) -q tests/integration $(PYTEST_ARGS)
 
 test: deps

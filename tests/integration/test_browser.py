@@ -1,0 +1,71 @@
+"""The web app in a real browser: tests/browser/ui.mjs (playwright-core driving
+Debian's chromium) logs in, sees the fleet, opens a device, publishes a value
+with mosquitto_pub and sees the chart and latest-values table update within a
+second, builds a dashboard with two panels and finds it saved after a reload,
+measures the first load of the dashboard page (< 300 KB on the wire), and
+checks 375 px width, keyboard order and that a viewer gets no edit buttons.
+Screenshots go to the test's tmp dir (the path is printed).
+
+Steps marked "needs /api/v1/ws/live" or "needs /api/v1/dashboards" depend on
+the routes of the web backend; each step reports on its own line."""
+
+import json
+import os
+import shutil
+import subprocess
+import time
+
+import pytest
+
+from apiclient import Api, expect, new_device, write_lines
+from conftest import IS_MOSQUITTO, REPO
+
+BROWSER_DIR = REPO / "tests" / "browser"
+CHROMIUM = os.environ.get("CHROMIUM", "/usr/bin/chromium")
+
+pytestmark = [
+    pytest.mark.skipif(IS_MOSQUITTO, reason="thinghz only"),
+    pytest.mark.skipif(not shutil.which("node") or not os.access(CHROMIUM, os.X_OK),
+                       reason="needs node and chromium (scripts/deps)"),
+]
+
+
+def ensure_playwright():
+    """npm ci in tests/browser when node_modules is missing (make test does
+    it too)."""
+    if not (BROWSER_DIR / "node_modules" / "playwright-core").is_dir():
+        subprocess.run(["npm", "ci", "--no-audit", "--no-fund", "--loglevel=error"],
+                       cwd=BROWSER_DIR, check=True, timeout=300)
+
+
+def test_browser_scenario(broker_factory, tmp_path):
+    ensure_playwright()
+    b = broker_factory()
+    admin = Api(b).login(b.admin_email, b.admin_password)
+    dev = new_device(admin, "pump-1", name="Pump 1", tags={"site": "north"})
+    new_device(admin, "pump-2", name="Pump 2", tags={"site": "south"})
+    # an hour of history, one point a minute, so the chart has a line
+    now = int(time.time())
+    write_lines(admin, ["telemetry,device=pump-1 temp=%d %d" % (20 + i % 5, (now - 60 * i) * 10**9)
+                        for i in range(60, 0, -1)])
+    expect(admin.post("/users", {"email": "viewer@example.com", "password": "viewer-pass-1",
+                                 "role": "viewer"}), 201)
+    out = tmp_path / "screenshots"
+    out.mkdir()
+    cfg = {"base": "http://127.0.0.1:%d" % b.http_port, "email": b.admin_email,
+           "password": b.admin_password, "device": "pump-1", "secret": dev["secret"],
+           "mqtt_port": b.port, "viewer_email": "viewer@example.com",
+           "viewer_password": "viewer-pass-1", "out": str(out)}
+    r = subprocess.run(["node", str(BROWSER_DIR / "ui.mjs"), json.dumps(cfg)], capture_output=True,
+                       text=True, timeout=240, env=dict(os.environ, CHROMIUM=CHROMIUM))
+    print(r.stdout)
+    print("screenshots in", out)
+    steps = dict(line.split(" ", 2)[1:3] if line.count(" ") >= 2 else (line, "")
+                 for line in r.stdout.splitlines() if line.startswith("STEP "))
+    first = [line for line in r.stdout.splitlines() if line.startswith("FIRST_LOAD_BYTES ")]
+    assert first, r.stdout + r.stderr
+    assert int(first[0].split()[1]) < 300 * 1024, first
+    assert len(list(out.glob("*.png"))) >= 4
+    failed = [line for line in r.stdout.splitlines() if line.startswith("STEP ") and " FAIL " in line]
+    assert r.returncode == 0 and not failed, "\n".join(failed) + "\n" + r.stderr[-3000:]
+    assert "login" in steps and "fleet_lists_devices" in steps
