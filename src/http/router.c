@@ -9,7 +9,7 @@
 
 #include "http/http_int.h"
 
-#define MAX_ROUTES 64
+#define MAX_ROUTES 128 /* api, ingest, web, prometheus... (64 was nearly full) */
 #define MAX_SEGS   16
 
 typedef struct seg {

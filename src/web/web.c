@@ -11,7 +11,7 @@
 #include "http/http.h"
 #include "web/web_int.h"
 
-#define CACHE_IMMUTABLE "public, max-age=31536000, immutable"
+#define CACHE_IMMUTABLE  "public, max-age=31536000, immutable"
 #define CACHE_REVALIDATE "no-cache"
 
 const char *web_version(void)

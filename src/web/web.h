@@ -22,9 +22,9 @@ bool web_etag_match(const char *inm, const char *etag);
 /* The asset at path (relative, e.g. "app/main.js"; "" is index.html), or
  * NULL. The pointers returned stay valid for the process lifetime. */
 typedef struct web_file {
-    const char *path;      /* "app/main.js" */
-    const char *type;      /* Content-Type */
-    const char *etag;      /* quoted, of the uncompressed bytes */
+    const char *path; /* "app/main.js" */
+    const char *type; /* Content-Type */
+    const char *etag; /* quoted, of the uncompressed bytes */
     const unsigned char *data, *data_end;
     const unsigned char *gz, *gz_end; /* gz == gz_end: not worth compressing */
 } web_file;
