@@ -35,6 +35,7 @@ export function Device({ id }) {
   const rangeRef = useRef(range); rangeRef.current = range;
   const seriesRef = useRef(null); seriesRef.current = series;
   const dev = useLoad((signal) => get(`/devices/${enc(id)}`, { signal }), [id]);
+  const devRef = useRef(dev); devRef.current = dev;
   useEffect(() => { document.title = `${id} · thinghz`; }, [id]);
 
   // Latest values, connection history and messages: once, then live.
@@ -84,9 +85,10 @@ export function Device({ id }) {
       setMsgs((l) => [m, ...(l || [])].slice(0, MAX_MSGS));
     } else if (m.type === 'presence') {
       setEvents((l) => [{ time: m.time, type: m.online ? 'connected' : 'disconnected', address: m.address, protocol: m.protocol, client_id: m.client_id, reason: m.reason }, ...(l || [])].slice(0, 200));
-      dev.set({ ...(dev.data || {}), online: m.online, last_seen: m.time });
+      const cur = devRef.current;
+      cur.set({ ...(cur.data || {}), online: m.online, last_seen: m.time });
     }
-  }), [id, dev.data]);
+  }), [id]); // not on dev.data: re-subscribing would drop frames in between
 
   const zoom = (f, t) => { if (!prevRange) setPrevRange(range); setRange({ from: Math.round(f), to: Math.round(t) }); };
   const pan = (dir) => {
