@@ -411,7 +411,13 @@ thz_err tsdb_write(tsdb *db, int64_t tenant, const tsdb_point *pts, size_t n, ts
     }
     if (!rc) {
         pthread_mutex_lock(&db->wal.mu);
-        if (db->wal.cur.len > TSDB_WAL_BACKLOG) {
+        if (db->wal.failed) {
+            /* the disk is full (or failing): refuse now rather than pile
+             * up points that cannot be made durable; the WAL thread keeps
+             * retrying and clears this when a write succeeds */
+            ERR("the write-ahead log cannot be written: %s", thz_strerror(db->wal.fail_rc));
+            rc = db->wal.fail_rc ? db->wal.fail_rc : THZ_EIO;
+        } else if (db->wal.cur.len > TSDB_WAL_BACKLOG) {
             ERR("WAL backlog full (disk too slow)");
             rc = THZ_EQUOTA;
         }
@@ -1377,7 +1383,9 @@ static thz_err cut(tsdb *db, int64_t end)
     pthread_rwlock_unlock(&db->cut);
 
     uint64_t closed = tsdb_wal_wait_rot(db, gen);
-    thz_err rc = THZ_OK;
+    /* closed 0: the WAL could not write up to the rotation (disk full): the
+     * segments do not hold exactly these points, so no block is cut now */
+    thz_err rc = closed ? THZ_OK : db->wal.fail_rc ? db->wal.fail_rc : THZ_EIO;
     for (size_t i = 0; i < n && !rc; i++) rc = sort_run(&cs[i].s->frozen, &cs[i]);
     if (!rc && n) {
         if (n > 1) qsort(cs, n, sizeof *cs, cut_cmp);
