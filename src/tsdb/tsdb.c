@@ -824,6 +824,14 @@ have:
             size_t n;
             size_t abase = arena.len;
             rc = tsdb_block_read(bl[k], be[k], &ts, &v, &n, &arena);
+            if (rc == THZ_ECORRUPT) {
+                /* a damaged section loses its points, not the query: the
+                 * rest of the block and every other block still serve */
+                log_warn(TSDB_MOD, "%s: series %" PRIu64 ": corrupt section skipped", bl[k]->path,
+                         s->id);
+                rc = THZ_OK;
+                continue;
+            }
             if (rc) {
                 log_error(TSDB_MOD, "%s: series %" PRIu64 ": %s", bl[k]->path, s->id,
                           thz_strerror(rc));
@@ -1665,7 +1673,14 @@ static thz_err compact_one(tsdb *db, tsdb_block **in, size_t nin)
             int64_t *ts;
             uint64_t *v;
             size_t cnt;
-            if ((rc = tsdb_block_read(in[k], e, &ts, &v, &cnt, &arenas[n]))) break;
+            rc = tsdb_block_read(in[k], e, &ts, &v, &cnt, &arenas[n]);
+            if (rc == THZ_ECORRUPT) { /* lost already; the merged block goes without it */
+                log_warn(TSDB_MOD, "compaction: %s: series %" PRIu64 ": corrupt section skipped",
+                         in[k]->path, s->id);
+                rc = THZ_OK;
+                continue;
+            }
+            if (rc) break;
             mpt *nm2 = realloc(m, (nm + cnt + 1) * sizeof *m);
             if (!nm2)
                 rc = THZ_ENOMEM;
