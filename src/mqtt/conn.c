@@ -143,6 +143,7 @@ void congestion_release(worker *w)
 static void uncongest(conn *c)
 {
     c->congested = false;
+    if (c->s) atomic_store_explicit(&c->s->congested, false, memory_order_relaxed);
     congestion_release(c->w);
 }
 
@@ -156,6 +157,7 @@ void conn_pressure(conn *c)
     if (!c->congested) {
         if (out > maxo / 2 || (maxq && q > maxq / 2)) {
             c->congested = true;
+            if (c->s) atomic_store_explicit(&c->s->congested, true, memory_order_relaxed);
             c->congested_ms = now_ms();
             atomic_fetch_add(&B.congested, 1);
             /* A paused publisher that is now behind as a consumer must be
@@ -1487,12 +1489,15 @@ static size_t process(conn *c, const uint8_t *p, size_t n)
             }
             break;
         }
+        c->w->hit_congested = false;
         if (dispatch(c, &pkt, p + off, plen, n - off - plen)) return (size_t)-1;
         off += plen;
         if (pkt.type == MQTT_PUBLISH && !c->congested && c->state == CONN_ACTIVE &&
-            atomic_load_explicit(&B.congested, memory_order_relaxed)) {
-            /* Some consumer is behind: stop reading this publisher; what is
-             * already read waits in c->in. */
+            atomic_load_explicit(&B.congested, memory_order_relaxed) && c->w->hit_congested) {
+            /* A consumer of this message is behind: stop reading this
+             * publisher; what is already read waits in c->in. Publishers
+             * whose messages go elsewhere keep going (a probe client must
+             * not wait for someone else's slow subscriber). */
             pause_reading(c);
             break;
         }

@@ -412,3 +412,55 @@ def test_damaged_registry_page_does_not_crash(broker_factory):
         (b.data_dir / extra).unlink(missing_ok=True)
     b.start()
     expect(Api(b).get("/health"), 200)
+
+
+# ---------------------------------------------------------------- abusive clients
+
+import abuse  # noqa: E402
+
+PROBE_BOUND = 2.0  # s: generous; performance targets live in bench/faults
+
+
+def probe_ok(probe, seconds):
+    rtts = probe.sample(seconds)
+    assert rtts and None not in rtts, "probe lost a round trip: %r" % rtts
+    assert max(rtts) < PROBE_BOUND, "probe round trip %.2fs" % max(rtts)
+    return rtts
+
+
+def test_abusive_clients_leave_a_probe_working(broker_factory):
+    abuse.raise_nofile(4096)  # the daemon inherits it: 1,000 stalled sockets
+    # a small output bound keeps each back-pressure pause short: the probe
+    # publishes into topics the "#" subscribers also read, so it is paused
+    # with every other publisher while they catch up
+    b = broker_factory(connect_timeout=1, log_level="info", sys_interval=1, max_outbuf=65536)
+    probe = abuse.Probe(b.port)
+    try:
+        probe_ok(probe, 0.5)
+        # 1,000 connections that send half a CONNECT and stall: the probe
+        # works meanwhile, and the CONNECT timeout closes every one of them
+        with abuse.HalfConnects(b.port, 1000) as half:
+            probe_ok(probe, 1.0)
+            assert wait_until(lambda: half.closed_count() == half.n, 10), \
+                "%d of %d stalled connections still open" % (half.n - half.closed_count(), half.n)
+        # random bytes on the MQTT and HTTP ports
+        with abuse.RandomBytes(b.port) as rm, abuse.RandomBytes(b.http_port) as rh:
+            probe_ok(probe, 2.0)
+        assert rm.sent > 5 and rh.sent > 5 and not rm.errors + rh.errors
+        # a CONNECT flood
+        with abuse.ConnectFlood(b.port) as fl:
+            probe_ok(probe, 2.0)
+        assert fl.count > 50 and not fl.errors
+        # subscriptions to '#' on a busy broker
+        with abuse.BusyWildcard(b.port, 5) as bw:
+            probe_ok(probe, 2.0)
+        assert bw.published > 1000 and not bw.errors
+        # a publisher far faster than its (non-reading) subscribers
+        with abuse.FastPublisher(b.port, 5) as fp:
+            probe_ok(probe, 3.0)
+        assert fp.published > 1000 and not fp.errors
+        probe_ok(probe, 0.5)
+    finally:
+        probe.close()
+    assert b.running
+    expect(requests.get("http://127.0.0.1:%d/api/v1/health" % b.http_port, timeout=5), 200)
