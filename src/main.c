@@ -130,8 +130,17 @@ static int cmd_serve(int argc, char **argv)
      * SIGTERM with its default action. */
     registry *reg = NULL;
     char rerr[REG_ERR_LEN];
-    if (reg_open(cfg.data_dir, &reg, rerr) != THZ_OK) {
+    thz_err regrc = reg_open(cfg.data_dir, &reg, rerr);
+    if (regrc != THZ_OK) {
         log_error("main", "registry: %s", rerr);
+        /* Refuse rather than serve from a partly readable registry: the
+         * devices and tokens on a damaged page would be silently unknown. */
+        if (regrc == THZ_ECORRUPT)
+            log_error("main",
+                      "%s/registry.db is damaged; not starting. Restore it from a backup: "
+                      "thinghz restore BACKUP_DIR --data-dir %s (or salvage it with "
+                      "sqlite3's .recover); see docs/OPERATIONS.md",
+                      cfg.data_dir, cfg.data_dir);
         return 1;
     }
 

@@ -47,6 +47,10 @@ void api_error(http_response *res, thz_err rc, const char *msg)
     case THZ_ENOMEM:
         http_res_error(res, 503, "out_of_memory", "the server is out of memory");
         break;
+    case THZ_ENOSPC:
+        http_res_error(res, 507, "insufficient_storage",
+                       "the server's disk is full; nothing was changed, retry when space returns");
+        break;
     default:
         log_error("api", "internal error: %s%s%s", thz_strerror(rc), has ? ": " : "",
                   has ? msg : "");

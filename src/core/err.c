@@ -1,4 +1,6 @@
 /* err.c - descriptions of the thinghz error codes. */
+#include <errno.h>
+
 #include "core/err.h"
 
 const char *thz_strerror(thz_err e)
@@ -24,6 +26,12 @@ const char *thz_strerror(thz_err e)
     case THZ_ENOTFOUND: return "not found";
     case THZ_EEXIST: return "already exists";
     case THZ_EUNSUPPORTED: return "unsupported";
+    case THZ_ENOSPC: return "no space left on device";
     }
     return "unknown error";
+}
+
+thz_err thz_err_from_errno(int e)
+{
+    return e == ENOSPC || e == EDQUOT ? THZ_ENOSPC : THZ_EIO;
 }

@@ -120,6 +120,10 @@ static void write_done(void *ctx, thz_err rc)
     http_response *res = http_req_response(req);
     if (rc == THZ_OK) {
         http_res_status(res, 204);
+    } else if (rc == THZ_ENOSPC) { /* the engine logged it (rate limited) */
+        http_res_error(res, 507, "insufficient_storage",
+                       "the disk is full: the points could not be made durable; retry when "
+                       "space returns");
     } else {
         log_error("ingest", "write not durable: %s", thz_strerror(rc));
         http_res_error(res, 500, "internal", "the points could not be made durable (logged)");
@@ -197,6 +201,7 @@ static http_result handle_write(http_request *req, http_response *res, bool v2)
     case THZ_ENOMEM:
         http_res_error(res, 503, "out_of_memory", "the server is out of memory");
         break;
+    case THZ_ENOSPC: http_res_error(res, 507, "insufficient_storage", err); break;
     default:
         log_error("ingest", "write failed: %s: %s", thz_strerror(rc), err);
         http_res_error(res, 500, "internal", "internal error (logged)");

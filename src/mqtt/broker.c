@@ -820,6 +820,11 @@ void route(worker *w, msg *m, const session *origin, uint32_t *nmatched)
                 d.seq = atomic_fetch_add_explicit(&s->seq, 1, memory_order_relaxed) + 1;
                 delivery_persist(&d);
             }
+            /* back-pressure reaches the publishers of congested consumers */
+            if (atomic_load_explicit(&s->congested, memory_order_relaxed) ||
+                (s->home != w->idx &&
+                 atomic_load_explicit(&B.w[s->home]->inbox_congested, memory_order_relaxed)))
+                w->hit_congested = true;
             if (s->home == w->idx)
                 deliver(w, &d);
             else

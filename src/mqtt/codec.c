@@ -984,6 +984,7 @@ uint8_t mqtt_reason_from_err(thz_err e)
     case THZ_ETOOBIG: return MQTT_RC_PACKET_TOO_LARGE;
     case THZ_ERATE: return MQTT_RC_MESSAGE_RATE_TOO_HIGH;
     case THZ_EQUOTA: return MQTT_RC_QUOTA_EXCEEDED;
+    case THZ_ENOSPC: return MQTT_RC_QUOTA_EXCEEDED; /* the disk's quota */
     case THZ_EUNSUPPORTED: return MQTT_RC_IMPL_SPECIFIC;
     default: return MQTT_RC_UNSPECIFIED;
     }

@@ -143,6 +143,7 @@ void congestion_release(worker *w)
 static void uncongest(conn *c)
 {
     c->congested = false;
+    if (c->s) atomic_store_explicit(&c->s->congested, false, memory_order_relaxed);
     congestion_release(c->w);
 }
 
@@ -156,6 +157,7 @@ void conn_pressure(conn *c)
     if (!c->congested) {
         if (out > maxo / 2 || (maxq && q > maxq / 2)) {
             c->congested = true;
+            if (c->s) atomic_store_explicit(&c->s->congested, true, memory_order_relaxed);
             c->congested_ms = now_ms();
             atomic_fetch_add(&B.congested, 1);
             /* A paused publisher that is now behind as a consumer must be
@@ -622,7 +624,7 @@ static void durable_task(int thread, void *arg)
         for (uint32_t i = 0; i < c->nacks; i++) {
             if (c->acks[i].seq != d->seq) continue;
             c->acks[i].ready = true;
-            if (d->rc) c->acks[i].reason = MQTT_RC_UNSPECIFIED;
+            if (d->rc) c->acks[i].reason = mqtt_reason_from_err(d->rc); /* ENOSPC: 0x97 */
             break;
         }
         if (d->rc && c->version != MQTT_V5) {
@@ -648,8 +650,11 @@ static void durable_done(void *ctx, thz_err rc)
 /* Stores a telemetry payload of device dev (its client's name). Returns the
  * durable record whose done is awaited (qos > 0 under fsync always), else
  * NULL. A payload the ingest refuses is reported on devices/{id}/errors and
- * counted in the device's health; the message is routed all the same. */
-static durable *telemetry_store(conn *c, const char *dev, size_t dl, const mqtt_publish *pb)
+ * counted in the device's health; the message is routed all the same.
+ * *stored is set to a storage failure (the disk is full: THZ_ENOSPC, or
+ * THZ_EIO), which the acknowledgement reports; else left alone. */
+static durable *telemetry_store(conn *c, const char *dev, size_t dl, const mqtt_publish *pb,
+                                thz_err *stored)
 {
     struct timespec now;
     clock_gettime(CLOCK_REALTIME, &now);
@@ -668,6 +673,10 @@ static durable *telemetry_store(conn *c, const char *dev, size_t dl, const mqtt_
         return d;
     }
     free(d);
+    if (rc == THZ_ENOSPC || rc == THZ_EIO) { /* the engine logged it (rate limited) */
+        *stored = rc;
+        return NULL;
+    }
     log_debug("mqtt", "client %s: telemetry of %.*s refused: %s", c->s->cid, (int)dl, dev, err);
     if (B.reg) reg_telemetry_error(B.reg, c->id.tenant, dev, dl, err);
     cJSON *j = cJSON_CreateObject();
@@ -1193,8 +1202,10 @@ static void handle_publish(conn *c, const mqtt_packet *pkt)
                       : 0;
     const char *dev;
     size_t dl;
-    durable *d =
-        B.db && telemetry_topic(topic, tl, &dev, &dl) ? telemetry_store(c, dev, dl, pb) : NULL;
+    thz_err stored = THZ_OK;
+    durable *d = B.db && telemetry_topic(topic, tl, &dev, &dl)
+                     ? telemetry_store(c, dev, dl, pb, &stored)
+                     : NULL;
     char *theap;
     const char *it = tenant_name(c, topic, &tl, false, &theap);
     msg *m = it ? msg_new(it, tl, pb->payload.p, pb->payload.n, fwd, fl, pb->qos, pb->retain, exp)
@@ -1211,6 +1222,16 @@ static void handle_publish(conn *c, const mqtt_packet *pkt)
     route(w, m, s, &matched);
     msg_unref(m);
     uint8_t rc = matched ? 0 : MQTT_RC_NO_MATCHING_SUBSCRIBERS;
+    if (stored && pb->qos > 0) {
+        /* not stored (disk full): v5 says so in the acknowledgement (0x97);
+         * 3.1.1 has no negative acknowledgement, so the connection closes
+         * unacknowledged and the client sends the message again later */
+        if (c->version != MQTT_V5) {
+            conn_close(c, -1);
+            return;
+        }
+        rc = mqtt_reason_from_err(stored);
+    }
     if (pb->qos == 2) {
         s->ids_in[pb->id >> 3] |= (uint8_t)(1u << (pb->id & 7));
         s->n_in++;
@@ -1468,12 +1489,15 @@ static size_t process(conn *c, const uint8_t *p, size_t n)
             }
             break;
         }
+        c->w->hit_congested = false;
         if (dispatch(c, &pkt, p + off, plen, n - off - plen)) return (size_t)-1;
         off += plen;
         if (pkt.type == MQTT_PUBLISH && !c->congested && c->state == CONN_ACTIVE &&
-            atomic_load_explicit(&B.congested, memory_order_relaxed)) {
-            /* Some consumer is behind: stop reading this publisher; what is
-             * already read waits in c->in. */
+            atomic_load_explicit(&B.congested, memory_order_relaxed) && c->w->hit_congested) {
+            /* A consumer of this message is behind: stop reading this
+             * publisher; what is already read waits in c->in. Publishers
+             * whose messages go elsewhere keep going (a probe client must
+             * not wait for someone else's slow subscriber). */
             pause_reading(c);
             break;
         }

@@ -125,6 +125,8 @@ typedef struct session {
     int home;
     bool dead;              /* removed from the table: drop deliveries */
     atomic_bool persistent; /* survives disconnect (and restart); read by other threads */
+    atomic_bool congested;  /* its connection is a congested consumer: routing to it pauses
+                               the publisher (read by other threads) */
     uint8_t version;
     uint32_t expiry; /* session expiry interval, s; UINT32_MAX = never */
     struct conn *conn;
@@ -246,6 +248,7 @@ typedef struct worker {
     atomic_uint paused_n; /* npaused, readable by other threads */
     atomic_uint inbox;    /* deliveries posted to this thread, not yet handled */
     atomic_bool inbox_congested;
+    bool hit_congested; /* the message just routed went to a congested consumer */
     /* counters, written by this thread only (STAT_ADD), read relaxed by $SYS */
     uint64_t n_clients, msgs_in, msgs_out, bytes_in, bytes_out, dropped;
     uint8_t rbuf[65536];

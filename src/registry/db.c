@@ -172,13 +172,19 @@ thz_err reg__sql_err(sqlite3 *db, int rc, const char *what)
         if (rc == SQLITE_CONSTRAINT_UNIQUE || rc == SQLITE_CONSTRAINT_PRIMARYKEY) return THZ_EEXIST;
         return THZ_EINVAL;
     case SQLITE_NOMEM: return THZ_ENOMEM;
+    case SQLITE_FULL: /* the disk is full: a distinct, retryable failure */
+        log_error("registry", "%s: %s", what, db ? sqlite3_errmsg(db) : sqlite3_errstr(rc));
+        return THZ_ENOSPC;
     case SQLITE_CORRUPT:
     case SQLITE_NOTADB:
         log_error("registry", "%s: %s", what, db ? sqlite3_errmsg(db) : sqlite3_errstr(rc));
         return THZ_ECORRUPT;
     default:
         log_error("registry", "%s: %s", what, db ? sqlite3_errmsg(db) : sqlite3_errstr(rc));
-        return THZ_EIO;
+        /* SQLite reports a write that hit a full disk as SQLITE_IOERR_WRITE
+         * (or _FSYNC...) with errno ENOSPC, not always as SQLITE_FULL */
+        return db && (rc & 0xff) == SQLITE_IOERR ? thz_err_from_errno(sqlite3_system_errno(db))
+                                                 : THZ_EIO;
     }
 }
 

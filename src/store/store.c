@@ -1120,7 +1120,7 @@ static thz_err flush_records(store *s, bool sync)
                           "retry",
                           s->dir, s->name, s->active_seq, strerror(e), s->wbuf.len);
             s->write_failing = true;
-            rc = THZ_EIO;
+            rc = thz_err_from_errno(e);
             break;
         }
         if (s->write_failing) {

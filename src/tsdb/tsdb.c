@@ -411,7 +411,13 @@ thz_err tsdb_write(tsdb *db, int64_t tenant, const tsdb_point *pts, size_t n, ts
     }
     if (!rc) {
         pthread_mutex_lock(&db->wal.mu);
-        if (db->wal.cur.len > TSDB_WAL_BACKLOG) {
+        if (db->wal.failed) {
+            /* the disk is full (or failing): refuse now rather than pile
+             * up points that cannot be made durable; the WAL thread keeps
+             * retrying and clears this when a write succeeds */
+            ERR("the write-ahead log cannot be written: %s", thz_strerror(db->wal.fail_rc));
+            rc = db->wal.fail_rc ? db->wal.fail_rc : THZ_EIO;
+        } else if (db->wal.cur.len > TSDB_WAL_BACKLOG) {
             ERR("WAL backlog full (disk too slow)");
             rc = THZ_EQUOTA;
         }
@@ -818,6 +824,14 @@ have:
             size_t n;
             size_t abase = arena.len;
             rc = tsdb_block_read(bl[k], be[k], &ts, &v, &n, &arena);
+            if (rc == THZ_ECORRUPT) {
+                /* a damaged section loses its points, not the query: the
+                 * rest of the block and every other block still serve */
+                log_warn(TSDB_MOD, "%s: series %" PRIu64 ": corrupt section skipped", bl[k]->path,
+                         s->id);
+                rc = THZ_OK;
+                continue;
+            }
             if (rc) {
                 log_error(TSDB_MOD, "%s: series %" PRIu64 ": %s", bl[k]->path, s->id,
                           thz_strerror(rc));
@@ -1377,7 +1391,9 @@ static thz_err cut(tsdb *db, int64_t end)
     pthread_rwlock_unlock(&db->cut);
 
     uint64_t closed = tsdb_wal_wait_rot(db, gen);
-    thz_err rc = THZ_OK;
+    /* closed 0: the WAL could not write up to the rotation (disk full): the
+     * segments do not hold exactly these points, so no block is cut now */
+    thz_err rc = closed ? THZ_OK : db->wal.fail_rc ? db->wal.fail_rc : THZ_EIO;
     for (size_t i = 0; i < n && !rc; i++) rc = sort_run(&cs[i].s->frozen, &cs[i]);
     if (!rc && n) {
         if (n > 1) qsort(cs, n, sizeof *cs, cut_cmp);
@@ -1657,7 +1673,14 @@ static thz_err compact_one(tsdb *db, tsdb_block **in, size_t nin)
             int64_t *ts;
             uint64_t *v;
             size_t cnt;
-            if ((rc = tsdb_block_read(in[k], e, &ts, &v, &cnt, &arenas[n]))) break;
+            rc = tsdb_block_read(in[k], e, &ts, &v, &cnt, &arenas[n]);
+            if (rc == THZ_ECORRUPT) { /* lost already; the merged block goes without it */
+                log_warn(TSDB_MOD, "compaction: %s: series %" PRIu64 ": corrupt section skipped",
+                         in[k]->path, s->id);
+                rc = THZ_OK;
+                continue;
+            }
+            if (rc) break;
             mpt *nm2 = realloc(m, (nm + cnt + 1) * sizeof *m);
             if (!nm2)
                 rc = THZ_ENOMEM;

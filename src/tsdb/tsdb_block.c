@@ -481,9 +481,10 @@ thz_err tsdb_block_write(tsdb *db, int64_t tenant, int64_t win, uint64_t seq, co
         if (fd >= 0) close(fd);
         ok = ok && rename(tmp, path) == 0 && fsync_dir(path) == 0;
         if (!ok) {
-            log_error(TSDB_MOD, "write block %s: %s", path, strerror(errno));
+            int e = errno;
+            log_error(TSDB_MOD, "write block %s: %s", path, strerror(e));
             unlink(tmp);
-            rc = THZ_EIO;
+            rc = thz_err_from_errno(e);
         }
     }
     if (!rc)

@@ -167,15 +167,17 @@ typedef struct tsdb_wal {
     uint64_t rot_done_seq; /* the segment closed by the last forced rotation */
     uint64_t rot_gen, rot_gen_done;
     bool stop;
-    bool failed;
-    bool idle;   /* the WAL thread waits on cv */
-    bool ticked; /* its 10 ms tick passed (EVERYSEC) */
+    bool failed;     /* the last write or sync failed; retry holds what waits */
+    thz_err fail_rc; /* its error (THZ_ENOSPC when the disk is full) */
+    bool idle;       /* the WAL thread waits on cv */
+    bool ticked;     /* its 10 ms tick passed (EVERYSEC) */
     /* Owned by the WAL thread: */
     int fd;
     uint64_t seq; /* current segment */
     uint64_t seg_bytes;
     uint64_t first_seq; /* oldest segment on disk */
     thz_buf spare;
+    thz_buf retry; /* bytes a failed write left, written before anything newer */
     tsdb_done *spare_dones;
     size_t cap_spare;
     pthread_t thr;

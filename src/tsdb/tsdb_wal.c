@@ -312,8 +312,10 @@ static thz_err open_segment(tsdb *db, uint64_t seq)
     seg_path(db, seq, path, sizeof path);
     int fd = open(path, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0644);
     if (fd < 0) {
-        log_error(TSDB_MOD, "open %s: %s", path, strerror(errno));
-        return THZ_EIO;
+        int e = errno;
+        log_error(TSDB_MOD, "open %s: %s", path, strerror(e));
+        errno = e;
+        return thz_err_from_errno(e);
     }
     char dir[4096];
     snprintf(dir, sizeof dir, "%s/wal", db->dir);
@@ -363,44 +365,111 @@ thz_err tsdb_wal_open(tsdb *db)
 
 /* ---- the WAL thread ---- */
 
-static bool write_all(int fd, const uint8_t *p, size_t n)
+/* Returns 0 or the errno of the failing write. */
+static int write_all(int fd, const uint8_t *p, size_t n)
 {
     while (n) {
         ssize_t w = write(fd, p, n);
         if (w < 0 && errno == EINTR) continue;
-        if (w <= 0) return false;
+        if (w < 0) return errno;
+        if (w == 0) return EIO;
         p += w;
         n -= (size_t)w;
     }
-    return true;
+    return 0;
 }
 
-static bool do_sync(tsdb *db)
+/* Appends n bytes to the current segment. A short write (the disk filled
+ * up mid-record) is cut off again, so the segment always ends with a whole
+ * record and the bytes can be written again later. Returns 0 or errno. */
+static int seg_write(tsdb *db, const uint8_t *p, size_t n)
 {
-    if (fdatasync(db->wal.fd) < 0) return false;
+    if (!n) return 0;
+    int e = write_all(db->wal.fd, p, n);
+    if (e) {
+        if (ftruncate(db->wal.fd, (off_t)db->wal.seg_bytes) < 0)
+            log_error(TSDB_MOD, "WAL: cannot cut a short write back: %s", strerror(errno));
+        return e;
+    }
+    db->wal.seg_bytes += n;
+    return 0;
+}
+
+static int do_sync(tsdb *db)
+{
+    if (fdatasync(db->wal.fd) < 0) return errno;
     atomic_fetch_add(&db->fsyncs, 1);
     db->wal.last_sync_ms = now_ms();
-    return true;
+    return 0;
 }
 
-/* Closes the current segment (synced) and opens the next. */
-static bool rotate(tsdb *db)
+/* Closes the current segment (synced) and opens the next; on failure the
+ * current segment stays open and in use. Returns 0 or errno. */
+static int rotate(tsdb *db)
 {
-    if (!do_sync(db)) return false;
-    close(db->wal.fd);
-    db->wal.fd = -1;
-    return open_segment(db, db->wal.seq + 1) == THZ_OK;
+    int e = do_sync(db);
+    if (e) return e;
+    int old = db->wal.fd;
+    uint64_t seq = db->wal.seq, bytes = db->wal.seg_bytes;
+    if (open_segment(db, seq + 1) != THZ_OK) {
+        e = errno ? errno : EIO;
+        db->wal.fd = old;
+        db->wal.seq = seq;
+        db->wal.seg_bytes = bytes;
+        return e;
+    }
+    close(old);
+    return 0;
 }
+
+/* Writes one batch: src[0..rot_at) (when rot), the rotation, the rest.
+ * *written is how much of src is in the log; *closed the segment the
+ * rotation closed (0: it did not happen). Returns 0 or errno. */
+static int write_batch(tsdb *db, const uint8_t *src, size_t len, bool rot, size_t rot_at,
+                       size_t *written, uint64_t *closed)
+{
+    *written = 0;
+    *closed = 0;
+    if (rot) {
+        int e = seg_write(db, src, rot_at);
+        if (e) return e;
+        *written = rot_at;
+        uint64_t seq = db->wal.seq;
+        if ((e = rotate(db))) return e;
+        *closed = seq;
+    }
+    /* nothing after the rotation point: no pointer arithmetic on an
+     * empty (possibly NULL) buffer */
+    int e = len > *written ? seg_write(db, src + *written, len - *written) : 0;
+    if (!e) *written = len;
+    return e;
+}
+
+/* Failure handling. A write or sync that fails (typically ENOSPC) leaves
+ * the unwritten bytes in w->retry, in order, ahead of everything appended
+ * later; the segment is cut back to its last whole record. While retry
+ * holds bytes the WAL is "failing": tsdb_write refuses new points with the
+ * error (so nothing unbounded piles up and callers learn it at once), the
+ * done callbacks of the failed batch get it too, and the thread tries again
+ * every TSDB_WAL_RETRY_MS. The first success clears it: ingest resumes by
+ * itself when space returns. The bytes of the failed batch are written
+ * then (their points are in the head already, and their series definitions
+ * must precede later points), so a point refused with ENOSPC under fsync
+ * always may still be stored once space returns: storing it twice is
+ * harmless (last write of a timestamp wins). */
+#define TSDB_WAL_RETRY_MS 100
 
 static void *wal_main(void *arg)
 {
     tsdb *db = arg;
     tsdb_wal *w = &db->wal;
     bool dirty = false; /* written but not synced (EVERYSEC) */
+    int64_t fail_ms = 0, fail_logged_ms = 0;
     pthread_mutex_lock(&w->mu);
     for (;;) {
         for (;;) {
             if (w->stop || w->rot_req) break;
+            if (w->failed && now_ms() - fail_ms >= TSDB_WAL_RETRY_MS) break;
             if (dirty && now_ms() - w->last_sync_ms >= 1000) break;
             if (w->cur.len &&
                 (db->o.fsync == TSDB_FSYNC_ALWAYS || w->ticked || w->cur.len >= ((size_t)1 << 20)))
@@ -419,7 +488,9 @@ static void *wal_main(void *arg)
             w->idle = false;
         }
         w->ticked = false;
-        if (w->stop && w->cur.len == 0 && !w->rot_req) break;
+        /* stopping while failing: what cannot be written stays in the
+         * head's memory only (logged); do not wait for the disk forever */
+        if (w->stop && w->cur.len == 0 && !w->rot_req && (!w->failed || !w->retry.len)) break;
         thz_buf b = w->cur;
         w->cur = w->spare;
         w->cur.len = 0;
@@ -434,48 +505,73 @@ static void *wal_main(void *arg)
         bool rot = w->rot_req;
         size_t rot_at = w->rot_at;
         uint64_t gen = w->rot_gen;
-        bool stopping = w->stop;
+        bool stopping = w->stop, was_failed = w->failed;
         w->rot_req = false;
         pthread_mutex_unlock(&w->mu);
 
-        bool ok = !w->failed;
+        /* The bytes a failed batch left come first. */
+        const uint8_t *src = b.p;
+        size_t len = b.len;
+        int e = 0;
+        if (w->retry.len) {
+            rot_at += w->retry.len;
+            if (b.len && thz_buf_append(&w->retry, b.p, b.len)) e = ENOMEM;
+            src = w->retry.p;
+            len = w->retry.len;
+        }
+        size_t written = 0;
         uint64_t closed = 0;
-        if (ok && rot) {
-            ok = write_all(w->fd, b.p, rot_at);
-            closed = w->seq;
-            ok = ok && rotate(db);
-            /* nothing after the rotation point: no pointer arithmetic on an
-             * empty (possibly NULL) buffer */
-            ok = ok && (b.len == rot_at || write_all(w->fd, b.p + rot_at, b.len - rot_at));
-            w->seg_bytes += b.len - rot_at;
-        } else if (ok) {
-            ok = write_all(w->fd, b.p, b.len);
-            w->seg_bytes += b.len;
+        if (!e) e = write_batch(db, src, len, rot, rot_at, &written, &closed);
+        if (written) dirty = true;
+        if (!e && dirty &&
+            (db->o.fsync == TSDB_FSYNC_ALWAYS || stopping || was_failed ||
+             now_ms() - w->last_sync_ms >= 1000)) {
+            e = do_sync(db);
+            if (!e) dirty = false;
         }
-        if (ok && b.len) dirty = true;
-        if (ok && dirty &&
-            (db->o.fsync == TSDB_FSYNC_ALWAYS || stopping || now_ms() - w->last_sync_ms >= 1000)) {
-            ok = do_sync(db);
-            dirty = false;
+        if (!e && w->seg_bytes >= TSDB_SEGMENT_BYTES) rotate(db); /* retried next batch */
+        thz_err rc = e ? thz_err_from_errno(e) : THZ_OK;
+        if (e == ENOMEM) rc = THZ_ENOMEM;
+        /* keep what is not in the log yet, in order */
+        if (src == w->retry.p && len) {
+            thz_buf_consume(&w->retry, written);
+        } else if (written < len && e != ENOMEM) {
+            if (thz_buf_append(&w->retry, src + written, len - written)) {
+                log_error(TSDB_MOD, "WAL: out of memory keeping %zu unwritten bytes; lost",
+                          len - written);
+            }
         }
-        if (ok && w->seg_bytes >= TSDB_SEGMENT_BYTES) ok = rotate(db);
-        if (!ok && !w->failed) {
-            log_error(TSDB_MOD, "WAL write/fsync failed: %s; writes now fail durability",
-                      strerror(errno));
-            w->failed = true;
+        if (e) {
+            fail_ms = now_ms();
+            if (!was_failed || fail_ms - fail_logged_ms >= 10000) {
+                log_error(TSDB_MOD,
+                          "WAL %s/wal: %s; %zu bytes wait, new points are refused until it "
+                          "succeeds (retrying every %d ms)",
+                          db->dir, strerror(e), w->retry.len, TSDB_WAL_RETRY_MS);
+                fail_logged_ms = fail_ms;
+            }
+        } else if (was_failed) {
+            log_info(TSDB_MOD, "WAL %s/wal: writes succeed again; points are accepted", db->dir);
         }
         if (db->o.fsync == TSDB_FSYNC_ALWAYS)
-            for (size_t i = 0; i < nd; i++) dn[i].fn(dn[i].ctx, ok ? THZ_OK : THZ_EIO);
+            for (size_t i = 0; i < nd; i++) dn[i].fn(dn[i].ctx, rc);
         if (b.cap > ((size_t)8 << 20)) thz_buf_free(&w->spare);
+        if (!w->retry.len && w->retry.cap > ((size_t)8 << 20)) thz_buf_free(&w->retry);
         pthread_mutex_lock(&w->mu);
+        w->failed = e != 0;
+        w->fail_rc = rc;
         w->durable += b.len;
         if (rot) {
-            w->rot_done_seq = closed;
+            w->rot_done_seq = closed; /* 0: the rotation failed, the cut gives up */
             w->rot_gen_done = gen;
         }
         pthread_cond_broadcast(&w->cv_done);
+        if (stopping && e) break;
     }
     if (dirty) do_sync(db);
+    if (w->retry.len)
+        log_error(TSDB_MOD, "WAL %s/wal: stopping with %zu unwritten bytes (disk full?)", db->dir,
+                  w->retry.len);
     pthread_mutex_unlock(&w->mu);
     return NULL;
 }
@@ -503,6 +599,7 @@ void tsdb_wal_stop(tsdb *db)
     w->fd = -1;
     thz_buf_free(&w->cur);
     thz_buf_free(&w->spare);
+    thz_buf_free(&w->retry);
     free(w->dones);
     free(w->spare_dones);
     w->dones = w->spare_dones = NULL;
@@ -533,7 +630,7 @@ thz_err tsdb_wal_checkpoint(tsdb *db, uint64_t seq, const thz_buf *records)
     snprintf(tmp, sizeof tmp, "%s.tmp", path);
     int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
     if (fd < 0) return THZ_EIO;
-    bool ok = (!records || write_all(fd, records->p, records->len)) && fsync(fd) == 0;
+    bool ok = (!records || !write_all(fd, records->p, records->len)) && fsync(fd) == 0;
     close(fd);
     if (!ok || rename(tmp, path) < 0 || fsync_dir(dir) < 0) {
         log_error(TSDB_MOD, "checkpoint %s: %s", path, strerror(errno));
