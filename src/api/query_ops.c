@@ -330,8 +330,12 @@ static int64_t interval_ns(const char *s)
     static const struct {
         const char *u;
         int64_t ns;
-    } units[] = {{"ns", 1},           {"us", 1000},           {"ms", 1000000},
-                 {"s", 1000000000LL}, {"m", 60000000000LL},   {"h", 3600000000000LL},
+    } units[] = {{"ns", 1},
+                 {"us", 1000},
+                 {"ms", 1000000},
+                 {"s", 1000000000LL},
+                 {"m", 60000000000LL},
+                 {"h", 3600000000000LL},
                  {"d", 86400000000000LL}};
     size_t k = 0;
     while (isdigit((unsigned char)s[k])) k++;

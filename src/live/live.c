@@ -342,8 +342,8 @@ static void on_write(void *ctx, int64_t tenant, const tsdb_point *pts, size_t n)
             cJSON_AddStringToObject(j, "type", "telemetry");
             cJSON_AddStringToObject(j, "device", dev);
             cJSON_AddStringToObject(j, "time", t);
-            g[k] = (tgroup){lv, p->device, p->device_len, p->ts, j,
-                            cJSON_AddObjectToObject(j, "metrics")};
+            g[k] = (tgroup){lv,    p->device, p->device_len,
+                            p->ts, j,         cJSON_AddObjectToObject(j, "metrics")};
             ng++;
         }
         char metric[257];

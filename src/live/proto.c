@@ -40,7 +40,11 @@ thz_err live_parse_cmd(const uint8_t *p, size_t n, live_cmd *out, const char **e
         *err = "message is not a JSON object";
         return THZ_EINVAL;
     }
-    cJSON *j = cJSON_ParseWithLength((const char *)p, n);
+    /* NUL-terminated, so that cJSON refuses trailing garbage */
+    char text[LIVE_CLIENT_MAX + 1];
+    if (n) memcpy(text, p, n);
+    text[n] = 0;
+    cJSON *j = cJSON_ParseWithLengthOpts(text, n + 1, NULL, 1);
     thz_err rc = THZ_EINVAL;
     size_t used = 0;
     if (!cJSON_IsObject(j)) {

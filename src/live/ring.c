@@ -18,12 +18,12 @@
 
 typedef struct slot {
     int64_t ms;
-    uint32_t size;     /* the payload's real size */
-    uint32_t plen;     /* bytes kept (<= LIVE_PAYLOAD_MAX) */
-    uint16_t tlen;     /* topic bytes kept */
+    uint32_t size; /* the payload's real size */
+    uint32_t plen; /* bytes kept (<= LIVE_PAYLOAD_MAX) */
+    uint16_t tlen; /* topic bytes kept */
     uint8_t qos;
     bool retain;
-    char *buf;         /* topic then payload; reused */
+    char *buf; /* topic then payload; reused */
     uint32_t cap;
 } slot;
 
