@@ -65,6 +65,18 @@ void op_query(api_call *c);
 void op_device_telemetry(api_call *c);
 void op_device_latest(api_call *c);
 
+/* query_ops.c: sparklines of the fleet view. */
+void op_fleet_sparklines(api_call *c);
+
+/* live_ops.c: connection history, recent messages, dashboards. */
+void op_device_events(api_call *c);
+void op_device_messages(api_call *c);
+void op_dashboard_list(api_call *c);
+void op_dashboard_create(api_call *c);
+void op_dashboard_get(api_call *c);
+void op_dashboard_update(api_call *c);
+void op_dashboard_delete(api_call *c);
+
 /* admin_ops.c: retention and backup. */
 void op_retention_get(api_call *c);
 void op_retention_put(api_call *c);

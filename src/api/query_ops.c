@@ -227,6 +227,128 @@ static cJSON *metric_points(api_call *c, const char *id, const char *metric, int
     return pts;
 }
 
+/* ---- downsampled reads straight from the engine (points=, agg=minmax,
+ * sparklines): tsdb_aggregate_from uses block headers and rollups, so a
+ * month of 1 Hz data costs a few thousand cells, not millions of points ---- */
+
+#define MAX_BINS 10000
+
+typedef struct metric_series {
+    uint64_t ids[64];
+    size_t n;
+    const char *metric;
+} metric_series;
+
+static bool metric_series_fn(void *ctx, const tsdb_series *s)
+{
+    metric_series *m = ctx;
+    if (s->type != TSDB_STRING && m->n < 64) m->ids[m->n++] = s->id;
+    return true;
+}
+
+/* Aggregates every numeric series of (device, metric) into nbins bins of
+ * step from t0 (all tag sets merged). out has nbins cells. */
+static thz_err agg_metric(int64_t tenant, const char *id, const char *metric, int64_t t0,
+                          int64_t t1, int64_t step, size_t nbins, tsdb_agg *out)
+{
+    memset(out, 0, nbins * sizeof *out);
+    metric_series ms = {.metric = metric};
+    tsdb_matcher m[2] = {{"device", TSDB_EQ, id}, {"metric", TSDB_EQ, metric}};
+    thz_err rc = tsdb_series_select(query_db(), tenant, m, 2, metric_series_fn, &ms);
+    if (rc && rc != THZ_ENOTFOUND) return rc;
+    if (ms.n == 0) return THZ_OK;
+    tsdb_agg *tmp = ms.n > 1 ? malloc(nbins * sizeof *tmp) : NULL;
+    if (ms.n > 1 && !tmp) return THZ_ENOMEM;
+    for (size_t k = 0; k < ms.n; k++) {
+        tsdb_agg *dst = k == 0 ? out : tmp;
+        rc = tsdb_aggregate_from(query_db(), tenant, ms.ids[k], t0, t1, t0, step, dst, nbins);
+        if (rc == THZ_EINVAL) { /* a string series: nothing to aggregate */
+            if (k == 0) memset(out, 0, nbins * sizeof *out);
+            continue;
+        }
+        if (rc) break;
+        if (k == 0) continue;
+        for (size_t i = 0; i < nbins; i++) {
+            tsdb_agg *a = &out[i], *b = &tmp[i];
+            if (!b->count) continue;
+            if (!a->count) {
+                *a = *b;
+                continue;
+            }
+            a->count += b->count;
+            a->sum += b->sum;
+            if (b->min < a->min) a->min = b->min;
+            if (b->max > a->max) a->max = b->max;
+            if (b->first_ts < a->first_ts) a->first_ts = b->first_ts, a->first = b->first;
+            if (b->last_ts >= a->last_ts) a->last_ts = b->last_ts, a->last = b->last;
+        }
+    }
+    free(tmp);
+    return rc == THZ_EINVAL ? THZ_OK : rc;
+}
+
+static cJSON *num(double v)
+{
+    return isfinite(v) ? cJSON_CreateNumber(v) : cJSON_CreateNull();
+}
+
+/* The bins as [[time, value], ...] (or [time, min, max, avg] for minmax);
+ * empty bins are left out. */
+static cJSON *bins_json(const tsdb_agg *b, size_t nbins, int64_t t0, int64_t step, const char *agg)
+{
+    cJSON *pts = cJSON_CreateArray();
+    for (size_t i = 0; i < nbins && pts; i++) {
+        const tsdb_agg *a = &b[i];
+        if (!a->count) continue;
+        cJSON *p = cJSON_CreateArray();
+        char t[48];
+        q_time_format(t0 + (int64_t)i * step, t);
+        cJSON_AddItemToArray(p, cJSON_CreateString(t));
+        double avg = a->sum / (double)a->count;
+        if (strcmp(agg, "minmax") == 0) {
+            cJSON_AddItemToArray(p, num(a->min));
+            cJSON_AddItemToArray(p, num(a->max));
+            cJSON_AddItemToArray(p, num(avg));
+        } else {
+            double v = strcmp(agg, "min") == 0     ? a->min
+                       : strcmp(agg, "max") == 0   ? a->max
+                       : strcmp(agg, "sum") == 0   ? a->sum
+                       : strcmp(agg, "count") == 0 ? (double)a->count
+                       : strcmp(agg, "first") == 0 ? a->first
+                       : strcmp(agg, "last") == 0  ? a->last
+                                                   : avg;
+            cJSON_AddItemToArray(p, num(v));
+        }
+        cJSON_AddItemToArray(pts, p);
+    }
+    return pts;
+}
+
+/* An interval literal (digits then ns, us, ms, s, m, h or d) in ns; 0 if bad. */
+static int64_t interval_ns(const char *s)
+{
+    static const struct {
+        const char *u;
+        int64_t ns;
+    } units[] = {{"ns", 1},
+                 {"us", 1000},
+                 {"ms", 1000000},
+                 {"s", 1000000000LL},
+                 {"m", 60000000000LL},
+                 {"h", 3600000000000LL},
+                 {"d", 86400000000000LL}};
+    size_t k = 0;
+    while (isdigit((unsigned char)s[k])) k++;
+    if (!k || k > 12) return 0;
+    int64_t v = strtoll(s, NULL, 10);
+    for (size_t i = 0; i < sizeof units / sizeof units[0]; i++)
+        if (strcmp(s + k, units[i].u) == 0) {
+            if (v <= 0 || v > INT64_MAX / units[i].ns) return 0;
+            return v * units[i].ns;
+        }
+    return 0;
+}
+
 void op_device_telemetry(api_call *c)
 {
     const char *id = http_req_param(c->req, "id");
@@ -236,9 +358,19 @@ void op_device_telemetry(api_call *c)
     int ht = http_req_query(c->req, "to", to, sizeof to);
     int hs = http_req_query(c->req, "step", step, sizeof step);
     int ha = http_req_query(c->req, "agg", agg, sizeof agg);
+    char points[16];
+    int hp = http_req_query(c->req, "points", points, sizeof points);
     if (hm <= 0 || !*metric) return bad(c, "metric is required (metric=name, several: metric=a,b)");
-    if (hf < 0 || ht < 0 || hs < 0 || ha < 0)
+    if (hf < 0 || ht < 0 || hs < 0 || ha < 0 || hp < 0)
         return bad(c, "a query parameter is too long or badly encoded");
+    long npoints = 0;
+    if (hp > 0) {
+        char *end;
+        npoints = strtol(points, &end, 10);
+        if (!*points || *end || npoints < 1 || npoints > MAX_BINS)
+            return bad(c, "points must be an integer from 1 to 10000");
+    }
+    bool minmax = ha > 0 && strcmp(agg, "minmax") == 0;
     if (!have_db(c)) return;
     int64_t now = now_ns(), t0 = now - 3600000000000LL, t1 = now + 1;
     if (hf > 0 && !parse_time(from, &t0))
@@ -257,10 +389,26 @@ void op_device_telemetry(api_call *c)
             strspn(step, "0") == k)
             return bad(c, "step must be an interval such as 30s, 5m, 1h or 1d");
     }
-    if (ha > 0 && !(strcmp(agg, "avg") == 0 || strcmp(agg, "min") == 0 || strcmp(agg, "max") == 0 ||
-                    strcmp(agg, "sum") == 0 || strcmp(agg, "count") == 0 ||
-                    strcmp(agg, "first") == 0 || strcmp(agg, "last") == 0))
-        return bad(c, "agg must be avg, min, max, sum, count, first or last");
+    if (ha > 0 && !minmax &&
+        !(strcmp(agg, "avg") == 0 || strcmp(agg, "min") == 0 || strcmp(agg, "max") == 0 ||
+          strcmp(agg, "sum") == 0 || strcmp(agg, "count") == 0 || strcmp(agg, "first") == 0 ||
+          strcmp(agg, "last") == 0))
+        return bad(c, "agg must be avg, min, max, sum, count, first, last or minmax");
+    /* Downsampled from the engine: points= (step chosen so that at most
+     * that many bins cover the range) or minmax (with step=). */
+    int64_t dstep = 0;
+    size_t nbins = 0;
+    if (npoints > 0) {
+        dstep = (t1 - t0 + npoints - 1) / npoints;
+        if (dstep < 1) dstep = 1;
+    } else if (minmax) {
+        if (hs <= 0) return bad(c, "agg=minmax needs points= or step=");
+        dstep = interval_ns(step);
+    }
+    if (dstep) {
+        nbins = (size_t)((t1 - t0 + dstep - 1) / dstep);
+        if (nbins > MAX_BINS) return bad(c, "step is too small for the range (at most 10000 bins)");
+    }
     dev_series d = {0};
     if (!device_known(c, id, &d)) return;
     cJSON *o = cJSON_CreateObject();
@@ -271,9 +419,20 @@ void op_device_telemetry(api_call *c)
     if (nmetrics > 1) series = cJSON_AddArrayToObject(o, "series");
     char *save = NULL;
     for (char *m = strtok_r(metric, ",", &save); m; m = strtok_r(NULL, ",", &save)) {
-        bool ok;
-        cJSON *pts =
-            metric_points(c, id, m, t0, t1, hs > 0 ? step : NULL, ha > 0 ? agg : "avg", &ok);
+        bool ok = true;
+        cJSON *pts;
+        if (dstep) {
+            tsdb_agg *b = malloc(nbins * sizeof *b);
+            thz_err rc = b ? agg_metric(c->p.tenant, id, m, t0, t1, dstep, nbins, b) : THZ_ENOMEM;
+            pts = rc ? NULL : bins_json(b, nbins, t0, dstep, ha > 0 ? agg : "avg");
+            free(b);
+            if (rc) {
+                c->rc = rc;
+                ok = false;
+            }
+        } else {
+            pts = metric_points(c, id, m, t0, t1, hs > 0 ? step : NULL, ha > 0 ? agg : "avg", &ok);
+        }
         if (!ok) {
             cJSON_Delete(o);
             return;
@@ -353,6 +512,91 @@ void op_device_latest(api_call *c)
         case TSDB_STRING: cJSON_AddStringToObject(e, "value", l.s); break;
         }
     }
+    c->out = o;
+    c->status = 200;
+    c->rc = THZ_OK;
+}
+
+/* ---- GET /fleet/sparklines ---- */
+
+typedef struct names {
+    char *v[256];
+    size_t n;
+} names;
+
+static bool numeric_metric_fn(void *ctx, const tsdb_series *s)
+{
+    names *m = ctx;
+    if (s->type == TSDB_STRING || m->n == 256) return true;
+    for (size_t i = 0; i < m->n; i++)
+        if (strcmp(m->v[i], s->metric) == 0) return true;
+    m->v[m->n++] = (char *)s->metric;
+    return true;
+}
+
+#define SPARK_MAX_IDS 200
+
+void op_fleet_sparklines(api_call *c)
+{
+    static __thread char ids[HTTP_MAX_URL];
+    char minutes[16], points[16];
+    int hi = http_req_query(c->req, "ids", ids, sizeof ids);
+    int hm = http_req_query(c->req, "minutes", minutes, sizeof minutes);
+    int hp = http_req_query(c->req, "points", points, sizeof points);
+    if (hi <= 0) return bad(c, "ids is required: device ids separated by commas");
+    if (hm < 0 || hp < 0) return bad(c, "a query parameter is too long or badly encoded");
+    long nmin = 60, npts = 30;
+    char *end;
+    if (hm > 0 && ((nmin = strtol(minutes, &end, 10)) < 1 || nmin > 43200 || *end || !*minutes))
+        return bad(c, "minutes must be an integer from 1 to 43200");
+    if (hp > 0 && ((npts = strtol(points, &end, 10)) < 1 || npts > 1000 || *end || !*points))
+        return bad(c, "points must be an integer from 1 to 1000");
+    size_t nids = 1;
+    for (char *p = ids; *p; p++) nids += *p == ',';
+    if (nids > SPARK_MAX_IDS) return bad(c, "at most 200 ids");
+    if (!have_db(c)) return;
+    int64_t t1 = now_ns() + 1, t0 = t1 - (int64_t)nmin * 60000000000LL;
+    int64_t stepns = (t1 - t0 + npts - 1) / npts;
+    size_t nbins = (size_t)((t1 - t0 + stepns - 1) / stepns);
+    tsdb_agg *b = malloc(nbins * sizeof *b);
+    cJSON *o = cJSON_CreateObject(), *devs = cJSON_AddObjectToObject(o, "devices");
+    if (!b || !devs) {
+        free(b);
+        cJSON_Delete(o);
+        c->rc = THZ_ENOMEM;
+        return;
+    }
+    char *save = NULL;
+    for (char *id = strtok_r(ids, ",", &save); id; id = strtok_r(NULL, ",", &save)) {
+        if (cJSON_GetObjectItemCaseSensitive(devs, id)) continue;
+        cJSON *dev = NULL;
+        if (reg_device_get(c->r, c->p.tenant, id, &dev) != THZ_OK) continue; /* unknown: omitted */
+        const cJSON *attrs = cJSON_GetObjectItemCaseSensitive(dev, "attributes");
+        const cJSON *mm = cJSON_GetObjectItemCaseSensitive(attrs, "main_metric");
+        char metric[257] = "";
+        if (cJSON_IsString(mm) && mm->valuestring[0]) {
+            snprintf(metric, sizeof metric, "%s", mm->valuestring);
+        } else {
+            names nm = {0};
+            tsdb_matcher m = {"device", TSDB_EQ, id};
+            tsdb_series_select(query_db(), c->p.tenant, &m, 1, numeric_metric_fn, &nm);
+            for (size_t i = 0; i < nm.n; i++)
+                if (!metric[0] || strcmp(nm.v[i], metric) < 0)
+                    snprintf(metric, sizeof metric, "%s", nm.v[i]);
+        }
+        cJSON_Delete(dev);
+        cJSON *e = cJSON_AddObjectToObject(devs, id);
+        if (!metric[0]) {
+            cJSON_AddNullToObject(e, "metric");
+            cJSON_AddArrayToObject(e, "points");
+            continue;
+        }
+        cJSON_AddStringToObject(e, "metric", metric);
+        thz_err rc = agg_metric(c->p.tenant, id, metric, t0, t1, stepns, nbins, b);
+        cJSON *pts = rc ? cJSON_CreateArray() : bins_json(b, nbins, t0, stepns, "avg");
+        cJSON_AddItemToObject(e, "points", pts);
+    }
+    free(b);
     c->out = o;
     c->status = 200;
     c->rc = THZ_OK;

@@ -316,5 +316,14 @@ const api_route api_routes[] = {
     {HTTP_POST, "/api/v1/admin/backup", API_SUPER | API_BODY, A, op_backup},
 
     {HTTP_GET, "/api/v1/openapi.json", API_NOAUTH | API_FAST, V, op_openapi},
+    /* the live web dashboard (live_ops.c, query_ops.c) */
+    {HTTP_GET, "/api/v1/devices/{id}/events", 0, V, op_device_events},
+    {HTTP_GET, "/api/v1/devices/{id}/messages", API_FAST, V, op_device_messages},
+    {HTTP_GET, "/api/v1/fleet/sparklines", 0, V, op_fleet_sparklines},
+    {HTTP_GET, "/api/v1/dashboards", 0, V, op_dashboard_list},
+    {HTTP_POST, "/api/v1/dashboards", API_BODY, O, op_dashboard_create},
+    {HTTP_GET, "/api/v1/dashboards/{id}", 0, V, op_dashboard_get},
+    {HTTP_PUT, "/api/v1/dashboards/{id}", API_BODY, O, op_dashboard_update},
+    {HTTP_DELETE, "/api/v1/dashboards/{id}", 0, O, op_dashboard_delete},
     {0, NULL, 0, 0, NULL},
 };

@@ -172,6 +172,8 @@ thz_err http_route_ws(const char *pattern, const char *subprotocols, const http_
  * for the peer (a slow reader: drop the message or close), THZ_EPROTO after
  * the close handshake began, THZ_EINVAL for another opcode. */
 thz_err http_ws_send(http_ws *ws, int opcode, const void *p, size_t n);
+/* Bytes queued by http_ws_send that the peer has not taken yet. */
+size_t http_ws_unsent(const http_ws *ws);
 /* Starts the close handshake with code (1000 normal, 1001 going away,
  * 1008 policy...) and an optional reason (at most 123 bytes, UTF-8; longer
  * is cut). Further sends fail; on_close follows when the peer answers or

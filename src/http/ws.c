@@ -368,6 +368,11 @@ thz_err http_ws_send(http_ws *ws, int opcode, const void *p, size_t n)
     return THZ_OK;
 }
 
+size_t http_ws_unsent(const http_ws *ws)
+{
+    return ws->queued + ws->io->unsent(ws->conn);
+}
+
 void http_ws_close(http_ws *ws, uint16_t code, const char *reason)
 {
     close_with(ws, code, reason);

@@ -775,10 +775,29 @@ static void outbox_flush(worker *w)
     }
 }
 
+static mqtt_publish_fn pub_observer;
+static void *pub_observer_ctx;
+
+void mqtt_on_publish(mqtt_publish_fn fn, void *ctx)
+{
+    pub_observer_ctx = ctx;
+    pub_observer = fn;
+}
+
+/* Tells the publish observer about m: tenant from the topic's prefix. */
+static void observe_publish(const msg *m)
+{
+    size_t base = topic_tenant_base(m->topic, m->topic_len);
+    int64_t tenant = base ? strtoll(m->topic + 3, NULL, 10) : REG_DEFAULT_TENANT;
+    pub_observer(pub_observer_ctx, tenant, m->topic + base, m->topic_len - base, m->payload,
+                 m->payload_len, m->qos, m->retain);
+}
+
 /* Routes m (which the caller keeps its own reference to) to every matching
  * session. origin is the publishing session (No Local), or NULL. */
 void route(worker *w, msg *m, const session *origin, uint32_t *nmatched)
 {
+    if (pub_observer) observe_publish(m);
     w->nmt = 0;
     trie_read_begin(w);
     trie_match(B.root, m->topic, m->topic_len, w);

@@ -36,6 +36,17 @@ void mqtt_set_tsdb(tsdb *db);
 thz_err mqtt_publish_internal(const char *topic, const void *payload, size_t len, int qos,
                               bool retain);
 
+/* A publish observer: called for every message the broker accepts for
+ * routing (client PUBLISH, will, internal publish), before it is matched,
+ * on the routing thread (an I/O thread): tenant, the tenant-local topic
+ * (not NUL-terminated), payload, QoS and retain flag, valid during the call
+ * only. It must be quick and must not block or publish (it runs under the
+ * broker's routing locks): check the topic first, copy what it keeps. One
+ * observer; set it before net_start. */
+typedef void (*mqtt_publish_fn)(void *ctx, int64_t tenant, const char *topic, size_t topic_len,
+                                const uint8_t *payload, size_t len, int qos, bool retain);
+void mqtt_on_publish(mqtt_publish_fn fn, void *ctx);
+
 typedef struct mqtt_stats {
     uint64_t clients_connected;
     uint64_t sessions;

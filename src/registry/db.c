@@ -90,6 +90,28 @@ static const char *const migrations[] = {
     "  FOREIGN KEY(tenant_id, device_id) REFERENCES devices(tenant_id, id) ON DELETE CASCADE"
     ") WITHOUT ROWID;"
     "CREATE INDEX group_members_device ON group_members(tenant_id, device_id);",
+    /* 2: connection history (the last 200 per device, trimmed by the
+     * background thread) and the web dashboards. */
+    "CREATE TABLE device_events("
+    "  id INTEGER PRIMARY KEY,"
+    "  tenant_id INTEGER NOT NULL,"
+    "  device_id TEXT NOT NULL,"
+    "  time INTEGER NOT NULL,"
+    "  type TEXT NOT NULL CHECK(type IN ('connected','disconnected')),"
+    "  address TEXT,"
+    "  protocol TEXT,"
+    "  client_id TEXT,"
+    "  reason TEXT,"
+    "  FOREIGN KEY(tenant_id, device_id) REFERENCES devices(tenant_id, id) ON DELETE CASCADE);"
+    "CREATE INDEX device_events_device ON device_events(tenant_id, device_id, id);"
+    "CREATE TABLE dashboards("
+    "  id INTEGER PRIMARY KEY,"
+    "  tenant_id INTEGER NOT NULL REFERENCES tenants(id) ON DELETE CASCADE,"
+    "  title TEXT NOT NULL,"
+    "  definition TEXT NOT NULL,"
+    "  created_at INTEGER NOT NULL,"
+    "  updated_at INTEGER NOT NULL);"
+    "CREATE INDEX dashboards_tenant ON dashboards(tenant_id);",
 };
 #define N_MIGRATIONS ((int)(sizeof migrations / sizeof migrations[0]))
 
@@ -349,6 +371,7 @@ thz_err reg_backup(registry *r, const char *dir, char err[REG_ERR_LEN])
     thz_err e = make_dirs(dir, err);
     if (e != THZ_OK) return e;
     reg__persist(r); /* presence as of now goes into the copy */
+    reg__persist_events(r);
     char path[4200];
     snprintf(path, sizeof path, "%s/registry.db", dir);
     pthread_mutex_lock(&r->dbMu);

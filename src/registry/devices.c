@@ -54,6 +54,11 @@ static reg_dev *dev_find(registry *r, int64_t tenant, const char *id)
     return t ? hmap_get(&t->devs, id, strlen(id)) : NULL;
 }
 
+reg_dev *reg__dev_find(registry *r, int64_t tenant, const char *id)
+{
+    return dev_find(r, tenant, id);
+}
+
 static thz_err grow(void **a, size_t *cap, size_t n, size_t size)
 {
     if (n < *cap) return THZ_OK;

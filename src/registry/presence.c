@@ -44,6 +44,7 @@ void reg_dev_release(reg_dev *d)
     cJSON_Delete(d->attrs);
     cJSON_Delete(d->groups);
     free(d->zReason);
+    free(d->zClientId);
     free(d->zTelemetryError);
     pthread_mutex_destroy(&d->pmu);
     free(d);
@@ -98,7 +99,7 @@ void reg__presence_json(reg_dev *d, cJSON *o)
 
 uint64_t reg_presence_connect(registry *r, reg_dev *d, const reg_conn_info *ci)
 {
-    (void)r;
+    char *cid = ci && ci->client_id ? strndup(ci->client_id, 256) : NULL;
     pthread_mutex_lock(&d->pmu);
     /* The counters since connect start again; what they held moves into the totals. */
     for (int i = 0; i < CNT_N; i++) {
@@ -112,15 +113,23 @@ uint64_t reg_presence_connect(registry *r, reg_dev *d, const reg_conn_info *ci)
     d->keepAlive = ci ? ci->keep_alive : 0;
     uint64_t v = d->connVersion = ++d->version;
     d->dirty = true;
+    free(d->zClientId);
+    d->zClientId = cid;
+    int64_t at = d->connectedSince;
     pthread_mutex_unlock(&d->pmu);
+    if (r)
+        reg__event(r, d, true, at, ci ? ci->address : NULL, ci ? ci->protocol_version : 0,
+                   ci ? ci->client_id : NULL, NULL);
     return v;
 }
 
 uint64_t reg_presence_disconnect(registry *r, reg_dev *d, uint64_t version, const char *reason)
 {
-    (void)r;
     char *z = strdup(reason ? reason : "");
     uint64_t v = 0;
+    char addr[64], cid[260] = "";
+    int pv = 0;
+    int64_t at = 0;
     pthread_mutex_lock(&d->pmu);
     /* A takeover connects the new connection before the old one closes: the
      * old close names an older version and changes nothing. */
@@ -132,9 +141,14 @@ uint64_t reg_presence_disconnect(registry *r, reg_dev *d, uint64_t version, cons
         z = NULL;
         v = ++d->version;
         d->dirty = true;
+        memcpy(addr, d->zAddr, sizeof addr);
+        snprintf(cid, sizeof cid, "%s", d->zClientId ? d->zClientId : "");
+        pv = d->protocolVersion;
+        at = d->lastSeen;
     }
     pthread_mutex_unlock(&d->pmu);
     free(z);
+    if (v && r) reg__event(r, d, false, at, addr, pv, cid[0] ? cid : NULL, reason);
     return v;
 }
 
@@ -319,6 +333,7 @@ static void *bg_main(void *arg)
         pthread_mutex_unlock(&r->bgMu);
         if (stop) break;
         reg__persist(r);
+        reg__persist_events(r);
         sample_rates(r);
         reg__sweep_tokens(r);
     }
@@ -343,10 +358,47 @@ void reg__bg_stop(registry *r)
         pthread_join(r->bg, NULL);
         r->bgStarted = false;
         reg__persist(r);
+        reg__persist_events(r);
     }
 }
 
 /* ---------------------------------------------------------------- fleet */
+
+bool reg_device_exists(registry *r, int64_t tenant, const char *id, size_t idlen)
+{
+    char key[REG_ID_MAX + 1];
+    if (idlen == 0 || idlen > REG_ID_MAX) return false;
+    memcpy(key, id, idlen);
+    key[idlen] = 0;
+    pthread_rwlock_rdlock(&r->lock);
+    bool found = reg__dev_find(r, tenant, key) != NULL;
+    pthread_rwlock_unlock(&r->lock);
+    return found;
+}
+
+thz_err reg_fleet_counters(registry *r, int64_t tenant, reg_counters_fn fn, void *ctx)
+{
+    int64_t now = reg__now_ms();
+    pthread_rwlock_rdlock(&r->lock);
+    reg_tenant *t = reg__tenant(r, tenant);
+    if (t == NULL) {
+        pthread_rwlock_unlock(&r->lock);
+        return THZ_ENOTFOUND;
+    }
+    for (size_t i = 0; i < t->nDev; i++) {
+        reg_dev *d = t->sorted[i];
+        uint64_t tot[CNT_N];
+        totals(d, tot);
+        reg_dev_counters c = {.id = d->zId, .msgs_in = tot[CNT_MSGS_IN]};
+        pthread_mutex_lock(&d->pmu);
+        c.online = d->online;
+        c.last_seen_ms = d->online ? now : d->lastSeen;
+        pthread_mutex_unlock(&d->pmu);
+        fn(ctx, &c);
+    }
+    pthread_rwlock_unlock(&r->lock);
+    return THZ_OK;
+}
 
 thz_err reg_fleet_summary(registry *r, int64_t tenant, cJSON **out)
 {

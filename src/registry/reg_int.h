@@ -64,6 +64,7 @@ struct reg_dev {
     char zAddr[64];
     int protocolVersion, keepAlive;
     char *zReason;
+    char *zClientId; /* of the latest connection */
     uint64_t version;
     uint64_t telemetryErrors;  /* payloads the ingest refused, since start */
     char *zTelemetryError;     /* the last refusal's message */
@@ -121,6 +122,13 @@ struct registry {
     reg_revoke_fn onRevoke;
     void *revokeCtx;
 
+    /* Connection events waiting for the background thread (events.c). */
+    pthread_mutex_t evMu;
+    struct reg_event *ev;
+    size_t nEv, capEv;
+    reg_presence_fn onPresence;
+    void *presenceCtx;
+
     pthread_mutex_t persistMu; /* one persister at a time */
     pthread_t bg;
     bool bgStarted;
@@ -172,6 +180,19 @@ thz_err reg__load_devices(registry *r, char *err);
 void reg__tenant_free(reg_tenant *t);
 /* The device object (with presence); under registry.lock. */
 cJSON *reg__dev_json(const reg_dev *d);
+
+/* Lookup under registry.lock. */
+reg_dev *reg__dev_find(registry *r, int64_t tenant, const char *id);
+
+/* ---- events.c: connection history ---- */
+
+/* Queues a connection event of d (called by presence.c, no lock held) and
+ * tells the presence observer. */
+void reg__event(registry *r, reg_dev *d, bool online, int64_t at, const char *address,
+                int protocol_version, const char *client_id, const char *reason);
+/* Writes the queued events (background thread, reg_device_events, close). */
+void reg__persist_events(registry *r);
+void reg__events_free(registry *r);
 
 /* ---- presence.c: reg_dev lifetime, presence, the background thread ---- */
 

@@ -429,6 +429,7 @@ thz_err reg_open(const char *data_dir, registry **out, char err[REG_ERR_LEN])
     pthread_rwlock_init(&r->lock, NULL);
     pthread_mutex_init(&r->bgMu, NULL);
     pthread_mutex_init(&r->persistMu, NULL);
+    pthread_mutex_init(&r->evMu, NULL);
     pthread_cond_init(&r->bgCond, NULL);
     thz_err e = THZ_OK;
     char path[4200];
@@ -492,6 +493,8 @@ void reg_close(registry *r)
     pthread_rwlock_destroy(&r->lock);
     pthread_mutex_destroy(&r->bgMu);
     pthread_mutex_destroy(&r->persistMu);
+    reg__events_free(r);
+    pthread_mutex_destroy(&r->evMu);
     pthread_cond_destroy(&r->bgCond);
     free(r);
 }

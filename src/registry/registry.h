@@ -219,4 +219,64 @@ void reg_telemetry_error(registry *r, int64_t tenant, const char *id, size_t idl
 void reg_presence_count(reg_dev *d, uint64_t msgs_in, uint64_t bytes_in, uint64_t msgs_out,
                         uint64_t bytes_out);
 
+/* ---- connection history, presence observers, fleet counters ---- */
+
+/* A presence change of a registry device, as reg_presence_connect and
+ * reg_presence_disconnect record it. Strings are NUL-terminated and valid
+ * during the call only; absent ones are NULL (reason is set on disconnect
+ * only). */
+typedef struct reg_presence_event {
+    int64_t tenant;
+    const char *device;
+    bool online;     /* connected (true) or disconnected */
+    int64_t time_ms; /* ms since the epoch */
+    const char *address, *protocol, *client_id, *reason;
+} reg_presence_event;
+/* Called on the thread that recorded the change (a broker I/O thread),
+ * outside every registry lock; it must be quick and must not block. One
+ * observer; set it before the broker starts. */
+typedef void (*reg_presence_fn)(const reg_presence_event *ev, void *ctx);
+void reg_on_presence(registry *r, reg_presence_fn fn, void *ctx);
+
+#define REG_EVENTS_KEPT 200 /* connection events kept per device */
+/* The connection history of a device, newest first, at most limit (1..500):
+ * {"events":[{"time","type":"connected"|"disconnected","address",
+ * "protocol","client_id","reason"}]} (absent fields omitted). Events are
+ * queued in memory and written in batches by the background thread; this
+ * call writes the queue first, so it sees every recorded event. */
+thz_err reg_device_events(registry *r, int64_t tenant, const char *id, int limit, cJSON **out);
+
+/* [fast] Is id (idlen bytes, not NUL-terminated) a device of tenant? */
+bool reg_device_exists(registry *r, int64_t tenant, const char *id, size_t idlen);
+
+/* [fast] What the live fleet view shows of one device. */
+typedef struct reg_dev_counters {
+    const char *id; /* valid during the call */
+    bool online;
+    int64_t last_seen_ms; /* now when online; the disconnect time; 0 never */
+    uint64_t msgs_in;     /* messages received from it, ever */
+} reg_dev_counters;
+/* [fast] Calls fn for every device of tenant in id order, under the
+ * registry's read lock: fn must be quick and must not call the registry. */
+typedef void (*reg_counters_fn)(void *ctx, const reg_dev_counters *c);
+thz_err reg_fleet_counters(registry *r, int64_t tenant, reg_counters_fn fn, void *ctx);
+
+/* ---- dashboards (per tenant) ---- */
+
+#define REG_DASHBOARDS_MAX     1000        /* per tenant: THZ_EQUOTA past it */
+#define REG_DASHBOARD_DEF_MAX  (256 * 1024) /* bytes of the printed definition */
+#define REG_DASHBOARD_TITLE_MAX 200
+
+/* {"dashboards":[{"id","title","created_at","updated_at"}]} by id. */
+thz_err reg_dashboard_list(registry *r, int64_t tenant, cJSON **out);
+/* The full object {"id","title","definition","created_at","updated_at"}. */
+thz_err reg_dashboard_get(registry *r, int64_t tenant, int64_t id, cJSON **out);
+/* body {"title": 1..200 chars, "definition": object <= 256 KiB}; other
+ * fields (an exported dashboard's id, dates) are ignored. */
+thz_err reg_dashboard_create(registry *r, int64_t tenant, const cJSON *body, cJSON **out,
+                             char err[REG_ERR_LEN]);
+thz_err reg_dashboard_update(registry *r, int64_t tenant, int64_t id, const cJSON *body,
+                             cJSON **out, char err[REG_ERR_LEN]);
+thz_err reg_dashboard_delete(registry *r, int64_t tenant, int64_t id);
+
 #endif

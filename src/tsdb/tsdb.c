@@ -520,9 +520,17 @@ out:
         return rc;
     }
     atomic_fetch_add(&db->points_written, n);
+    tsdb_write_fn obs = atomic_load_explicit(&db->on_write, memory_order_acquire);
+    if (obs) obs(atomic_load_explicit(&db->on_write_ctx, memory_order_relaxed), tenant, pts, n);
     if (done && db->o.fsync == TSDB_FSYNC_EVERYSEC) done(ctx, THZ_OK);
     if (atomic_load(&db->head_points) > TSDB_HEAD_MAX) pthread_cond_signal(&db->bg_cv);
     return THZ_OK;
+}
+
+void tsdb_on_write(tsdb *db, tsdb_write_fn fn, void *ctx)
+{
+    if (fn) atomic_store_explicit(&db->on_write_ctx, ctx, memory_order_relaxed);
+    atomic_store_explicit(&db->on_write, fn, memory_order_release);
 }
 
 /* ---- reading: head snapshot + blocks, merged per window ---- */

@@ -92,6 +92,16 @@ typedef void (*tsdb_done_fn)(void *ctx, thz_err rc);
 thz_err tsdb_write(tsdb *db, int64_t tenant, const tsdb_point *pts, size_t n, tsdb_done_fn done,
                    void *ctx, char err[TSDB_ERR_LEN]);
 
+/* A write observer: called by tsdb_write after every successful write with
+ * its tenant and points (valid during the call only), on the writer's thread
+ * (an I/O thread for MQTT telemetry). It must be quick, must not block and
+ * must not call tsdb_write. One observer per database; fn NULL removes it.
+ * While none is set a write pays one atomic load for this. The observer may
+ * set and clear itself at any time (ctx must stay valid as long as it could
+ * still be called: set it once and keep it). */
+typedef void (*tsdb_write_fn)(void *ctx, int64_t tenant, const tsdb_point *pts, size_t n);
+void tsdb_on_write(tsdb *db, tsdb_write_fn fn, void *ctx);
+
 /* Builds the canonical tag set of n key/value pairs (any order; keys unique,
  * 1..128 bytes, values 0..256, no ',' or '=' in keys or values... escaped as
  * in the line protocol) into out. Returns the length, or -1 (bad or too

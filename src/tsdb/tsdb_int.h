@@ -215,6 +215,8 @@ struct tsdb {
     _Atomic uint64_t head_points;
     _Atomic uint64_t points_written, points_rejected, fsyncs;
     _Atomic uint64_t agg_decoded; /* points tsdb_aggregate decoded (tests) */
+    _Atomic(tsdb_write_fn) on_write; /* tsdb_on_write */
+    void *_Atomic on_write_ctx;
     uint64_t ckpt_seq;            /* segments <= this are covered by the checkpoint */
 };
 

@@ -57,6 +57,15 @@ EXPECTED_ROUTES = {
     ("get", "/api/v1/retention"),
     ("put", "/api/v1/retention"),
     ("post", "/api/v1/admin/backup"),
+    # the live web dashboard (test_webapi.py)
+    ("get", "/api/v1/devices/{id}/events"),
+    ("get", "/api/v1/devices/{id}/messages"),
+    ("get", "/api/v1/fleet/sparklines"),
+    ("get", "/api/v1/dashboards"),
+    ("post", "/api/v1/dashboards"),
+    ("get", "/api/v1/dashboards/{id}"),
+    ("put", "/api/v1/dashboards/{id}"),
+    ("delete", "/api/v1/dashboards/{id}"),
 }
 
 # The routes that need a token, with a concrete path.
