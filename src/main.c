@@ -15,6 +15,7 @@
 #include "core/version.h"
 #include "http/http.h"
 #include "ingest/ingest.h"
+#include "metrics/metrics.h"
 #include "mqtt/mqtt.h"
 #include "net/net.h"
 #include "query/query.h"
@@ -163,7 +164,8 @@ static int cmd_serve(int argc, char **argv)
     mqtt_set_registry(reg);
     mqtt_set_tsdb(db);
     if (http_start(&cfg, a) != THZ_OK || api_start(reg) != THZ_OK ||
-        ingest_start(db, reg) != THZ_OK || query_start(db) != THZ_OK || net_start() != THZ_OK) {
+        ingest_start(db, reg) != THZ_OK || query_start(db) != THZ_OK ||
+        metrics_start(&cfg, reg, db) != THZ_OK || net_start() != THZ_OK) {
         log_error("main", "startup failed");
         return 1;
     }

@@ -43,6 +43,7 @@
 
 #include "core/crc32c.h"
 #include "core/log.h"
+#include "metrics/metrics.h"
 #include "tsdb/tsdb_int.h"
 
 static int64_t now_ms(void)
@@ -377,7 +378,9 @@ static bool write_all(int fd, const uint8_t *p, size_t n)
 
 static bool do_sync(tsdb *db)
 {
+    double t0 = metrics_now();
     if (fdatasync(db->wal.fd) < 0) return false;
+    metrics_wal_fsync(metrics_now() - t0);
     atomic_fetch_add(&db->fsyncs, 1);
     db->wal.last_sync_ms = now_ms();
     return true;
