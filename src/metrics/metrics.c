@@ -415,6 +415,8 @@ static thz_err render_histogram(thz_buf *out, const metrics_histogram *h, const 
 
 thz_err metrics_render(thz_buf *out)
 {
+    /* the collectors first: process and build information lead */
+    for (int i = 0; i < ncollectors; i++) collectors[i].fn(out, collectors[i].ctx);
     thz_err rc = metrics_write_family(out, "thinghz_tsdb_points_written_total",
                                       "Telemetry points written to the time-series engine, by "
                                       "tenant id (rate() gives the ingest rate).",
@@ -462,9 +464,6 @@ thz_err metrics_render(thz_buf *out)
         metrics_label l = {"state", "running"};
         rc = metrics_write_sample_u64(out, "thinghz_worker_pool_requests", NULL, &l, 1,
                                       s > f ? s - f : 0);
-    }
-    for (int i = 0; i < ncollectors && !rc; i++) {
-        collectors[i].fn(out, collectors[i].ctx);
     }
     return rc;
 }
