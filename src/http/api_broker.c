@@ -202,8 +202,7 @@ static http_result post_topic(http_request *req, http_response *res, void *ctx)
         if (cw && (cw->user = strdup(user)) && (cw->pass = strdup(pass))) {
             cw->req.data = cw;
             cw->hreq = req;
-            if (uv_queue_work(net_loop(net_self()), &cw->req, cred_work_run, cred_work_done) ==
-                0) {
+            if (uv_queue_work(net_loop(net_self()), &cw->req, cred_work_run, cred_work_done) == 0) {
                 metrics_pool_queued();
                 return HTTP_PENDING;
             }

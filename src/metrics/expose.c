@@ -130,8 +130,7 @@ static void collect_mqtt(w *x, const mqtt_stats *m)
     one(x, "thinghz_mqtt_sessions", "MQTT sessions (online and persistent offline ones).",
         METRICS_GAUGE, m->sessions);
     one(x, "thinghz_mqtt_subscriptions", "MQTT subscriptions.", METRICS_GAUGE, m->subscriptions);
-    one(x, "thinghz_mqtt_retained_messages", "Retained MQTT messages.", METRICS_GAUGE,
-        m->retained);
+    one(x, "thinghz_mqtt_retained_messages", "Retained MQTT messages.", METRICS_GAUGE, m->retained);
     one(x, "thinghz_mqtt_messages_received_total", "PUBLISH packets received from clients.",
         METRICS_COUNTER, m->msgs_received);
     one(x, "thinghz_mqtt_messages_sent_total", "PUBLISH packets delivered to subscribers.",
@@ -156,8 +155,8 @@ static void collect_mqtt(w *x, const mqtt_stats *m)
         "QoS 1/2 messages sent and not yet acknowledged (sampled every 250 ms).", METRICS_GAUGE,
         m->inflight_messages);
     one(x, "thinghz_mqtt_outbound_pending_bytes",
-        "Encoded MQTT output the sockets have not taken yet (sampled every 250 ms).",
-        METRICS_GAUGE, m->outbuf_bytes);
+        "Encoded MQTT output the sockets have not taken yet (sampled every 250 ms).", METRICS_GAUGE,
+        m->outbuf_bytes);
 }
 
 static void collect_http(w *x)
@@ -166,8 +165,8 @@ static void collect_http(w *x)
     http_get_stats(&h);
     one(x, "thinghz_http_connections", "HTTP connections open now, WebSockets included.",
         METRICS_GAUGE, h.connections);
-    one(x, "thinghz_http_connections_accepted_total", "HTTP connections accepted.",
-        METRICS_COUNTER, h.connections_total);
+    one(x, "thinghz_http_connections_accepted_total", "HTTP connections accepted.", METRICS_COUNTER,
+        h.connections_total);
     one(x, "thinghz_http_connections_refused_total",
         "HTTP connections answered 503 because an I/O thread was at its connection limit.",
         METRICS_COUNTER, h.connections_refused);
@@ -189,15 +188,15 @@ static void collect_http(w *x)
 static void collect_tsdb(w *x, const tsdb_stats *t)
 {
     one(x, "thinghz_tsdb_series", "Time series in the engine.", METRICS_GAUGE, t->series);
-    one(x, "thinghz_tsdb_head_points", "Points in memory, not yet cut into blocks.",
-        METRICS_GAUGE, t->head_points);
+    one(x, "thinghz_tsdb_head_points", "Points in memory, not yet cut into blocks.", METRICS_GAUGE,
+        t->head_points);
     one(x, "thinghz_tsdb_blocks", "Block files.", METRICS_GAUGE, t->blocks);
     one(x, "thinghz_tsdb_disk_bytes", "Bytes on disk: blocks, index and WAL.", METRICS_GAUGE,
         t->disk_bytes);
     one(x, "thinghz_tsdb_wal_disk_bytes", "Bytes of WAL segments on disk.", METRICS_GAUGE,
         t->wal_bytes);
-    one(x, "thinghz_tsdb_wal_written_bytes_total", "Bytes the WAL thread wrote.",
-        METRICS_COUNTER, t->wal_written_bytes);
+    one(x, "thinghz_tsdb_wal_written_bytes_total", "Bytes the WAL thread wrote.", METRICS_COUNTER,
+        t->wal_written_bytes);
     one(x, "thinghz_tsdb_wal_pending_bytes",
         "WAL bytes appended and not yet written (and, under fsync always, not yet synced): the "
         "WAL queue depth.",
@@ -270,14 +269,15 @@ static bool allowed(const http_request *req, http_response *res)
         const char *t = h + 7;
         while (*t == ' ') t++;
         if (*t && REG && reg_token_check(REG, t, &p) == THZ_OK) return true;
+        /* the error first: it resets the headers */
+        http_res_error(res, 401, "unauthorized", "the token is invalid, expired or revoked");
         http_res_header(res, "WWW-Authenticate",
                         "Bearer realm=\"thinghz\", error=\"invalid_token\"");
-        http_res_error(res, 401, "unauthorized", "the token is invalid, expired or revoked");
         return false;
     }
-    http_res_header(res, "WWW-Authenticate", "Bearer realm=\"thinghz\"");
     http_res_error(res, 401, "unauthorized",
                    "/metrics needs an 'Authorization: Bearer TOKEN' header from this address");
+    http_res_header(res, "WWW-Authenticate", "Bearer realm=\"thinghz\"");
     return false;
 }
 

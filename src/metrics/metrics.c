@@ -18,8 +18,8 @@ static bool name_ok(const char *s, bool colon)
     if (!s || !*s) return false;
     for (const char *p = s; *p; p++) {
         char c = *p;
-        bool alpha = (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || c == '_' ||
-                     (colon && c == ':');
+        bool alpha =
+            (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || c == '_' || (colon && c == ':');
         if (!alpha && !(p > s && c >= '0' && c <= '9')) return false;
     }
     return true;
@@ -37,7 +37,10 @@ static thz_err put_escaped(thz_buf *out, const char *s, bool quote)
     thz_err rc = THZ_OK;
     const char *run = s;
     for (const char *p = s; *p && !rc; p++) {
-        const char *e = *p == '\\' ? "\\\\" : *p == '\n' ? "\\n" : quote && *p == '"' ? "\\\"" : NULL;
+        const char *e = *p == '\\'           ? "\\\\"
+                        : *p == '\n'         ? "\\n"
+                        : quote && *p == '"' ? "\\\""
+                                             : NULL;
         if (!e) continue;
         rc = thz_buf_append(out, run, (size_t)(p - run));
         if (!rc) rc = put(out, e);
@@ -134,8 +137,7 @@ thz_err metrics_write_sample_u64(thz_buf *out, const char *name, const char *suf
 }
 
 thz_err metrics_write_histogram(thz_buf *out, const char *name, const metrics_label *l, size_t nl,
-                                const double *bounds, size_t nb, const uint64_t *counts,
-                                double sum)
+                                const double *bounds, size_t nb, const uint64_t *counts, double sum)
 {
     uint64_t cum = 0;
     thz_err rc = THZ_OK;
@@ -281,8 +283,8 @@ static const double query_bounds[] = {0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025,
 
 enum { Q_SQL, Q_PROMQL, Q_OTHER, Q_N };
 static const char *const query_kinds[Q_N] = {"sql", "promql", "other"};
-static const char *const reject_names[METRICS_REJECT_N] = {
-    "parse", "invalid", "too_big", "series_limit", "wal_backlog", "error"};
+static const char *const reject_names[METRICS_REJECT_N] = {"parse",        "invalid",     "too_big",
+                                                           "series_limit", "wal_backlog", "error"};
 
 static struct {
     metrics_keyed points;
@@ -392,9 +394,8 @@ static void keyed_line(void *ctx, const char *key, uint64_t v)
     if (!c->rc) c->rc = metrics_write_sample_u64(c->out, c->name, NULL, &l, 1, v);
 }
 
-static thz_err render_counters(thz_buf *out, const char *name, const char *help,
-                               const char *label, const char *const *values,
-                               const metrics_counter *c, size_t n)
+static thz_err render_counters(thz_buf *out, const char *name, const char *help, const char *label,
+                               const char *const *values, const metrics_counter *c, size_t n)
 {
     thz_err rc = metrics_write_family(out, name, help, METRICS_COUNTER);
     for (size_t i = 0; i < n && !rc; i++) {
@@ -427,10 +428,10 @@ thz_err metrics_render(thz_buf *out)
         rc = kc.rc;
     }
     if (!rc)
-        rc = render_counters(out, "thinghz_tsdb_points_rejected_total",
-                             "Telemetry points the time-series engine refused, by reason.",
-                             "reason", reject_names + 1, M.points_rejected + 1,
-                             METRICS_REJECT_N - 1);
+        rc =
+            render_counters(out, "thinghz_tsdb_points_rejected_total",
+                            "Telemetry points the time-series engine refused, by reason.", "reason",
+                            reject_names + 1, M.points_rejected + 1, METRICS_REJECT_N - 1);
     if (!rc)
         rc = render_counters(out, "thinghz_telemetry_rejected_total",
                              "Telemetry payloads (MQTT messages, HTTP writes) refused, by reason.",
@@ -439,7 +440,8 @@ thz_err metrics_render(thz_buf *out)
         rc = metrics_write_family(out, "thinghz_tsdb_wal_fsync_duration_seconds",
                                   "Time one fdatasync of the time-series WAL took.",
                                   METRICS_HISTOGRAM);
-    if (!rc) rc = render_histogram(out, &M.fsync, "thinghz_tsdb_wal_fsync_duration_seconds", NULL, 0);
+    if (!rc)
+        rc = render_histogram(out, &M.fsync, "thinghz_tsdb_wal_fsync_duration_seconds", NULL, 0);
     if (!rc)
         rc = metrics_write_family(out, "thinghz_query_duration_seconds",
                                   "Time to parse, plan and execute a query, by query language.",

@@ -94,7 +94,10 @@ typedef struct metrics_histogram {
     metrics_hshard s[METRICS_SHARDS];
 } metrics_histogram;
 
-#define METRICS_HISTOGRAM_INIT(b) {.bounds = (b), .nb = sizeof(b) / sizeof((b)[0])}
+#define METRICS_HISTOGRAM_INIT(b)                                                                  \
+    {                                                                                              \
+        .bounds = (b), .nb = sizeof(b) / sizeof((b)[0])                                            \
+    }
 
 void metrics_histogram_observe(metrics_histogram *h, double v);
 /* Sums the shards: counts gets h->nb + 1 entries (not cumulative), *sum the
@@ -105,8 +108,8 @@ void metrics_histogram_read(const metrics_histogram *h, uint64_t *counts, double
  * new keys count under "other". Adding under a known key takes no lock;
  * the first add of a new key takes the table's mutex once. */
 typedef struct metrics_keyed {
-    pthread_mutex_t mu;               /* initialize with PTHREAD_MUTEX_INITIALIZER */
-    _Atomic uint32_t n;               /* keys published (slots 0..n-1 are valid) */
+    pthread_mutex_t mu;                     /* initialize with PTHREAD_MUTEX_INITIALIZER */
+    _Atomic uint32_t n;                     /* keys published (slots 0..n-1 are valid) */
     _Atomic uint16_t idx[2 * METRICS_KEYS]; /* open addressing: slot + 1, 0 = empty */
     char key[METRICS_KEYS][METRICS_KEY_LEN];
     struct {
@@ -114,7 +117,10 @@ typedef struct metrics_keyed {
     } s[METRICS_SHARDS];
 } metrics_keyed;
 
-#define METRICS_KEYED_INIT {.mu = PTHREAD_MUTEX_INITIALIZER}
+#define METRICS_KEYED_INIT                                                                         \
+    {                                                                                              \
+        .mu = PTHREAD_MUTEX_INITIALIZER                                                            \
+    }
 
 void metrics_keyed_add(metrics_keyed *k, const char *key, uint64_t n);
 /* Calls fn for every key with its summed value, in first-use order. */

@@ -1443,9 +1443,13 @@ void mqtt_stop(void)
 
 const char *mqtt_refuse_name(int reason)
 {
-    static const char *const n[MQTT_REFUSE_N] = {
-        "bad_credentials", "not_authorized", "client_id_invalid", "server_busy",
-        "unsupported_version", "malformed", "other"};
+    static const char *const n[MQTT_REFUSE_N] = {"bad_credentials",
+                                                 "not_authorized",
+                                                 "client_id_invalid",
+                                                 "server_busy",
+                                                 "unsupported_version",
+                                                 "malformed",
+                                                 "other"};
     return reason >= 0 && reason < MQTT_REFUSE_N ? n[reason] : "other";
 }
 

@@ -71,9 +71,9 @@ typedef struct mqtt_stats {
     uint64_t msgs_dropped;
     uint64_t uptime_s;
     /* For /metrics (metrics/expose.c). Counters since start: */
-    uint64_t connects_accepted;           /* CONNECTs answered with success */
-    uint64_t connects_refused[MQTT_REFUSE_N]; /* CONNACK refusals by reason */
-    uint64_t drops[MQTT_DROP_N];          /* msgs_dropped by reason */
+    uint64_t connects_accepted;                /* CONNECTs answered with success */
+    uint64_t connects_refused[MQTT_REFUSE_N];  /* CONNACK refusals by reason */
+    uint64_t drops[MQTT_DROP_N];               /* msgs_dropped by reason */
     uint64_t denied_publish, denied_subscribe; /* refused by the ACL / device policy */
     /* Gauges, sampled by each I/O thread every 250 ms: */
     uint64_t queued_messages;   /* waiting in session queues (online and offline) */

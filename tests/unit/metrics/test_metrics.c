@@ -104,8 +104,7 @@ static void histogram_is_cumulative_with_inf_sum_and_count(void **state)
     assert_int_equal(metrics_write_histogram(&b, "h", NULL, 0, bounds, 0, counts, 0), THZ_OK);
     assert_string_equal(text(&b), "h_bucket{le=\"+Inf\"} 2\nh_sum 0\nh_count 2\n");
     const double unsorted[] = {1, 0.5};
-    assert_int_equal(metrics_write_histogram(&b, "h", NULL, 0, unsorted, 2, counts, 0),
-                     THZ_EINVAL);
+    assert_int_equal(metrics_write_histogram(&b, "h", NULL, 0, unsorted, 2, counts, 0), THZ_EINVAL);
     thz_buf_free(&b);
 }
 
