@@ -122,7 +122,8 @@ static const config_opt opts[] = {
      false},
     {ENUM("metrics-auth", metrics_auth, metrics_auth_names), "loopback",
      "Who may read GET /metrics: loopback (clients on 127.0.0.0/8 or ::1 without a token, "
-     "others with a bearer token of any role), none (anyone) or token (always a bearer token).",
+     "others with a bearer token of the default tenant), none (anyone) or token (always a "
+     "bearer token).",
      false},
 };
 

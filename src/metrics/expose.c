@@ -268,7 +268,14 @@ static bool allowed(const http_request *req, http_response *res)
     if (h && strncasecmp(h, "Bearer ", 7) == 0) {
         const char *t = h + 7;
         while (*t == ' ') t++;
-        if (*t && REG && reg_token_check(REG, t, &p) == THZ_OK) return true;
+        if (*t && REG && reg_token_check(REG, t, &p) == THZ_OK) {
+            /* The metrics are the whole daemon's (every tenant's ingest):
+             * only the operators, the default tenant's users, may read them. */
+            if (p.tenant == REG_DEFAULT_TENANT) return true;
+            http_res_error(res, 403, "forbidden",
+                           "/metrics is for tokens of the default (operators') tenant");
+            return false;
+        }
         /* the error first: it resets the headers */
         http_res_error(res, 401, "unauthorized", "the token is invalid, expired or revoked");
         http_res_header(res, "WWW-Authenticate",

@@ -215,6 +215,12 @@ def test_auth_token(broker_factory):
     viewer = api_token(admin, role="viewer")["token"]
     text = scrape(b, headers={"Authorization": "Bearer " + viewer})
     promtool_ok(text)
+    # a customer tenant's admin does not see the whole daemon
+    expect(admin.post("/tenants", {"name": unique("t2"), "admin_email": "t2m@example.com",
+                                   "admin_password": "t2-password"}), 201)
+    t2 = Api(b).login("t2m@example.com", "t2-password")
+    res = requests.get(url(b), headers={"Authorization": "Bearer " + t2.token}, timeout=10)
+    assert res.status_code == 403 and res.json()["error"]["code"] == "forbidden"
 
 
 def test_bad_setting_refused(tmp_path):
