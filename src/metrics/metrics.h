@@ -181,7 +181,8 @@ struct tsdb;
 /* Registers GET /metrics on the HTTP listener (after http_start, before
  * net_start) and the collectors of the broker, the HTTP server, the engine
  * (db may be NULL) and the registry (r may be NULL; without it a token can
- * never be checked, so metrics-auth=token refuses everyone). cfg, r and db
+ * never be checked, so metrics-auth=token refuses everyone; a token must
+ * belong to the default tenant, since the metrics show every tenant). cfg, r and db
  * must outlive the I/O threads. */
 thz_err metrics_start(const thz_config *cfg, struct registry *r, struct tsdb *db);
 
