@@ -16,6 +16,7 @@
 #include "http/http.h"
 #include "ingest/ingest.h"
 #include "live/live.h"
+#include "metrics/metrics.h"
 #include "mqtt/mqtt.h"
 #include "net/net.h"
 #include "query/query.h"
@@ -175,7 +176,8 @@ static int cmd_serve(int argc, char **argv)
     mqtt_set_tsdb(db);
     if (http_start(&cfg, a) != THZ_OK || api_start(reg) != THZ_OK ||
         ingest_start(db, reg) != THZ_OK || query_start(db) != THZ_OK ||
-        live_start(reg, db) != THZ_OK || web_start() != THZ_OK || net_start() != THZ_OK) {
+        live_start(reg, db) != THZ_OK || web_start() != THZ_OK ||
+        metrics_start(&cfg, reg, db) != THZ_OK || net_start() != THZ_OK) {
         log_error("main", "startup failed");
         return 1;
     }

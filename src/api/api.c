@@ -11,6 +11,7 @@
 #include "api/api.h"
 #include "api/api_int.h"
 #include "core/log.h"
+#include "metrics/metrics.h"
 #include "net/net.h"
 
 static registry *R;
@@ -214,6 +215,7 @@ static void call_finish(api_call *c, http_response *res)
 
 static void work_run(uv_work_t *w)
 {
+    metrics_pool_started();
     call_run(w->data);
 }
 
@@ -221,6 +223,7 @@ static void work_done(uv_work_t *w, int status)
 {
     api_call *c = w->data;
     http_response *res = http_req_response(c->req);
+    metrics_pool_finished();
     if (status != 0)
         http_res_error(res, 503, "unavailable", "the request was cancelled");
     else
@@ -299,6 +302,7 @@ static http_result api_handle(http_request *req, http_response *res, void *ctx)
         http_res_error(res, 503, "unavailable", "cannot queue the request");
         return HTTP_DONE;
     }
+    metrics_pool_queued();
     return HTTP_PENDING;
 }
 

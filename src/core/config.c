@@ -39,6 +39,7 @@ typedef struct config_opt {
 
 static const char *const log_level_names[] = {"error", "warn", "info", "debug", NULL};
 static const char *const fsync_names[] = {"never", "everysec", "always", NULL};
+static const char *const metrics_auth_names[] = {"loopback", "none", "token", NULL};
 
 #define FIELD(f)          offsetof(thz_config, f), sizeof(((thz_config *)0)->f)
 #define PATH(n, f)        n, OPT_PATH, FIELD(f), 0, 0, NULL
@@ -118,6 +119,11 @@ static const config_opt opts[] = {
     {ORIGINS("cors-origins", cors_origins), "",
      "Browser origins allowed to call the HTTP API (CORS): comma-separated like "
      "https://app.example.com,http://localhost:3000, or * for any; empty turns CORS off.",
+     false},
+    {ENUM("metrics-auth", metrics_auth, metrics_auth_names), "loopback",
+     "Who may read GET /metrics: loopback (clients on 127.0.0.0/8 or ::1 without a token, "
+     "others with a bearer token of the default tenant), none (anyone) or token (always a "
+     "bearer token).",
      false},
 };
 

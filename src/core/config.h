@@ -43,9 +43,11 @@ typedef struct thz_config {
     int state_fsync;                 /* state-fsync: THZ_FSYNC_* for the broker state log */
     uint32_t store_segment_mb;       /* store-segment-mb: state log segment size before rotating */
     char cors_origins[THZ_PATH_MAX]; /* cors-origins: "*" or comma-separated origins; empty = off */
+    int metrics_auth;                /* metrics-auth: THZ_METRICS_AUTH_* for GET /metrics */
 } thz_config;
 
 enum { THZ_FSYNC_NEVER = 0, THZ_FSYNC_EVERYSEC = 1, THZ_FSYNC_ALWAYS = 2 };
+enum { THZ_METRICS_AUTH_LOOPBACK = 0, THZ_METRICS_AUTH_NONE = 1, THZ_METRICS_AUTH_TOKEN = 2 };
 
 /* Fills cfg with every default from the table. */
 void config_defaults(thz_config *cfg);

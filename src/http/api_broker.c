@@ -14,6 +14,7 @@
 #include "core/base64.h"
 #include "core/version.h"
 #include "http/http_int.h"
+#include "metrics/metrics.h"
 #include "mqtt/mqtt.h"
 #include "mqtt/topic.h"
 
@@ -143,6 +144,7 @@ typedef struct cred_work {
 static void cred_work_run(uv_work_t *w)
 {
     cred_work *cw = w->data;
+    metrics_pool_started();
     cw->rc =
         auth_connect(A, "http", cw->user, (const uint8_t *)cw->pass, strlen(cw->pass), &cw->id);
 }
@@ -150,6 +152,7 @@ static void cred_work_run(uv_work_t *w)
 static void cred_work_done(uv_work_t *w, int status)
 {
     cred_work *cw = w->data;
+    metrics_pool_finished();
     post_topic_finish(cw->hreq, http_req_response(cw->hreq), status == 0 ? cw->rc : THZ_EIO,
                       cw->user, &cw->id);
     http_reply(cw->hreq);
@@ -199,8 +202,10 @@ static http_result post_topic(http_request *req, http_response *res, void *ctx)
         if (cw && (cw->user = strdup(user)) && (cw->pass = strdup(pass))) {
             cw->req.data = cw;
             cw->hreq = req;
-            if (uv_queue_work(net_loop(net_self()), &cw->req, cred_work_run, cred_work_done) == 0)
+            if (uv_queue_work(net_loop(net_self()), &cw->req, cred_work_run, cred_work_done) == 0) {
+                metrics_pool_queued();
                 return HTTP_PENDING;
+            }
         }
         if (cw) {
             free(cw->user);

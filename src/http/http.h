@@ -38,6 +38,19 @@
  * thread hooks. cfg and a must outlive the daemon's I/O threads. */
 thz_err http_start(const thz_config *cfg, auth *a);
 
+/* Counters of the server since start, and what is open now (for /metrics). */
+typedef struct http_stats {
+    uint64_t connections;         /* open now, WebSockets included */
+    uint64_t connections_total;   /* accepted */
+    uint64_t connections_refused; /* answered 503 at HTTP_MAX_CONNS_PER_THREAD */
+    uint64_t websockets;          /* open now */
+    uint64_t websockets_total;    /* upgraded */
+    uint64_t responses[6];        /* by status class: [1] 1xx .. [5] 5xx, [0] other */
+    uint64_t bytes_in, bytes_out;
+} http_stats;
+/* Sums the I/O threads' counters (relaxed reads, callable from any thread). */
+void http_get_stats(http_stats *st);
+
 /* ---- requests ---- */
 
 typedef struct http_request http_request;
@@ -61,6 +74,11 @@ const char *http_req_param(const http_request *req, const char *name);
  * `coding` (RFC 9110 section 12.5.3; "gzip" also matches "x-gzip"): 0 when
  * not acceptable or the header is absent. */
 int http_req_accept_q(const http_request *req, const char *coding);
+/* The address of the client that sent req (IPv4 or IPv6) into *out; valid
+ * while the handler runs on the connection's thread. THZ_EINVAL for a request
+ * without a connection (unit tests), THZ_EIO if the socket has none. */
+struct sockaddr_storage;
+thz_err http_req_peer(const http_request *req, struct sockaddr_storage *out);
 /* The decoded body (chunked already joined); *len gets its length. Owned by
  * the request. The bytes are followed by a NUL that is not counted. */
 const uint8_t *http_req_body(const http_request *req, size_t *len);

@@ -50,6 +50,51 @@ struct hworker {
 };
 
 static hworker *W[NET_MAX_THREADS];
+
+/* Counters per I/O thread, written by that thread only (a relaxed load and
+ * store, no locked instruction), summed by http_get_stats. Static so that
+ * they outlive the threads. */
+typedef struct hstats {
+    _Alignas(64) uint64_t conns, conns_total, refused, ws, ws_total, responses[6];
+    uint64_t bytes_in, bytes_out;
+} hstats;
+static hstats S[NET_MAX_THREADS];
+
+#define HSTAT_ADD(field, n)                                                                        \
+    __atomic_store_n(&(field), __atomic_load_n(&(field), __ATOMIC_RELAXED) + (uint64_t)(n),        \
+                     __ATOMIC_RELAXED)
+
+static void count_response(int idx, int status)
+{
+    int k = status >= 100 && status < 600 ? status / 100 : 0;
+    HSTAT_ADD(S[idx].responses[k], 1);
+}
+
+void http_get_stats(http_stats *st)
+{
+    memset(st, 0, sizeof *st);
+    for (int i = 0; i < NET_MAX_THREADS; i++) {
+        hstats *h = &S[i];
+        st->connections += __atomic_load_n(&h->conns, __ATOMIC_RELAXED);
+        st->connections_total += __atomic_load_n(&h->conns_total, __ATOMIC_RELAXED);
+        st->connections_refused += __atomic_load_n(&h->refused, __ATOMIC_RELAXED);
+        st->websockets += __atomic_load_n(&h->ws, __ATOMIC_RELAXED);
+        st->websockets_total += __atomic_load_n(&h->ws_total, __ATOMIC_RELAXED);
+        for (int k = 0; k < 6; k++)
+            st->responses[k] += __atomic_load_n(&h->responses[k], __ATOMIC_RELAXED);
+        st->bytes_in += __atomic_load_n(&h->bytes_in, __ATOMIC_RELAXED);
+        st->bytes_out += __atomic_load_n(&h->bytes_out, __ATOMIC_RELAXED);
+    }
+}
+
+thz_err http_req_peer(const http_request *req, struct sockaddr_storage *out)
+{
+    const hconn *c = req->conn;
+    if (!c || !c->tcp) return THZ_EINVAL;
+    int len = (int)sizeof *out;
+    memset(out, 0, sizeof *out);
+    return uv_tcp_getpeername(c->tcp, (struct sockaddr *)out, &len) == 0 ? THZ_OK : THZ_EIO;
+}
 static uint64_t request_timeout_ms = HTTP_REQUEST_TIMEOUT_MS;
 
 static void on_alloc(uv_handle_t *h, size_t hint, uv_buf_t *buf);
@@ -99,6 +144,8 @@ static void conn_close(hconn *c)
     if (c->next) c->next->prev = c->prev;
     c->prev = c->next = NULL;
     w->nconns--;
+    HSTAT_ADD(S[c->idx].conns, -1);
+    if (c->ws) HSTAT_ADD(S[c->idx].ws, -1);
     http_ws_free(c->ws); /* on_close, if the close handshake did not happen */
     c->ws = NULL;
     uv_read_stop((uv_stream_t *)c->tcp);
@@ -215,6 +262,7 @@ static void flush(hconn *c)
 {
     if (c->closed) return;
     if (!c->writing && c->out.len) {
+        HSTAT_ADD(S[c->idx].bytes_out, c->out.len);
         uv_buf_t b = uv_buf_init((char *)c->out.p, (unsigned)c->out.len);
         int n = uv_try_write((uv_stream_t *)c->tcp, &b, 1);
         if (n == UV_EAGAIN) n = 0;
@@ -271,6 +319,7 @@ static void begin_drain(hconn *c)
 
 static void send_error(hconn *c, int status, const char *code, const char *msg)
 {
+    count_response(c->idx, status);
     if (http_serialize_error(status, code, msg, &c->out) != THZ_OK) {
         conn_close(c);
         return;
@@ -285,9 +334,15 @@ static void finish(hconn *c, http_request *req)
 {
     bool ka = req->keep_alive;
     http_finish_response(req);
+    count_response(c->idx, req->res.status);
     thz_err rc = http_serialize(req, ka, &c->out);
-    if (!rc && req->ws_route && req->res.status == 101)
+    if (!rc && req->ws_route && req->res.status == 101) {
         rc = http_ws_open(req, &ws_io, c, c->idx, now_ms(c), &c->ws);
+        if (!rc) {
+            HSTAT_ADD(S[c->idx].ws, 1);
+            HSTAT_ADD(S[c->idx].ws_total, 1);
+        }
+    }
     http_request_free(req);
     if (rc) {
         conn_close(c);
@@ -423,6 +478,7 @@ static void on_read(uv_stream_t *st, ssize_t nread, const uv_buf_t *buf)
 {
     hconn *c = st->data;
     int idx = c->w->idx;
+    if (nread > 0) HSTAT_ADD(S[idx].bytes_in, nread);
     if (nread < 0) {
         /* EOF: a half-closed client still gets the answers already due */
         if (nread == UV_EOF && !c->lingering && (c->out.len || c->writing)) {
@@ -476,6 +532,7 @@ static void on_accept(int thread, uv_tcp_t *tcp, void *ctx)
 {
     hworker *w = W[thread];
     if (!w || w->nconns >= HTTP_MAX_CONNS_PER_THREAD) {
+        HSTAT_ADD(S[thread].refused, 1);
         thz_buf b = {0};
         if (http_serialize_error(503, "too_many_connections", "the server is at its limit", &b) ==
             THZ_OK) {
@@ -502,6 +559,8 @@ static void on_accept(int thread, uv_tcp_t *tcp, void *ctx)
     if (w->conns) w->conns->prev = c;
     w->conns = c;
     w->nconns++;
+    HSTAT_ADD(S[thread].conns, 1);
+    HSTAT_ADD(S[thread].conns_total, 1);
     uv_tcp_nodelay(tcp, 1);
     update_reading(c);
 }

@@ -3,6 +3,7 @@
 #include <string.h>
 
 #include "ingest/ingest.h"
+#include "metrics/metrics.h"
 
 /* Stack storage: a telemetry payload of up to 64 points with escaped or
  * flattened names of up to 4 KiB in all never touches the heap. */
@@ -22,7 +23,12 @@ static thz_err write_batch(tsdb *db, int64_t tenant, ingest_batch *b, tsdb_done_
     }
     char terr[TSDB_ERR_LEN] = "";
     thz_err rc = tsdb_write(db, tenant, b->pts, b->n, done, ctx, terr);
-    if (rc) snprintf(err, INGEST_ERR_LEN, "%s", terr[0] ? terr : thz_strerror(rc));
+    if (rc) {
+        snprintf(err, INGEST_ERR_LEN, "%s", terr[0] ? terr : thz_strerror(rc));
+        metrics_telemetry_rejected(rc == THZ_EQUOTA && strncmp(terr, "WAL backlog", 11) == 0
+                                       ? METRICS_REJECT_WAL_BACKLOG
+                                       : metrics_reject_of(rc, false));
+    }
     return rc;
 }
 
@@ -32,6 +38,7 @@ thz_err ingest_telemetry(tsdb *db, int64_t tenant, const char *device, size_t dl
 {
     if (dlen < 1 || dlen > 128) {
         snprintf(err, INGEST_ERR_LEN, "device id must be 1..128 bytes");
+        metrics_telemetry_rejected(METRICS_REJECT_INVALID);
         return THZ_EINVAL;
     }
     tsdb_point pts[STACK_POINTS];
@@ -39,6 +46,7 @@ thz_err ingest_telemetry(tsdb *db, int64_t tenant, const char *device, size_t dl
     ingest_batch b;
     ingest_batch_init(&b, pts, STACK_POINTS, buf, sizeof buf);
     thz_err rc = ingest_json_parse(&b, device, dlen, payload, n, now_ns, err);
+    if (rc) metrics_telemetry_rejected(metrics_reject_of(rc, true));
     if (!rc) rc = write_batch(db, tenant, &b, done, ctx, err);
     ingest_batch_free(&b);
     return rc;
@@ -57,6 +65,7 @@ thz_err ingest_line_protocol(tsdb *db, int64_t tenant, const uint8_t *body, size
     ingest_batch b;
     ingest_batch_init(&b, pts, STACK_POINTS, buf, sizeof buf);
     thz_err rc = ingest_lp_parse(&b, body, n, precision_ns_multiplier, now_ns, err);
+    if (rc) metrics_telemetry_rejected(metrics_reject_of(rc, true));
     if (!rc) rc = write_batch(db, tenant, &b, done, ctx, err);
     ingest_batch_free(&b);
     return rc;

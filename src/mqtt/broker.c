@@ -558,6 +558,7 @@ static void queue_push(worker *w, session *s, delivery *d)
     uint32_t bound = s->conn ? maxq + INBOX_HIGH + (uint32_t)B.nthreads * INBOX_BURST : maxq;
     if (s->q_len >= bound) {
         /* Overflow policy: the newest message is dropped and counted. */
+        if (w) STAT_ADD(w->drops[MQTT_DROP_QUEUE_FULL], 1);
         delivery_drop(w, d, true);
         return;
     }
@@ -854,6 +855,12 @@ void route(worker *w, msg *m, const session *origin, uint32_t *nmatched)
     STAT_ADD(w->msgs_out, *nmatched);
 }
 
+/* What one retained message costs: the message and its map entry. */
+static uint64_t retained_size(const msg *m)
+{
+    return sizeof(hmap_entry) + sizeof *m + m->topic_len + 1 + m->props_len + m->payload_len;
+}
+
 /* ---- retained messages ---- */
 
 void retained_set(msg *m)
@@ -881,9 +888,11 @@ void retained_set(msg *m)
         store_del_checked(k, kl);
     } else if (hmap_put(&B.retained, m->topic, m->topic_len, msg_ref(m), (void **)&old) == THZ_OK) {
         store_put_checked(k, kl, v, vl);
+        B.retained_bytes += retained_size(m);
     } else {
         msg_unref(m);
     }
+    if (old) B.retained_bytes -= retained_size(old);
     pthread_rwlock_unlock(&B.ret_lock);
     msg_unref(old);
     free(k);
@@ -1025,7 +1034,10 @@ static void restore(loadset *ls)
                 if (prl > l->vl - 13 || (exp && exp <= now)) continue;
                 msg *m = msg_new((char *)l->k + 1, l->kl - 1, l->v + 13 + prl, l->vl - 13 - prl,
                                  l->v + 13, prl, l->v[0], true, exp);
-                if (m && hmap_put(&B.retained, m->topic, m->topic_len, m, NULL) == THZ_OK) nret++;
+                if (m && hmap_put(&B.retained, m->topic, m->topic_len, m, NULL) == THZ_OK) {
+                    B.retained_bytes += retained_size(m);
+                    nret++;
+                }
             } else if (pass == 0 && kind == 's' && l->vl == 21) {
                 uint32_t exp;
                 int64_t disc;
@@ -1171,6 +1183,41 @@ static void sys_publish(worker *w)
     }
 }
 
+/* Memory a session holds besides the messages (shared, counted as retained
+ * or not at all): its struct, rings, bitmaps and filters. */
+static uint64_t session_bytes(const session *s)
+{
+    uint64_t b = sizeof *s + s->cidlen + 1 + (uint64_t)s->q_cap * sizeof(delivery) +
+                 (uint64_t)s->inf_cap * sizeof(inflight) + (uint64_t)s->fcap * sizeof(char *);
+    if (s->ids_out) b += 8192;
+    if (s->ids_in) b += 8192;
+    return b;
+}
+
+/* Samples this thread's queue depths and memory for mqtt_get_stats. */
+static void worker_gauges(worker *w)
+{
+    uint64_t queued = 0, inflight_n = 0, outbuf = 0, bytes = 0;
+    for (conn *c = w->conns; c; c = c->next) {
+        outbuf += c->out.len + c->wbuf.len;
+        bytes += sizeof *c + c->in.cap + c->out.cap + c->wbuf.cap;
+        if (c->s && c->s->conn == c) {
+            queued += c->s->q_len;
+            inflight_n += c->s->inf_len;
+            bytes += session_bytes(c->s);
+        }
+    }
+    for (session *s = w->offline; s; s = s->off_next) {
+        queued += s->q_len;
+        inflight_n += s->inf_len;
+        bytes += session_bytes(s);
+    }
+    __atomic_store_n(&w->g_queued, queued, __ATOMIC_RELAXED);
+    __atomic_store_n(&w->g_inflight, inflight_n, __ATOMIC_RELAXED);
+    __atomic_store_n(&w->g_outbuf, outbuf, __ATOMIC_RELAXED);
+    __atomic_store_n(&w->g_sess_bytes, bytes, __ATOMIC_RELAXED);
+}
+
 static void on_tick(uv_timer_t *t)
 {
     worker *w = t->data;
@@ -1186,6 +1233,7 @@ static void on_tick(uv_timer_t *t)
             log_warn("mqtt", "client %s: disconnected, not reading for %u s",
                      c->s ? c->s->cid : c->peer, LIMIT(slow_consumer_timeout));
             STAT_ADD(w->dropped, c->s ? c->s->q_len : 0);
+            STAT_ADD(w->drops[MQTT_DROP_SLOW_CONSUMER], c->s ? c->s->q_len : 0);
             conn_close(c, MQTT_RC_QUOTA_EXCEEDED);
             continue;
         }
@@ -1203,6 +1251,7 @@ static void on_tick(uv_timer_t *t)
             conn_close(c, MQTT_RC_KEEP_ALIVE_TIMEOUT);
         }
     }
+    worker_gauges(w);
     /* delayed wills and session expiry */
     for (session *s = w->offline, *next; s; s = next) {
         next = s->off_next;
@@ -1416,6 +1465,25 @@ void mqtt_stop(void)
     free(B.w);
 }
 
+const char *mqtt_refuse_name(int reason)
+{
+    static const char *const n[MQTT_REFUSE_N] = {"bad_credentials",
+                                                 "not_authorized",
+                                                 "client_id_invalid",
+                                                 "server_busy",
+                                                 "unsupported_version",
+                                                 "malformed",
+                                                 "other"};
+    return reason >= 0 && reason < MQTT_REFUSE_N ? n[reason] : "other";
+}
+
+const char *mqtt_drop_name(int reason)
+{
+    static const char *const n[MQTT_DROP_N] = {"queue_full", "qos0_outbuf", "slow_consumer",
+                                               "other"};
+    return reason >= 0 && reason < MQTT_DROP_N ? n[reason] : "other";
+}
+
 void mqtt_get_stats(mqtt_stats *st)
 {
     memset(st, 0, sizeof *st);
@@ -1427,13 +1495,29 @@ void mqtt_get_stats(mqtt_stats *st)
         st->bytes_received += __atomic_load_n(&w->bytes_in, __ATOMIC_RELAXED);
         st->bytes_sent += __atomic_load_n(&w->bytes_out, __ATOMIC_RELAXED);
         st->msgs_dropped += __atomic_load_n(&w->dropped, __ATOMIC_RELAXED);
+        st->connects_accepted += __atomic_load_n(&w->connects, __ATOMIC_RELAXED);
+        for (int k = 0; k < MQTT_REFUSE_N; k++)
+            st->connects_refused[k] += __atomic_load_n(&w->refused[k], __ATOMIC_RELAXED);
+        for (int k = 0; k < MQTT_DROP_N; k++)
+            st->drops[k] += __atomic_load_n(&w->drops[k], __ATOMIC_RELAXED);
+        st->denied_publish += __atomic_load_n(&w->denied_pub, __ATOMIC_RELAXED);
+        st->denied_subscribe += __atomic_load_n(&w->denied_sub, __ATOMIC_RELAXED);
+        st->queued_messages += __atomic_load_n(&w->g_queued, __ATOMIC_RELAXED);
+        st->inflight_messages += __atomic_load_n(&w->g_inflight, __ATOMIC_RELAXED);
+        st->outbuf_bytes += __atomic_load_n(&w->g_outbuf, __ATOMIC_RELAXED);
+        st->session_bytes += __atomic_load_n(&w->g_sess_bytes, __ATOMIC_RELAXED);
     }
+    /* what is not counted under a reason (out of memory) */
+    uint64_t known = 0;
+    for (int k = 0; k < MQTT_DROP_OTHER; k++) known += st->drops[k];
+    st->drops[MQTT_DROP_OTHER] = st->msgs_dropped > known ? st->msgs_dropped - known : 0;
     pthread_mutex_lock(&B.sess_lock);
     st->sessions = B.sessions.n;
     pthread_mutex_unlock(&B.sess_lock);
     st->subscriptions = __atomic_load_n(&B.nsubs, __ATOMIC_RELAXED);
     pthread_rwlock_rdlock(&B.ret_lock);
     st->retained = B.retained.n;
+    st->retained_bytes = B.retained_bytes;
     pthread_rwlock_unlock(&B.ret_lock);
     st->uptime_s = (uint64_t)((now_ms() - B.started_ms) / 1000);
 }

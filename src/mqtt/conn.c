@@ -14,6 +14,7 @@
 
 #include "core/log.h"
 #include "ingest/ingest.h"
+#include "metrics/metrics.h"
 #include "net/net.h"
 #include "mqtt/mqtt_int.h"
 
@@ -535,6 +536,7 @@ bool conn_send_publish(conn *c, const delivery *d, uint16_t id, bool dup)
     if (d->qos == 0 &&
         c->out.len + c->wbuf.len > atomic_load_explicit(&B.max_outbuf, memory_order_relaxed)) {
         STAT_ADD(c->w->dropped, 1);
+        STAT_ADD(c->w->drops[MQTT_DROP_QOS0_OUTBUF], 1);
         return false;
     }
     if (mqtt_encode_publish(&c->out, c->version, &pub) != THZ_OK) return false;
@@ -698,8 +700,23 @@ static durable *telemetry_store(conn *c, const char *dev, size_t dl, const mqtt_
 
 /* ---- CONNECT ---- */
 
+static int refuse_class(uint8_t reason)
+{
+    switch (reason) {
+    case MQTT_RC_BAD_USER_OR_PASSWORD: return MQTT_REFUSE_BAD_CREDENTIALS;
+    case MQTT_RC_NOT_AUTHORIZED: return MQTT_REFUSE_NOT_AUTHORIZED;
+    case MQTT_RC_CLIENT_ID_INVALID: return MQTT_REFUSE_CLIENT_ID;
+    case MQTT_RC_SERVER_BUSY: return MQTT_REFUSE_SERVER_BUSY;
+    case MQTT_RC_UNSUPPORTED_VERSION: return MQTT_REFUSE_UNSUPPORTED_VERSION;
+    case MQTT_RC_MALFORMED:
+    case MQTT_RC_PROTOCOL_ERROR: return MQTT_REFUSE_MALFORMED;
+    default: return MQTT_REFUSE_OTHER;
+    }
+}
+
 static void connack_refuse(conn *c, uint8_t version, uint8_t reason)
 {
+    STAT_ADD(c->w->refused[refuse_class(reason)], 1);
     if (version == MQTT_V5)
         mqtt_encode_connack(&c->out, MQTT_V5, false, reason, reason_props(reason));
     else
@@ -796,6 +813,7 @@ typedef struct auth_work {
 static void auth_work_run(uv_work_t *req)
 {
     auth_work *aw = req->data;
+    metrics_pool_started();
     aw->rc = auth_connect(B.auth, aw->c->peer, aw->user, aw->pass, aw->passlen, &aw->id);
 }
 
@@ -805,6 +823,7 @@ static void auth_work_done(uv_work_t *req, int status)
 {
     auth_work *aw = req->data;
     conn *c = aw->c;
+    metrics_pool_finished();
     c->authing = false;
     if (!c->tcp) {
         conn_release(c); /* closed while the check ran */
@@ -854,6 +873,7 @@ static void auth_suspend(conn *c, const char *user, const mqtt_connect *cn, cons
         conn_close(c, -1);
         return;
     }
+    metrics_pool_queued();
     c->authing = true;
     uv_read_stop((uv_stream_t *)c->tcp);
 }
@@ -1109,6 +1129,7 @@ static int handle_connect(conn *c, const mqtt_packet *pkt, const uint8_t *raw, s
     }
     c->state = CONN_ACTIVE;
     STAT_ADD(w->n_clients, 1);
+    STAT_ADD(w->connects, 1);
     conn_mark_dirty(c);
     if (s->persistent) session_persist(s, 0);
     log_debug("mqtt", "client %s connected from %s (v%d, keepalive %u, session %s)", cid, c->peer,
@@ -1179,6 +1200,7 @@ static void handle_publish(conn *c, const mqtt_packet *pkt)
     if (topic[0] == '$' || auth_has_acl(B.auth, &c->id)) {
         if (!may_publish(c, topic, tl)) {
             log_debug("mqtt", "client %s: publish to '%.*s' denied", s->cid, (int)tl, topic);
+            STAT_ADD(w->denied_pub, 1);
             if (c->version != MQTT_V5) {
                 conn_close(c, -1);
             } else if (pb->qos == 1) {
@@ -1304,6 +1326,7 @@ static void handle_subscribe(conn *c, const mqtt_packet *pkt)
             free(fz);
         }
         if (!ok) {
+            STAT_ADD(c->w->denied_sub, 1);
             codes[i] = v5 ? MQTT_RC_NOT_AUTHORIZED : 0x80;
             continue;
         }

@@ -46,6 +46,28 @@ thz_err mqtt_publish_internal(const char *topic, const void *payload, size_t len
 typedef void (*mqtt_publish_fn)(void *ctx, int64_t tenant, const char *topic, size_t topic_len,
                                 const uint8_t *payload, size_t len, int qos, bool retain);
 void mqtt_on_publish(mqtt_publish_fn fn, void *ctx);
+/* Why a CONNECT was refused (CONNACK reason codes, grouped). */
+enum {
+    MQTT_REFUSE_BAD_CREDENTIALS,     /* 0x86 */
+    MQTT_REFUSE_NOT_AUTHORIZED,      /* 0x87 (also a will the ACL denies) */
+    MQTT_REFUSE_CLIENT_ID,           /* 0x85 */
+    MQTT_REFUSE_SERVER_BUSY,         /* 0x89: max-connections */
+    MQTT_REFUSE_UNSUPPORTED_VERSION, /* 0x84 */
+    MQTT_REFUSE_MALFORMED,           /* 0x81, 0x82 */
+    MQTT_REFUSE_OTHER,               /* anything else (auth method, server unavailable...) */
+    MQTT_REFUSE_N
+};
+/* Why a message was dropped instead of delivered. */
+enum {
+    MQTT_DROP_QUEUE_FULL,    /* session queue at max-queued-messages */
+    MQTT_DROP_QOS0_OUTBUF,   /* QoS 0 to a socket over max-outbuf */
+    MQTT_DROP_SLOW_CONSUMER, /* queue discarded with a client disconnected as too slow */
+    MQTT_DROP_OTHER,         /* out of memory */
+    MQTT_DROP_N
+};
+/* "bad_credentials", ... / "queue_full", ...: label values for the above. */
+const char *mqtt_refuse_name(int reason);
+const char *mqtt_drop_name(int reason);
 
 typedef struct mqtt_stats {
     uint64_t clients_connected;
@@ -58,6 +80,17 @@ typedef struct mqtt_stats {
     uint64_t bytes_sent;
     uint64_t msgs_dropped;
     uint64_t uptime_s;
+    /* For /metrics (metrics/expose.c). Counters since start: */
+    uint64_t connects_accepted;                /* CONNECTs answered with success */
+    uint64_t connects_refused[MQTT_REFUSE_N];  /* CONNACK refusals by reason */
+    uint64_t drops[MQTT_DROP_N];               /* msgs_dropped by reason */
+    uint64_t denied_publish, denied_subscribe; /* refused by the ACL / device policy */
+    /* Gauges, sampled by each I/O thread every 250 ms: */
+    uint64_t queued_messages;   /* waiting in session queues (online and offline) */
+    uint64_t inflight_messages; /* sent QoS 1/2, not yet acknowledged */
+    uint64_t outbuf_bytes;      /* encoded output not yet taken by the sockets */
+    uint64_t session_bytes;     /* sessions, connections and their buffers (estimate) */
+    uint64_t retained_bytes;    /* retained messages (estimate) */
 } mqtt_stats;
 void mqtt_get_stats(mqtt_stats *st);
 

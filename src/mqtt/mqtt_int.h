@@ -251,6 +251,9 @@ typedef struct worker {
     bool hit_congested; /* the message just routed went to a congested consumer */
     /* counters, written by this thread only (STAT_ADD), read relaxed by $SYS */
     uint64_t n_clients, msgs_in, msgs_out, bytes_in, bytes_out, dropped;
+    uint64_t connects, refused[MQTT_REFUSE_N], drops[MQTT_DROP_N], denied_pub, denied_sub;
+    /* gauges, recomputed by this thread's tick (mqtt_get_stats) */
+    uint64_t g_queued, g_inflight, g_outbuf, g_sess_bytes;
     uint8_t rbuf[65536];
 } worker;
 
@@ -278,6 +281,7 @@ typedef struct broker {
     hmap sessions;
     pthread_rwlock_t ret_lock;
     hmap retained;
+    uint64_t retained_bytes; /* under ret_lock: what the retained messages take */
     int64_t started_ms;
     atomic_int congested;      /* consumers over their high-water mark */
     atomic_bool shutting_down; /* wills are not published while stopping */

@@ -10,6 +10,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "metrics/metrics.h"
 #include "query/plan.h"
 
 /* the budgets in force (query_set_limits) */
@@ -1185,8 +1186,20 @@ static char *colname(qx *x, const q_item *it)
     return s;
 }
 
+static thz_err run(tsdb *db, int64_t tenant, const char *sql, size_t len, int64_t now_ns,
+                   q_result **out, q_error *err);
+
 thz_err query_run(tsdb *db, int64_t tenant, const char *sql, size_t len, int64_t now_ns,
                   q_result **out, q_error *err)
+{
+    double t0 = metrics_now();
+    thz_err rc = run(db, tenant, sql, len, now_ns, out, err);
+    metrics_observe_query("sql", metrics_now() - t0);
+    return rc;
+}
+
+static thz_err run(tsdb *db, int64_t tenant, const char *sql, size_t len, int64_t now_ns,
+                   q_result **out, q_error *err)
 {
     *out = NULL;
     q_query *q;

@@ -1003,3 +1003,59 @@ thz_err reg_user_delete(registry *r, int64_t tenant, int64_t id)
     pthread_mutex_unlock(&r->dbMu);
     return e;
 }
+
+/* ---- stats ---- */
+
+/* Memory of a cJSON tree: its nodes and their strings. */
+static uint64_t json_bytes(const cJSON *j)
+{
+    uint64_t b = 0;
+    for (; j; j = j->next) {
+        b += sizeof *j;
+        if (j->string) b += strlen(j->string) + 1;
+        if (j->valuestring) b += strlen(j->valuestring) + 1;
+        b += json_bytes(j->child);
+    }
+    return b;
+}
+
+static uint64_t map_bytes(const hmap *m)
+{
+    return m->nb * sizeof(hmap_entry *) + m->n * sizeof(hmap_entry);
+}
+
+void reg_get_stats(registry *r, reg_stats *st)
+{
+    memset(st, 0, sizeof *st);
+    if (!r) return;
+    pthread_rwlock_rdlock(&r->lock);
+    st->tenants = r->tenants.n;
+    st->tokens = r->tokens.n;
+    uint64_t b = map_bytes(&r->tenants) + map_bytes(&r->tokens) + map_bytes(&r->tokById) +
+                 map_bytes(&r->secrets) + r->tokens.n * sizeof(reg_tok);
+    size_t pos = 0;
+    for (hmap_entry *e = hmap_next(&r->tenants, &pos, NULL); e;
+         e = hmap_next(&r->tenants, &pos, e)) {
+        const reg_tenant *t = e->val;
+        st->devices += t->nDev;
+        st->groups += t->nGroup;
+        b += sizeof *t + map_bytes(&t->devs) + t->capDev * sizeof(reg_dev *) +
+             t->capGroup * sizeof(reg_group *);
+        for (size_t i = 0; i < t->nDev; i++) {
+            reg_dev *d = t->sorted[i];
+            b += sizeof *d + strlen(d->zId) + 1 + (d->zName ? strlen(d->zName) + 1 : 0) +
+                 (d->zType ? strlen(d->zType) + 1 : 0) + json_bytes(d->tags) +
+                 json_bytes(d->attrs) + json_bytes(d->groups);
+            pthread_mutex_lock(&d->pmu);
+            if (d->online) st->devices_online++;
+            pthread_mutex_unlock(&d->pmu);
+        }
+        for (size_t i = 0; i < t->nGroup; i++) {
+            const reg_group *g = t->groups[i];
+            b += sizeof *g + strlen(g->zId) + 1 + (g->zName ? strlen(g->zName) + 1 : 0) +
+                 json_bytes(g->query) + json_bytes(g->policy);
+        }
+    }
+    pthread_rwlock_unlock(&r->lock);
+    st->mirror_bytes = b;
+}

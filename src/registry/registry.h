@@ -73,6 +73,14 @@ thz_err reg_backup(registry *r, const char *dir, char err[REG_ERR_LEN]);
 thz_err reg_backup_offline(const char *data_dir, const char *dir, char err[REG_ERR_LEN]);
 thz_err reg_restore_offline(const char *data_dir, const char *dir, char err[REG_ERR_LEN]);
 
+/* What the registry holds, for /metrics. Walks the mirror under its read
+ * lock (O(devices)); callable from any thread. */
+typedef struct reg_stats {
+    uint64_t tenants, devices, devices_online, groups, tokens;
+    uint64_t mirror_bytes; /* memory of the in-memory mirror (estimate) */
+} reg_stats;
+void reg_get_stats(registry *r, reg_stats *st);
+
 /* Called (on the registry's caller thread) when a device's credentials stop
  * being valid: rotated, disabled or deleted. The broker disconnects it. */
 typedef void (*reg_revoke_fn)(int64_t tenant, const char *device_id, void *ctx);

@@ -32,6 +32,7 @@
 #include <unistd.h>
 
 #include "core/log.h"
+#include "metrics/metrics.h"
 #include "tsdb/tsdb_int.h"
 
 #define ERR(...) (err ? (void)snprintf(err, TSDB_ERR_LEN, __VA_ARGS__) : (void)0)
@@ -350,12 +351,14 @@ thz_err tsdb_write(tsdb *db, int64_t tenant, const tsdb_point *pts, size_t n, ts
         if (why) {
             ERR("point %zu: %s", i, why);
             atomic_fetch_add(&db->points_rejected, n);
+            metrics_tsdb_rejected(METRICS_REJECT_INVALID, n);
             return THZ_EINVAL;
         }
         wal_len += point_wal_len(p);
         if (wal_len > TSDB_REC_MAX / 2) {
             ERR("too many points in one write (at point %zu)", i);
             atomic_fetch_add(&db->points_rejected, n);
+            metrics_tsdb_rejected(METRICS_REJECT_TOO_BIG, n);
             return THZ_ETOOBIG;
         }
     }
@@ -376,6 +379,7 @@ thz_err tsdb_write(tsdb *db, int64_t tenant, const tsdb_point *pts, size_t n, ts
     }
     /* Validate types and the quota before creating anything. */
     size_t fresh = 0;
+    bool backlog = false;
     for (size_t i = 0; i < n && !rc; i++) {
         if (ser[i]) {
             if (ser[i]->type != pts[i].v.type) {
@@ -420,6 +424,7 @@ thz_err tsdb_write(tsdb *db, int64_t tenant, const tsdb_point *pts, size_t n, ts
         } else if (db->wal.cur.len > TSDB_WAL_BACKLOG) {
             ERR("WAL backlog full (disk too slow)");
             rc = THZ_EQUOTA;
+            backlog = true;
         }
         pthread_mutex_unlock(&db->wal.mu);
     }
@@ -517,11 +522,14 @@ out:
     if (ser != stack) free(ser);
     if (rc) {
         atomic_fetch_add(&db->points_rejected, n);
+        metrics_tsdb_rejected(backlog ? METRICS_REJECT_WAL_BACKLOG : metrics_reject_of(rc, false),
+                              n);
         return rc;
     }
     atomic_fetch_add(&db->points_written, n);
     tsdb_write_fn obs = atomic_load_explicit(&db->on_write, memory_order_acquire);
     if (obs) obs(atomic_load_explicit(&db->on_write_ctx, memory_order_relaxed), tenant, pts, n);
+    metrics_tsdb_written(tenant, n);
     if (done && db->o.fsync == TSDB_FSYNC_EVERYSEC) done(ctx, THZ_OK);
     if (atomic_load(&db->head_points) > TSDB_HEAD_MAX) pthread_cond_signal(&db->bg_cv);
     return THZ_OK;
@@ -2108,6 +2116,12 @@ void tsdb_get_stats(tsdb *db, tsdb_stats *st)
     for (size_t i = 0; i < db->nblocks; i++) st->disk_bytes += db->blocks[i]->bytes;
     pthread_rwlock_unlock(&db->blk_mu);
     tsdb_wal_sizes(db, &st->wal_bytes);
+    pthread_mutex_lock(&db->wal.mu);
+    st->wal_written_bytes = db->wal.durable;
+    st->wal_pending_bytes = db->wal.appended - db->wal.durable;
+    pthread_mutex_unlock(&db->wal.mu);
+    /* 16 bytes a point (timestamp, value) plus the series' own memory */
+    st->head_bytes = st->head_points * 16 + st->series * (sizeof(tsdb_ser) + 64);
     struct stat s;
     char p[4200];
     snprintf(p, sizeof p, "%s/index", db->dir);

@@ -217,6 +217,9 @@ typedef struct tsdb_stats {
     uint64_t disk_bytes; /* blocks + index + WAL */
     uint64_t wal_bytes;
     uint64_t fsyncs;
+    uint64_t wal_written_bytes; /* bytes the WAL thread wrote since open */
+    uint64_t wal_pending_bytes; /* appended, not yet written (and synced under always) */
+    uint64_t head_bytes;        /* memory of the head (estimate: points, cells, series) */
 } tsdb_stats;
 void tsdb_get_stats(tsdb *db, tsdb_stats *st);
 

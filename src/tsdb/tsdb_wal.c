@@ -43,6 +43,7 @@
 
 #include "core/crc32c.h"
 #include "core/log.h"
+#include "metrics/metrics.h"
 #include "tsdb/tsdb_int.h"
 
 static int64_t now_ms(void)
@@ -397,7 +398,9 @@ static int seg_write(tsdb *db, const uint8_t *p, size_t n)
 
 static int do_sync(tsdb *db)
 {
+    double t0 = metrics_now();
     if (fdatasync(db->wal.fd) < 0) return errno;
+    metrics_wal_fsync(metrics_now() - t0);
     atomic_fetch_add(&db->fsyncs, 1);
     db->wal.last_sync_ms = now_ms();
     return 0;
