@@ -180,5 +180,11 @@ void *http_ws_user(const http_ws *ws);
 const char *http_ws_subprotocol(const http_ws *ws);
 /* The I/O thread of the connection (for net_post). */
 int http_ws_thread(const http_ws *ws);
+/* Stops (on false) or restarts reading from the peer, for a user that cannot
+ * take more now (MQTT over WebSocket: back-pressure, a password check).
+ * Messages already read may still arrive: at most one read's worth. */
+void http_ws_reading(http_ws *ws, bool on);
+/* The peer's "address:port" ("" if unknown); owned by ws. */
+const char *http_ws_peer(const http_ws *ws);
 
 #endif

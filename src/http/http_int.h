@@ -162,6 +162,10 @@ typedef struct http_ws_io {
     thz_err (*write)(void *conn, const void *p, size_t n);
     /* Bytes of output not yet taken by the socket. */
     size_t (*unsent)(void *conn);
+    /* Stops (false) or restarts reading the connection; may be NULL. */
+    void (*set_reading)(void *conn, bool on);
+    /* The peer's "address:port", owned by conn; may be NULL. */
+    const char *(*peer)(void *conn);
 } http_ws_io;
 
 /* Creates the WebSocket of a connection whose 101 response to req (which

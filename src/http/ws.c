@@ -393,3 +393,13 @@ int http_ws_thread(const http_ws *ws)
 {
     return ws->thread;
 }
+
+void http_ws_reading(http_ws *ws, bool on)
+{
+    if (ws->io->set_reading) ws->io->set_reading(ws->conn, on);
+}
+
+const char *http_ws_peer(const http_ws *ws)
+{
+    return ws->io->peer ? ws->io->peer(ws->conn) : "";
+}
