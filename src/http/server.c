@@ -6,9 +6,11 @@
  * output path, back-pressure and closing. On the HTTPS listener, TLS
  * (net_tls.h) sits between the socket and the rest: ciphertext in, the
  * plaintext parsed as usual; the output sealed just before it is written. */
+#include <fcntl.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "core/log.h"
 #include "http/http_int.h"
@@ -34,6 +36,9 @@ typedef struct hconn {
     net_tls *tls;          /* HTTPS: TLS state, owned; NULL on plain HTTP */
     int refs;              /* the handle + one per pending request */
     bool ws_paused;        /* the WebSocket's user stopped reading (http_ws_reading) */
+    int move_to;           /* http_ws_move asked for this thread (move_fn set) */
+    void (*move_fn)(http_ws *ws, void *arg);
+    void *move_arg;
     bool reading, writing, dirty, closed;
     bool throttled; /* stopped: too much unsent output */
     bool draining;  /* no more requests: flush, then linger, then close */
@@ -62,6 +67,7 @@ static void on_alloc(uv_handle_t *h, size_t hint, uv_buf_t *buf);
 static void on_read(uv_stream_t *st, ssize_t nread, const uv_buf_t *buf);
 static void process(hconn *c, const uint8_t *p, size_t n);
 static void ws_after(hconn *c);
+static void ws_move_now(hconn *c);
 
 static uint64_t now_ms(hconn *c)
 {
@@ -375,7 +381,103 @@ static const char *conn_peer(void *conn)
     return c->peer;
 }
 
-static const http_ws_io ws_io = {ws_write, ws_unsent, ws_set_reading, conn_peer};
+static thz_err ws_move(void *conn, int target, void (*fn)(http_ws *ws, void *arg), void *arg)
+{
+    hconn *c = conn;
+    if (c->closed || c->draining || c->move_fn || target < 0 || target >= net_threads())
+        return THZ_EINVAL;
+    c->move_to = target;
+    c->move_fn = fn;
+    c->move_arg = arg;
+    return THZ_OK;
+}
+
+static const http_ws_io ws_io = {ws_write, ws_unsent, ws_set_reading, conn_peer, ws_move};
+
+/* A WebSocket connection on its way to another thread: the socket (a
+ * duplicate of the descriptor), its TLS state, the WebSocket with its parser
+ * state, and output not yet written. */
+typedef struct ws_moving {
+    int fd;
+    net_tls *tls;
+    http_ws *ws;
+    thz_buf out;
+    bool ws_paused;
+    void (*fn)(http_ws *ws, void *arg);
+    void *arg;
+} ws_moving;
+
+static hconn *conn_new(hworker *w, uv_tcp_t *tcp, int thread);
+static void tls_in(hconn *c, const uint8_t *p, size_t n);
+
+static void ws_moved_task(int thread, void *arg)
+{
+    ws_moving *mv = arg;
+    hworker *w = thread >= 0 && net_self() == thread ? W[thread] : NULL;
+    uv_tcp_t *tcp = w ? malloc(sizeof *tcp) : NULL;
+    if (tcp) {
+        uv_tcp_init(w->loop, tcp);
+        if (uv_tcp_open(tcp, mv->fd) != 0) {
+            uv_close((uv_handle_t *)tcp, (uv_close_cb)free);
+            tcp = NULL;
+        }
+    }
+    hconn *c = tcp ? conn_new(w, tcp, thread) : NULL;
+    if (!c) {
+        /* the loop is gone (shutdown) or out of memory: the WebSocket ends */
+        if (tcp)
+            uv_close((uv_handle_t *)tcp, (uv_close_cb)free);
+        else
+            close(mv->fd);
+        http_ws_free(mv->ws);
+        net_tls_free(mv->tls);
+        thz_buf_free(&mv->out);
+        free(mv);
+        return;
+    }
+    c->tls = mv->tls;
+    c->ws = mv->ws;
+    c->out = mv->out;
+    c->ws_paused = mv->ws_paused;
+    http_ws_rebind(c->ws, c, thread, now_ms(c));
+    mv->fn(c->ws, mv->arg);
+    free(mv);
+    if (c->tls) tls_in(c, NULL, 0); /* what TLS held back */
+    if (!c->closed) {
+        mark_dirty(c);
+        ws_after(c);
+    }
+    net_batch_end(thread);
+}
+
+/* Performs a move asked for with http_ws_move, once the input being
+ * processed is done and no write is in flight (on_write comes back here). */
+static void ws_move_now(hconn *c)
+{
+    if (c->writing) return;
+    http_ws_flush(c->ws); /* frames wslay holds go along in c->out */
+    uv_os_fd_t fd;
+    ws_moving *mv = calloc(1, sizeof *mv);
+    if (!mv || uv_fileno((uv_handle_t *)c->tcp, &fd) != 0 ||
+        (mv->fd = fcntl(fd, F_DUPFD_CLOEXEC, 0)) < 0) {
+        free(mv);
+        c->move_fn = NULL;
+        conn_close(c); /* on_close tells the user */
+        return;
+    }
+    mv->tls = c->tls;
+    mv->ws = c->ws;
+    mv->out = c->out;
+    mv->ws_paused = c->ws_paused;
+    mv->fn = c->move_fn;
+    mv->arg = c->move_arg;
+    c->tls = NULL;
+    c->ws = NULL;
+    memset(&c->out, 0, sizeof c->out);
+    c->move_fn = NULL;
+    conn_close(c); /* this handle only; the descriptor lives on in mv->fd */
+    net_post(c->move_to, ws_moved_task, mv);
+}
 
 /* After anything happened on a WebSocket: pull queued frames into the
  * output, close when the WebSocket is over, and read only while the output
@@ -383,6 +485,10 @@ static const http_ws_io ws_io = {ws_write, ws_unsent, ws_set_reading, conn_peer}
 static void ws_after(hconn *c)
 {
     if (c->closed || c->draining) return;
+    if (c->move_fn) {
+        ws_move_now(c);
+        return;
+    }
     http_ws_flush(c->ws);
     if (http_ws_done(c->ws)) {
         begin_drain(c);
@@ -532,6 +638,7 @@ static void tls_in(hconn *c, const uint8_t *p, size_t n)
         if (net_tls_want_write(c->tls)) mark_dirty(c);
         if (got == 0) return;
         on_plain(c, c->w->rbuf, got);
+        if (c->move_fn || !c->tls) return; /* moving (or moved): the rest goes along */
     }
 }
 
@@ -599,12 +706,21 @@ static void on_accept(int thread, uv_tcp_t *tcp, void *ctx)
         uv_close((uv_handle_t *)tcp, (uv_close_cb)free);
         return;
     }
-    hconn *c = calloc(1, sizeof *c);
-    if (!c || (ctx && net_tls_new(NET_TLS_HTTPS, &c->tls) != THZ_OK)) {
-        free(c);
+    net_tls *tls = NULL;
+    hconn *c = NULL;
+    if ((ctx && net_tls_new(NET_TLS_HTTPS, &tls) != THZ_OK) || !(c = conn_new(w, tcp, thread))) {
+        net_tls_free(tls);
         uv_close((uv_handle_t *)tcp, (uv_close_cb)free);
         return;
     }
+    c->tls = tls;
+    update_reading(c);
+}
+
+static hconn *conn_new(hworker *w, uv_tcp_t *tcp, int thread)
+{
+    hconn *c = calloc(1, sizeof *c);
+    if (!c) return NULL;
     c->tcp = tcp;
     tcp->data = c;
     c->w = w;
@@ -617,7 +733,7 @@ static void on_accept(int thread, uv_tcp_t *tcp, void *ctx)
     w->conns = c;
     w->nconns++;
     uv_tcp_nodelay(tcp, 1);
-    update_reading(c);
+    return c;
 }
 
 static void on_batch_end(int thread, void *ctx)

@@ -30,6 +30,8 @@ static void read_start(conn *c);
 static void tls_read(conn *c, const uint8_t *p, size_t n);
 static void ws_flush(conn *c);
 static void transport_close(conn *c);
+static void mws_detach(http_ws *ws);
+static void conn_migrate_ws(conn *c, int target, const uint8_t *p, size_t n);
 
 static void conn_free(conn *c)
 {
@@ -840,34 +842,27 @@ static void auth_work_done(uv_work_t *req, int status)
         c->auth_result = status == 0 ? aw->rc : THZ_EIO;
         c->auth_id = aw->id; /* moved: c releases it */
         aw->id = (auth_identity){0};
-        size_t used = process(c, aw->bytes, aw->n);
-        if (used != (size_t)-1 && c->state != CONN_CLOSING) {
-            if (c->in.len) {
-                /* a WebSocket's messages that arrived during the check
-                 * come after the leftovers, and are processed now */
-                thz_buf t = {0};
-                if (thz_buf_append(&t, aw->bytes + used, aw->n - used) != THZ_OK ||
-                    thz_buf_append(&t, c->in.p, c->in.len) != THZ_OK) {
-                    thz_buf_free(&t);
-                    conn_close(c, -1);
-                } else {
-                    thz_buf_free(&c->in);
-                    c->in = t;
-                    if (!c->paused) {
-                        size_t u = process(c, c->in.p, c->in.len);
-                        if (u != (size_t)-1 && c->state != CONN_CLOSING) {
-                            thz_buf_consume(&c->in, u);
-                            if (c->in.len == 0) thz_buf_free(&c->in);
-                        }
-                    }
-                }
-            } else if (used < aw->n) {
-                thz_buf_append(&c->in, aw->bytes + used, aw->n - used);
-            }
-            if (!c->paused && !c->throttled && c->state != CONN_CLOSING) read_start(c);
-            /* what TLS held back while the check ran comes after those */
-            if (c->tls && c->state != CONN_CLOSING) tls_read(c, NULL, 0);
+        const uint8_t *bp = aw->bytes;
+        size_t bn = aw->n;
+        thz_buf t = {0};
+        if (c->in.len) {
+            /* a WebSocket's messages that arrived during the check come
+             * after the CONNECT (and go along if the connection moves) */
+            if (thz_buf_append(&t, aw->bytes, aw->n) != THZ_OK ||
+                thz_buf_append(&t, c->in.p, c->in.len) != THZ_OK)
+                conn_close(c, -1);
+            thz_buf_free(&c->in);
+            bp = t.p;
+            bn = t.len;
         }
+        size_t used = c->state == CONN_CLOSING ? 0 : process(c, bp, bn);
+        if (used != (size_t)-1 && c->state != CONN_CLOSING) {
+            if (used < bn) thz_buf_append(&c->in, bp + used, bn - used);
+            if (!c->paused && !c->throttled) read_start(c);
+            /* what TLS held back while the check ran comes after those */
+            if (c->tls) tls_read(c, NULL, 0);
+        }
+        thz_buf_free(&t);
         net_batch_end(c->w->idx);
     }
     if (aw->pass) OPENSSL_cleanse(aw->pass, aw->passlen);
@@ -1051,7 +1046,10 @@ static int handle_connect(conn *c, const mqtt_packet *pkt, const uint8_t *raw, s
         pthread_mutex_unlock(&B.sess_lock);
         free(user);
         msg_unref(will);
-        conn_migrate(c, home, raw, rawn + rest);
+        if (c->ws)
+            conn_migrate_ws(c, home, raw, rawn + rest);
+        else
+            conn_migrate(c, home, raw, rawn + rest);
         return 1;
     }
     if (s && (cn->clean_start || !s->persistent)) {
@@ -1757,7 +1755,7 @@ static void transport_close(conn *c)
     if (c->ws) {
         /* The WebSocket forgets c now and closes after sending what is
          * queued (a CONNACK refusal, the DISCONNECT). */
-        http_ws_set_user(c->ws, NULL);
+        mws_detach(c->ws);
         http_ws_close(c->ws, 1000, NULL);
         c->ws = NULL;
     }
@@ -1844,9 +1842,23 @@ void conn_adopt(worker *w, int fd, net_tls *tls, const uint8_t *bytes, size_t n,
 
 /* ---- MQTT over WebSocket: /mqtt on the HTTP and HTTPS listeners ---- */
 
-static void mws_open(http_ws *ws, void *ctx)
+/* The WebSocket's user pointer: its connection, or, while the connection
+ * moves to another thread, the bytes that keep arriving meanwhile. Freed by
+ * on_close. */
+typedef struct mws {
+    conn *c;       /* NULL: detached (closing) or moving */
+    bool moving;   /* on its way to the session's home thread */
+    thz_buf carry; /* moving: plaintext to process there, in order */
+} mws;
+
+static void mws_detach(http_ws *ws)
 {
-    int thread = http_ws_thread(ws);
+    mws *m = http_ws_user(ws);
+    if (m) m->c = NULL;
+}
+
+static void mws_attach(http_ws *ws, mws *m, int thread)
+{
     conn *c = thread >= 0 && thread < B.nthreads ? conn_new(B.w[thread], NULL) : NULL;
     if (!c) {
         http_ws_close(ws, 1011, "cannot accept a connection now");
@@ -1855,18 +1867,72 @@ static void mws_open(http_ws *ws, void *ctx)
     c->ws = ws;
     c->ws_hold = true;
     snprintf(c->peer, sizeof c->peer, "%s", http_ws_peer(ws));
-    http_ws_set_user(ws, c);
+    m->c = c;
+}
+
+static void mws_open(http_ws *ws, void *ctx)
+{
+    mws *m = calloc(1, sizeof *m);
+    if (!m) {
+        http_ws_close(ws, 1011, "out of memory");
+        return;
+    }
+    http_ws_set_user(ws, m);
+    mws_attach(ws, m, http_ws_thread(ws));
+}
+
+/* On the session's home thread: the moved WebSocket gets a new connection,
+ * which processes what was read before and during the move. */
+static void mws_moved(http_ws *ws, void *arg)
+{
+    mws *m = arg;
+    thz_buf carry = m->carry;
+    memset(&m->carry, 0, sizeof m->carry);
+    m->moving = false;
+    mws_attach(ws, m, http_ws_thread(ws));
+    if (m->c && carry.len) feed(m->c, carry.p, carry.len);
+    thz_buf_free(&carry);
+}
+
+/* The WebSocket flavour of conn_migrate: the HTTP connection moves (socket,
+ * TLS and WebSocket state), then a new connection on the target takes the
+ * CONNECT and what followed it. */
+static void conn_migrate_ws(conn *c, int target, const uint8_t *p, size_t n)
+{
+    http_ws *ws = c->ws;
+    mws *m = http_ws_user(ws);
+    if (!m || thz_buf_append(&m->carry, p, n) != THZ_OK) {
+        conn_close(c, -1);
+        return;
+    }
+    log_debug("mqtt",
+              "client %s: its session lives on another thread; the WebSocket moves to "
+              "thread %d",
+              c->peer, target);
+    m->c = NULL;
+    m->moving = true;
+    c->ws = NULL; /* c ends here; the WebSocket lives on */
+    conn_close(c, -1);
+    if (http_ws_move(ws, target, mws_moved, m) != THZ_OK) {
+        m->moving = false;
+        http_ws_close(ws, 1011, "cannot move the connection");
+    }
 }
 
 static void mws_message(http_ws *ws, int opcode, const uint8_t *p, size_t n, void *ctx)
 {
-    conn *c = http_ws_user(ws);
+    mws *m = http_ws_user(ws);
+    if (m && m->moving) {
+        if (thz_buf_append(&m->carry, p, n) != THZ_OK) m->moving = false; /* drops it */
+        return;
+    }
+    conn *c = m ? m->c : NULL;
     if (!c || c->state == CONN_CLOSING) return;
     if (opcode != HTTP_WS_BINARY) {
         /* MQTT over WebSocket is binary frames only (MQTT 5.0 6.0) */
         log_debug("mqtt", "client %s: a text WebSocket message; closed", c->peer);
+        m->c = NULL;
         c->ws = NULL;
-        http_ws_set_user(ws, NULL);
         http_ws_close(ws, 1003, "MQTT needs binary frames");
         conn_close(c, -1);
         return;
@@ -1894,9 +1960,13 @@ static void mws_message(http_ws *ws, int opcode, const uint8_t *p, size_t n, voi
 
 static void mws_close(http_ws *ws, uint16_t code, void *ctx)
 {
-    conn *c = http_ws_user(ws);
-    if (!c) return;
+    mws *m = http_ws_user(ws);
+    if (!m) return;
     http_ws_set_user(ws, NULL);
+    conn *c = m->c;
+    thz_buf_free(&m->carry);
+    free(m);
+    if (!c) return;
     c->ws = NULL;      /* gone once this returns */
     conn_close(c, -1); /* not a DISCONNECT: the will goes out */
 }
