@@ -4,7 +4,7 @@
 
 BUILD    ?= build
 CC       ?= gcc
-PKGS     := libuv libcrypto libcjson sqlite3 libargon2 zlib libcurl libzstd
+PKGS     := libuv libssl libcrypto libcjson sqlite3 libargon2 zlib libcurl libzstd
 # Debian's libwslay-dev ships no pkg-config file: use it when present, else -lwslay.
 WSLAY_LIBS := $(shell pkg-config --libs libwslay 2>/dev/null || echo -lwslay)
 # llhttp's C sources ship in Debian's node-llhttp package; they are compiled

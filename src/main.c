@@ -19,6 +19,7 @@
 #include "metrics/metrics.h"
 #include "mqtt/mqtt.h"
 #include "net/net.h"
+#include "net/net_tls.h"
 #include "query/query.h"
 #include "registry/registry.h"
 #include "web/web.h"
@@ -168,12 +169,17 @@ static int cmd_serve(int argc, char **argv)
         log_error("main", "auth: %s", thz_strerror(rc));
         return 1;
     }
+    if (net_tls_setup(&cfg) != THZ_OK) {
+        log_error("main", "TLS: cannot load the certificate");
+        return 1;
+    }
     if (net_init(config_threads(&cfg)) != THZ_OK || mqtt_start(&cfg, a) != THZ_OK) {
         log_error("main", "startup failed");
         return 1;
     }
     mqtt_set_registry(reg);
     mqtt_set_tsdb(db);
+    mqtt_ws_register();
     if (http_start(&cfg, a) != THZ_OK || api_start(reg) != THZ_OK ||
         ingest_start(db, reg) != THZ_OK || query_start(db) != THZ_OK ||
         live_start(reg, db) != THZ_OK || web_start() != THZ_OK ||
@@ -181,9 +187,13 @@ static int cmd_serve(int argc, char **argv)
         log_error("main", "startup failed");
         return 1;
     }
-    log_info("main", "thinghz %s serving: MQTT on %s, HTTP on %s, %d I/O threads, data in %s%s",
+    log_info("main",
+             "thinghz %s serving: MQTT on %s, MQTT/TLS on %s, HTTP on %s, HTTPS on %s, %d I/O "
+             "threads, data in %s%s",
              THINGHZ_VERSION, cfg.mqtt_listen[0] ? cfg.mqtt_listen : "(off)",
-             cfg.http_listen[0] ? cfg.http_listen : "(off)", net_threads(), cfg.data_dir,
+             cfg.mqtts_listen[0] ? cfg.mqtts_listen : "(off)",
+             cfg.http_listen[0] ? cfg.http_listen : "(off)",
+             cfg.https_listen[0] ? cfg.https_listen : "(off)", net_threads(), cfg.data_dir,
              cfg.allow_anonymous ? ", anonymous access allowed" : "");
     for (;;) {
         int sig = 0;
@@ -199,6 +209,7 @@ static int cmd_serve(int argc, char **argv)
             rc = auth_reload(a, &cfg);
             if (rc) log_warn("main", "reload: auth: %s (old rules kept)", thz_strerror(rc));
             mqtt_reload(&cfg);
+            net_tls_reload(&cfg); /* new connections get the new certificate */
             log_info("main", "configuration reloaded");
             continue;
         }
@@ -207,6 +218,7 @@ static int cmd_serve(int argc, char **argv)
     }
     net_shutdown();
     mqtt_stop();
+    net_tls_cleanup();
     if (db) tsdb_close(db);
     reg_close(reg);
     auth_close(a);

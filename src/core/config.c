@@ -40,6 +40,7 @@ typedef struct config_opt {
 static const char *const log_level_names[] = {"error", "warn", "info", "debug", NULL};
 static const char *const fsync_names[] = {"never", "everysec", "always", NULL};
 static const char *const metrics_auth_names[] = {"loopback", "none", "token", NULL};
+static const char *const tls_version_names[] = {"1.2", "1.3", NULL};
 
 #define FIELD(f)          offsetof(thz_config, f), sizeof(((thz_config *)0)->f)
 #define PATH(n, f)        n, OPT_PATH, FIELD(f), 0, 0, NULL
@@ -57,7 +58,9 @@ static const config_opt opts[] = {
     {ADDR("mqtt-listen", mqtt_listen), "127.0.0.1:1883",
      "MQTT listener as HOST:PORT or [V6]:PORT; empty turns it off; port 0 picks a free one.",
      false},
-    {ADDR("http-listen", http_listen), "127.0.0.1:8080", "HTTP listener as HOST:PORT.", false},
+    {ADDR("http-listen", http_listen), "127.0.0.1:8080",
+     "HTTP listener (the API and ws:// MQTT over WebSockets) as HOST:PORT; empty turns it off.",
+     false},
     {INT("threads", threads, 0, 256), "0", "I/O threads; 0 means one per CPU core.", false},
     {BOOL("allow-anonymous", allow_anonymous), "false",
      "Accept clients without a user name (and any user name if no password-file).", true},
@@ -125,6 +128,25 @@ static const config_opt opts[] = {
      "others with a bearer token of the default tenant), none (anyone) or token (always a "
      "bearer token).",
      false},
+    {ADDR("mqtts-listen", mqtts_listen), "",
+     "MQTT over TLS listener as HOST:PORT (8883 is usual); empty turns it off.", false},
+    {ADDR("https-listen", https_listen), "",
+     "HTTPS listener (the API and wss:// MQTT over WebSockets) as HOST:PORT (8443 is usual); "
+     "empty turns it off.",
+     false},
+    /* The tls-* settings are read by net_tls_reload on the main thread only,
+     * so SIGHUP may change them: new connections get the new context. */
+    {PATH("tls-cert", tls_cert), "",
+     "PEM server certificate, followed by its intermediate CA certificates; empty generates a "
+     "development CA in DATA_DIR/tls (ca.pem) and a certificate for 127.0.0.1 and localhost.",
+     true},
+    {PATH("tls-key", tls_key), "", "PEM private key of tls-cert.", true},
+    {PATH("tls-ciphers", tls_ciphers), "",
+     "OpenSSL cipher list for TLS 1.2; empty keeps OpenSSL's default.", true},
+    {PATH("tls-ciphersuites", tls_ciphersuites), "",
+     "OpenSSL ciphersuites for TLS 1.3; empty keeps OpenSSL's default.", true},
+    {ENUM("tls-min-version", tls_min_version, tls_version_names), "1.2",
+     "Oldest TLS version accepted: 1.2 or 1.3.", true},
 };
 
 #define N_OPTS (sizeof opts / sizeof opts[0])
@@ -561,17 +583,34 @@ thz_err config_validate(const thz_config *cfg, char *err, size_t errlen)
         seterr(err, errlen, "data-dir: must not be empty");
         return THZ_EINVAL;
     }
-    if (cfg->mqtt_listen[0] != '\0' &&
-        config_split_addr(cfg->mqtt_listen, host, sizeof host, &port) != THZ_OK) {
-        seterr(err, errlen, "mqtt-listen: '%s' is not HOST:PORT or [V6]:PORT", cfg->mqtt_listen);
-        return THZ_EINVAL;
+    /* Every listener: a valid address when on (empty turns it off), and no
+     * two on the same explicit port of the same host. */
+    static const struct {
+        const char *name;
+        size_t off;
+    } lst[] = {{"mqtt-listen", offsetof(thz_config, mqtt_listen)},
+               {"http-listen", offsetof(thz_config, http_listen)},
+               {"mqtts-listen", offsetof(thz_config, mqtts_listen)},
+               {"https-listen", offsetof(thz_config, https_listen)}};
+    for (size_t i = 0; i < sizeof lst / sizeof lst[0]; i++) {
+        const char *a = (const char *)cfg + lst[i].off;
+        if (a[0] == '\0') continue;
+        if (config_split_addr(a, host, sizeof host, &port) != THZ_OK) {
+            seterr(err, errlen, "%s: '%s' is not HOST:PORT or [V6]:PORT", lst[i].name, a);
+            return THZ_EINVAL;
+        }
+        for (size_t k = 0; k < i; k++) {
+            const char *b = (const char *)cfg + lst[k].off;
+            if (b[0] == '\0' || config_split_addr(b, host2, sizeof host2, &port2) != THZ_OK)
+                continue;
+            if (port != 0 && port == port2 && strcmp(host, host2) == 0) {
+                seterr(err, errlen, "%s and %s are both %s", lst[k].name, lst[i].name, a);
+                return THZ_EINVAL;
+            }
+        }
     }
-    if (config_split_addr(cfg->http_listen, host2, sizeof host2, &port2) != THZ_OK) {
-        seterr(err, errlen, "http-listen: '%s' is not HOST:PORT or [V6]:PORT", cfg->http_listen);
-        return THZ_EINVAL;
-    }
-    if (cfg->mqtt_listen[0] != '\0' && port != 0 && port == port2 && strcmp(host, host2) == 0) {
-        seterr(err, errlen, "mqtt-listen and http-listen are both %s", cfg->http_listen);
+    if ((cfg->tls_cert[0] == '\0') != (cfg->tls_key[0] == '\0')) {
+        seterr(err, errlen, "tls-cert and tls-key: set both or neither");
         return THZ_EINVAL;
     }
     /* Values set directly in the struct bypass opt_set; check ranges again. */

@@ -44,7 +44,16 @@ typedef struct thz_config {
     uint32_t store_segment_mb;       /* store-segment-mb: state log segment size before rotating */
     char cors_origins[THZ_PATH_MAX]; /* cors-origins: "*" or comma-separated origins; empty = off */
     int metrics_auth;                /* metrics-auth: THZ_METRICS_AUTH_* for GET /metrics */
+    char mqtts_listen[THZ_ADDR_MAX]; /* mqtts-listen: MQTT over TLS; empty = off */
+    char https_listen[THZ_ADDR_MAX]; /* https-listen: HTTPS (and wss://); empty = off */
+    char tls_cert[THZ_PATH_MAX];     /* tls-cert: PEM certificate chain; empty = dev CA */
+    char tls_key[THZ_PATH_MAX];      /* tls-key: PEM private key of tls-cert */
+    char tls_ciphers[THZ_PATH_MAX];  /* tls-ciphers: TLS 1.2 cipher list; empty = OpenSSL's */
+    char tls_ciphersuites[THZ_PATH_MAX]; /* tls-ciphersuites: TLS 1.3 suites; empty = OpenSSL's */
+    int tls_min_version;                 /* tls-min-version: THZ_TLS_1_2 or THZ_TLS_1_3 */
 } thz_config;
+
+enum { THZ_TLS_1_2 = 0, THZ_TLS_1_3 = 1 };
 
 enum { THZ_FSYNC_NEVER = 0, THZ_FSYNC_EVERYSEC = 1, THZ_FSYNC_ALWAYS = 2 };
 enum { THZ_METRICS_AUTH_LOOPBACK = 0, THZ_METRICS_AUTH_NONE = 1, THZ_METRICS_AUTH_TOKEN = 2 };

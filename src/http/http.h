@@ -204,5 +204,21 @@ void *http_ws_user(const http_ws *ws);
 const char *http_ws_subprotocol(const http_ws *ws);
 /* The I/O thread of the connection (for net_post). */
 int http_ws_thread(const http_ws *ws);
+/* Stops (on false) or restarts reading from the peer, for a user that cannot
+ * take more now (MQTT over WebSocket: back-pressure, a password check).
+ * Messages already read may still arrive: at most one read's worth. */
+void http_ws_reading(http_ws *ws, bool on);
+/* The peer's "address:port" ("" if unknown); owned by ws. */
+const char *http_ws_peer(const http_ws *ws);
+/* Moves the WebSocket, its connection and socket to I/O thread target (MQTT
+ * over WebSocket: a client resuming a session that lives on another thread,
+ * see docs/ARCHITECTURE.md). Call it from a callback of ws. Messages already
+ * read keep arriving on this thread until the current read is processed;
+ * then nothing happens on this thread any more, and fn(ws, arg) runs on
+ * target, from where ws belongs to target (http_ws_thread says so). If the
+ * move cannot be done, on_close is called instead (on one thread or the
+ * other). Returns THZ_EINVAL (a move is already pending, the connection is
+ * closing, a bad target) without calling anything. */
+thz_err http_ws_move(http_ws *ws, int target, void (*fn)(http_ws *ws, void *arg), void *arg);
 
 #endif

@@ -162,7 +162,17 @@ typedef struct http_ws_io {
     thz_err (*write)(void *conn, const void *p, size_t n);
     /* Bytes of output not yet taken by the socket. */
     size_t (*unsent)(void *conn);
+    /* Stops (false) or restarts reading the connection; may be NULL. */
+    void (*set_reading)(void *conn, bool on);
+    /* The peer's "address:port", owned by conn; may be NULL. */
+    const char *(*peer)(void *conn);
+    /* Asks for the connection to move to thread target (http_ws_move); may
+     * be NULL (not supported). */
+    thz_err (*move)(void *conn, int target, void (*fn)(http_ws *ws, void *arg), void *arg);
 } http_ws_io;
+
+/* After a move: ws now belongs to conn on thread. */
+void http_ws_rebind(http_ws *ws, void *conn, int thread, uint64_t now_ms);
 
 /* Creates the WebSocket of a connection whose 101 response to req (which
  * carries ws_route) was just serialized, and calls on_open. io must outlive

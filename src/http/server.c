@@ -3,14 +3,19 @@
  * output of a batch and flush it at batch end, enforce the timeouts, and
  * close gracefully (flush, FIN, drain briefly) after an error. A connection
  * whose request was answered 101 becomes a WebSocket (ws.c) that shares the
- * output path, back-pressure and closing. */
+ * output path, back-pressure and closing. On the HTTPS listener, TLS
+ * (net_tls.h) sits between the socket and the rest: ciphertext in, the
+ * plaintext parsed as usual; the output sealed just before it is written. */
+#include <fcntl.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "core/log.h"
 #include "http/http_int.h"
 #include "net/net.h"
+#include "net/net_tls.h"
 
 #define LINGER_MS 2000  /* after an error response: read and discard this long */
 #define DRAIN_MS  10000 /* a closing connection whose output does not drain */
@@ -28,14 +33,20 @@ typedef struct hconn {
     uv_write_t *wreq;
     http_request *pending; /* answered asynchronously (HTTP_PENDING) */
     http_ws *ws;           /* after a 101: the connection is a WebSocket */
+    net_tls *tls;          /* HTTPS: TLS state, owned; NULL on plain HTTP */
     int refs;              /* the handle + one per pending request */
+    bool ws_paused;        /* the WebSocket's user stopped reading (http_ws_reading) */
+    int move_to;           /* http_ws_move asked for this thread (move_fn set) */
+    void (*move_fn)(http_ws *ws, void *arg);
+    void *move_arg;
     bool reading, writing, dirty, closed;
     bool throttled; /* stopped: too much unsent output */
     bool draining;  /* no more requests: flush, then linger, then close */
     bool lingering; /* FIN sent; discarding input until EOF or LINGER_MS */
     bool in_req;    /* bytes of an unfinished request were read */
-    uint64_t req_start_ms, idle_since_ms, drain_start_ms;
+    uint64_t req_start_ms, idle_since_ms, drain_start_ms, accepted_ms;
     struct hconn *prev, *next;
+    char peer[56]; /* "address:port", filled when first asked for */
 } hconn;
 
 struct hworker {
@@ -101,6 +112,7 @@ static void on_alloc(uv_handle_t *h, size_t hint, uv_buf_t *buf);
 static void on_read(uv_stream_t *st, ssize_t nread, const uv_buf_t *buf);
 static void process(hconn *c, const uint8_t *p, size_t n);
 static void ws_after(hconn *c);
+static void ws_move_now(hconn *c);
 
 static uint64_t now_ms(hconn *c)
 {
@@ -111,6 +123,7 @@ static void conn_unref(hconn *c)
 {
     if (--c->refs > 0) return;
     http_parser_free(&c->ps);
+    net_tls_free(c->tls);
     thz_buf_free(&c->in);
     thz_buf_free(&c->out);
     thz_buf_free(&c->wbuf);
@@ -172,7 +185,7 @@ static void mark_dirty(hconn *c)
 static void update_reading(hconn *c)
 {
     if (c->closed) return;
-    bool want = c->lingering || (!c->pending && !c->throttled && !c->draining);
+    bool want = c->lingering || (!c->pending && !c->throttled && !c->draining && !c->ws_paused);
     if (want && !c->reading) {
         if (uv_read_start((uv_stream_t *)c->tcp, on_alloc, on_read) == 0) c->reading = true;
     } else if (!want && c->reading) {
@@ -258,9 +271,21 @@ static void resume(hconn *c)
     update_reading(c);
 }
 
+/* TLS: the plaintext output becomes the ciphertext due (handshake records
+ * first). False when the connection had to close. */
+static bool seal(hconn *c)
+{
+    if (!c->tls || net_tls_seal(c->tls, &c->out) == THZ_OK) return true;
+    conn_close(c);
+    return false;
+}
+
 static void flush(hconn *c)
 {
     if (c->closed) return;
+    if (!c->writing && (c->out.len || (c->tls && net_tls_want_write(c->tls)))) {
+        if (!seal(c)) return;
+    }
     if (!c->writing && c->out.len) {
         HSTAT_ADD(S[c->idx].bytes_out, c->out.len);
         uv_buf_t b = uv_buf_init((char *)c->out.p, (unsigned)c->out.len);
@@ -300,6 +325,15 @@ static void flush(hconn *c)
     if (c->draining && !c->lingering && !c->writing && c->out.len == 0) {
         if (!c->drain_start_ms) { /* only once: start_linger is asynchronous */
             c->drain_start_ms = now_ms(c);
+            if (c->tls) {
+                /* close_notify after the last data, best effort */
+                net_tls_close_notify(c->tls);
+                if (net_tls_seal(c->tls, &c->out) == THZ_OK && c->out.len) {
+                    uv_buf_t b = uv_buf_init((char *)c->out.p, (unsigned)c->out.len);
+                    uv_try_write((uv_stream_t *)c->tcp, &b, 1);
+                }
+                thz_buf_free(&c->out);
+            }
             start_linger(c);
         }
         return;
@@ -373,7 +407,132 @@ static size_t ws_unsent(void *conn)
     return c->out.len + c->wbuf.len;
 }
 
-static const http_ws_io ws_io = {ws_write, ws_unsent};
+static void ws_set_reading(void *conn, bool on)
+{
+    hconn *c = conn;
+    if (c->ws_paused == !on) return;
+    c->ws_paused = !on;
+    update_reading(c);
+}
+
+static const char *conn_peer(void *conn)
+{
+    hconn *c = conn;
+    if (c->peer[0] || c->closed) return c->peer;
+    struct sockaddr_storage ss;
+    int sl = sizeof ss;
+    char host[48] = "?";
+    int port = 0;
+    if (uv_tcp_getpeername(c->tcp, (struct sockaddr *)&ss, &sl) == 0) {
+        if (ss.ss_family == AF_INET) {
+            uv_ip4_name((struct sockaddr_in *)&ss, host, sizeof host);
+            port = ntohs(((struct sockaddr_in *)&ss)->sin_port);
+        } else if (ss.ss_family == AF_INET6) {
+            uv_ip6_name((struct sockaddr_in6 *)&ss, host, sizeof host);
+            port = ntohs(((struct sockaddr_in6 *)&ss)->sin6_port);
+        }
+    }
+    snprintf(c->peer, sizeof c->peer, "%s:%d", host, port);
+    return c->peer;
+}
+
+static thz_err ws_move(void *conn, int target, void (*fn)(http_ws *ws, void *arg), void *arg)
+{
+    hconn *c = conn;
+    if (c->closed || c->draining || c->move_fn || target < 0 || target >= net_threads())
+        return THZ_EINVAL;
+    c->move_to = target;
+    c->move_fn = fn;
+    c->move_arg = arg;
+    return THZ_OK;
+}
+
+static const http_ws_io ws_io = {ws_write, ws_unsent, ws_set_reading, conn_peer, ws_move};
+
+/* A WebSocket connection on its way to another thread: the socket (a
+ * duplicate of the descriptor), its TLS state, the WebSocket with its parser
+ * state, and output not yet written. */
+typedef struct ws_moving {
+    int fd;
+    net_tls *tls;
+    http_ws *ws;
+    thz_buf out;
+    bool ws_paused;
+    void (*fn)(http_ws *ws, void *arg);
+    void *arg;
+} ws_moving;
+
+static hconn *conn_new(hworker *w, uv_tcp_t *tcp, int thread);
+static void tls_in(hconn *c, const uint8_t *p, size_t n);
+
+static void ws_moved_task(int thread, void *arg)
+{
+    ws_moving *mv = arg;
+    hworker *w = thread >= 0 && net_self() == thread ? W[thread] : NULL;
+    uv_tcp_t *tcp = w ? malloc(sizeof *tcp) : NULL;
+    if (tcp) {
+        uv_tcp_init(w->loop, tcp);
+        if (uv_tcp_open(tcp, mv->fd) != 0) {
+            uv_close((uv_handle_t *)tcp, (uv_close_cb)free);
+            tcp = NULL;
+        }
+    }
+    hconn *c = tcp ? conn_new(w, tcp, thread) : NULL;
+    if (!c) {
+        /* the loop is gone (shutdown) or out of memory: the WebSocket ends */
+        if (tcp)
+            uv_close((uv_handle_t *)tcp, (uv_close_cb)free);
+        else
+            close(mv->fd);
+        http_ws_free(mv->ws);
+        net_tls_free(mv->tls);
+        thz_buf_free(&mv->out);
+        free(mv);
+        return;
+    }
+    c->tls = mv->tls;
+    c->ws = mv->ws;
+    c->out = mv->out;
+    c->ws_paused = mv->ws_paused;
+    http_ws_rebind(c->ws, c, thread, now_ms(c));
+    mv->fn(c->ws, mv->arg);
+    free(mv);
+    if (c->tls) tls_in(c, NULL, 0); /* what TLS held back */
+    if (!c->closed) {
+        mark_dirty(c);
+        ws_after(c);
+    }
+    net_batch_end(thread);
+}
+
+/* Performs a move asked for with http_ws_move, once the input being
+ * processed is done and no write is in flight (on_write comes back here). */
+static void ws_move_now(hconn *c)
+{
+    if (c->writing) return;
+    http_ws_flush(c->ws); /* frames wslay holds go along in c->out */
+    uv_os_fd_t fd;
+    ws_moving *mv = calloc(1, sizeof *mv);
+    if (!mv || uv_fileno((uv_handle_t *)c->tcp, &fd) != 0 ||
+        (mv->fd = fcntl(fd, F_DUPFD_CLOEXEC, 0)) < 0) {
+        free(mv);
+        c->move_fn = NULL;
+        conn_close(c); /* on_close tells the user */
+        return;
+    }
+    mv->tls = c->tls;
+    mv->ws = c->ws;
+    mv->out = c->out;
+    mv->ws_paused = c->ws_paused;
+    mv->fn = c->move_fn;
+    mv->arg = c->move_arg;
+    c->tls = NULL;
+    c->ws = NULL;
+    memset(&c->out, 0, sizeof c->out);
+    c->move_fn = NULL;
+    conn_close(c); /* this handle only; the descriptor lives on in mv->fd */
+    net_post(c->move_to, ws_moved_task, mv);
+}
 
 /* After anything happened on a WebSocket: pull queued frames into the
  * output, close when the WebSocket is over, and read only while the output
@@ -381,6 +540,10 @@ static const http_ws_io ws_io = {ws_write, ws_unsent};
 static void ws_after(hconn *c)
 {
     if (c->closed || c->draining) return;
+    if (c->move_fn) {
+        ws_move_now(c);
+        return;
+    }
     http_ws_flush(c->ws);
     if (http_ws_done(c->ws)) {
         begin_drain(c);
@@ -474,29 +637,80 @@ static void on_alloc(uv_handle_t *h, size_t hint, uv_buf_t *buf)
     *buf = uv_buf_init((char *)c->w->rbuf, sizeof c->w->rbuf);
 }
 
+/* Plaintext from the peer (read, or decrypted). */
+static void on_plain(hconn *c, const uint8_t *p, size_t n)
+{
+    if (c->lingering) return;
+    if (c->ws) {
+        if (!c->draining) {
+            http_ws_input(c->ws, p, n, now_ms(c));
+            ws_after(c);
+        }
+        return;
+    }
+    if (!c->in_req) {
+        c->in_req = true;
+        c->req_start_ms = now_ms(c);
+    }
+    process(c, p, n);
+}
+
+/* The end of the peer's stream (EOF, or its TLS close_notify): a half-closed
+ * client still gets the answers already due. */
+static void on_eof(hconn *c)
+{
+    if (!c->lingering && (c->out.len || c->writing))
+        begin_drain(c);
+    else
+        conn_close(c);
+}
+
+/* HTTPS: ciphertext in; everything decryptable is decrypted and handled at
+ * once, so nothing waits inside TLS (plaintext that cannot be processed yet
+ * waits in c->in, as for HTTP). */
+static void tls_in(hconn *c, const uint8_t *p, size_t n)
+{
+    while (!c->closed) {
+        size_t got = 0;
+        thz_err rc = net_tls_input(c->tls, p, n, c->w->rbuf, sizeof c->w->rbuf, &got);
+        p = NULL;
+        n = 0;
+        if (rc == THZ_EAGAIN) {
+            on_eof(c);
+            return;
+        }
+        if (rc) {
+            log_info("http", "%s: TLS: %s; closed", conn_peer(c), net_tls_error(c->tls));
+            /* the alert, if OpenSSL made one, then the close */
+            thz_buf_free(&c->out);
+            if (net_tls_seal(c->tls, &c->out) == THZ_OK && c->out.len && !c->writing) {
+                uv_buf_t b = uv_buf_init((char *)c->out.p, (unsigned)c->out.len);
+                uv_try_write((uv_stream_t *)c->tcp, &b, 1);
+            }
+            conn_close(c);
+            return;
+        }
+        if (net_tls_want_write(c->tls)) mark_dirty(c);
+        if (got == 0) return;
+        on_plain(c, c->w->rbuf, got);
+        if (c->move_fn || !c->tls) return; /* moving (or moved): the rest goes along */
+    }
+}
+
 static void on_read(uv_stream_t *st, ssize_t nread, const uv_buf_t *buf)
 {
     hconn *c = st->data;
     int idx = c->w->idx;
     if (nread > 0) HSTAT_ADD(S[idx].bytes_in, nread);
     if (nread < 0) {
-        /* EOF: a half-closed client still gets the answers already due */
-        if (nread == UV_EOF && !c->lingering && (c->out.len || c->writing)) {
-            begin_drain(c);
-        } else {
+        if (nread == UV_EOF)
+            on_eof(c);
+        else
             conn_close(c);
-        }
-    } else if (nread > 0 && c->ws && !c->lingering) {
-        if (!c->draining) {
-            http_ws_input(c->ws, (const uint8_t *)buf->base, (size_t)nread, now_ms(c));
-            ws_after(c);
-        }
-    } else if (nread > 0 && !c->lingering) {
-        if (!c->in_req) {
-            c->in_req = true;
-            c->req_start_ms = now_ms(c);
-        }
-        process(c, (const uint8_t *)buf->base, (size_t)nread);
+    } else if (nread > 0 && c->tls) {
+        tls_in(c, (const uint8_t *)buf->base, (size_t)nread);
+    } else if (nread > 0) {
+        on_plain(c, (const uint8_t *)buf->base, (size_t)nread);
     }
     net_batch_end(idx);
 }
@@ -508,7 +722,11 @@ static void on_tick(uv_timer_t *t)
     uint64_t now = uv_now(w->loop);
     for (hconn *c = w->conns, *next; c; c = next) {
         next = c->next;
-        if (c->lingering) {
+        if (c->tls && !net_tls_established(c->tls) && !c->closed &&
+            now - c->accepted_ms > NET_TLS_HANDSHAKE_MS) {
+            log_info("http", "%s: TLS handshake timeout; closed", conn_peer(c));
+            conn_close(c);
+        } else if (c->lingering) {
             if (now - c->drain_start_ms > LINGER_MS) conn_close(c);
         } else if (c->draining) {
             if (c->drain_start_ms && now - c->drain_start_ms > DRAIN_MS) conn_close(c);
@@ -528,14 +746,16 @@ static void on_tick(uv_timer_t *t)
     net_batch_end(w->idx);
 }
 
+/* ctx: NULL for HTTP, non-NULL for HTTPS. */
 static void on_accept(int thread, uv_tcp_t *tcp, void *ctx)
 {
     hworker *w = W[thread];
     if (!w || w->nconns >= HTTP_MAX_CONNS_PER_THREAD) {
         HSTAT_ADD(S[thread].refused, 1);
         thz_buf b = {0};
-        if (http_serialize_error(503, "too_many_connections", "the server is at its limit", &b) ==
-            THZ_OK) {
+        /* (an HTTPS client cannot read a plain-text 503: it is just closed) */
+        if (!ctx && http_serialize_error(503, "too_many_connections", "the server is at its limit",
+                                         &b) == THZ_OK) {
             uv_buf_t ub = uv_buf_init((char *)b.p, (unsigned)b.len);
             uv_try_write((uv_stream_t *)tcp, &ub, 1);
         }
@@ -543,18 +763,28 @@ static void on_accept(int thread, uv_tcp_t *tcp, void *ctx)
         uv_close((uv_handle_t *)tcp, (uv_close_cb)free);
         return;
     }
-    hconn *c = calloc(1, sizeof *c);
-    if (!c) {
+    net_tls *tls = NULL;
+    hconn *c = NULL;
+    if ((ctx && net_tls_new(NET_TLS_HTTPS, &tls) != THZ_OK) || !(c = conn_new(w, tcp, thread))) {
+        net_tls_free(tls);
         uv_close((uv_handle_t *)tcp, (uv_close_cb)free);
         return;
     }
+    c->tls = tls;
+    update_reading(c);
+}
+
+static hconn *conn_new(hworker *w, uv_tcp_t *tcp, int thread)
+{
+    hconn *c = calloc(1, sizeof *c);
+    if (!c) return NULL;
     c->tcp = tcp;
     tcp->data = c;
     c->w = w;
     c->idx = thread;
     c->refs = 1;
     http_parser_init(&c->ps);
-    c->idle_since_ms = now_ms(c);
+    c->idle_since_ms = c->accepted_ms = now_ms(c);
     c->next = w->conns;
     if (w->conns) w->conns->prev = c;
     w->conns = c;
@@ -562,7 +792,7 @@ static void on_accept(int thread, uv_tcp_t *tcp, void *ctx)
     HSTAT_ADD(S[thread].conns, 1);
     HSTAT_ADD(S[thread].conns_total, 1);
     uv_tcp_nodelay(tcp, 1);
-    update_reading(c);
+    return c;
 }
 
 static void on_batch_end(int thread, void *ctx)
@@ -607,6 +837,7 @@ static void on_thread_stop(int thread, uv_loop_t *loop, void *ctx)
         if (!c->ws || c->draining) continue;
         /* a best-effort 1001 before the socket closes */
         http_ws_close(c->ws, 1001, "server shutting down");
+        if (c->tls && !c->writing && net_tls_seal(c->tls, &c->out) != THZ_OK) c->out.len = 0;
         if (!c->writing && c->out.len) {
             uv_buf_t b = uv_buf_init((char *)c->out.p, (unsigned)c->out.len);
             uv_try_write((uv_stream_t *)c->tcp, &b, 1);
@@ -622,12 +853,20 @@ thz_err http_start(const thz_config *cfg, auth *a)
 {
     http_api_register(a);
     http_cors_set(cfg->cors_origins);
-    if (!cfg->http_listen[0]) return THZ_OK;
+    if (!cfg->http_listen[0] && !cfg->https_listen[0]) return THZ_OK;
     const char *env = getenv("THINGHZ_HTTP_REQUEST_TIMEOUT_MS");
     if (env && atol(env) > 0) request_timeout_ms = (uint64_t)atol(env);
     net_on_thread(on_thread_start, on_thread_stop, NULL);
     net_on_batch_end(on_batch_end, NULL);
-    thz_err rc = net_listen(cfg->http_listen, on_accept, NULL);
-    if (rc) log_error("http", "cannot listen on %s: %s", cfg->http_listen, thz_strerror(rc));
+    thz_err rc = THZ_OK;
+    if (cfg->http_listen[0]) {
+        rc = net_listen(cfg->http_listen, on_accept, NULL);
+        if (rc) log_error("http", "cannot listen on %s: %s", cfg->http_listen, thz_strerror(rc));
+    }
+    if (!rc && cfg->https_listen[0]) {
+        /* any non-NULL ctx marks the HTTPS listener */
+        rc = net_listen(cfg->https_listen, on_accept, (void *)&ws_io);
+        if (rc) log_error("http", "cannot listen on %s: %s", cfg->https_listen, thz_strerror(rc));
+    }
     return rc;
 }

@@ -398,3 +398,28 @@ int http_ws_thread(const http_ws *ws)
 {
     return ws->thread;
 }
+
+void http_ws_reading(http_ws *ws, bool on)
+{
+    if (ws->io->set_reading) ws->io->set_reading(ws->conn, on);
+}
+
+const char *http_ws_peer(const http_ws *ws)
+{
+    return ws->io->peer ? ws->io->peer(ws->conn) : "";
+}
+
+thz_err http_ws_move(http_ws *ws, int target, void (*fn)(http_ws *ws, void *arg), void *arg)
+{
+    if (!ws->io->move || ws->closing || ws->failed) return THZ_EINVAL;
+    return ws->io->move(ws->conn, target, fn, arg);
+}
+
+void http_ws_rebind(http_ws *ws, void *conn, int thread, uint64_t now_ms)
+{
+    ws->conn = conn;
+    ws->thread = thread;
+    /* the new loop's clock */
+    ws->now_ms = ws->last_in_ms = now_ms;
+    if (ws->close_sent_ms) ws->close_sent_ms = now_ms;
+}

@@ -1228,6 +1228,7 @@ static void on_tick(uv_timer_t *t)
     for (conn *c = w->conns, *next; c; c = next) {
         next = c->next;
         conn_count_flush(c);
+        if (c->ws && c->out.len) conn_mark_dirty(c); /* a WebSocket that refused output */
         if (c->congested && now - c->congested_ms > (int64_t)LIMIT(slow_consumer_timeout) * 1000) {
             /* A consumer that stays stuck would hold every publisher back. */
             log_warn("mqtt", "client %s: disconnected, not reading for %u s",
@@ -1386,6 +1387,10 @@ thz_err mqtt_start(const thz_config *cfg, auth *a)
     net_on_batch_end(batch_end, NULL);
     if (cfg->mqtt_listen[0]) {
         rc = net_listen(cfg->mqtt_listen, conn_accept, NULL);
+        if (rc) return rc;
+    }
+    if (cfg->mqtts_listen[0]) { /* TLS contexts: net_tls_setup, before */
+        rc = net_listen(cfg->mqtts_listen, conn_accept_tls, NULL);
         if (rc) return rc;
     }
     return THZ_OK;

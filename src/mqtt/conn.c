@@ -13,9 +13,11 @@
 #include <openssl/crypto.h>
 
 #include "core/log.h"
+#include "http/http.h"
 #include "ingest/ingest.h"
 #include "metrics/metrics.h"
 #include "net/net.h"
+#include "net/net_tls.h"
 #include "mqtt/mqtt_int.h"
 
 static atomic_uint n_conns;
@@ -24,9 +26,17 @@ static void on_alloc(uv_handle_t *h, size_t hint, uv_buf_t *buf);
 static void on_read(uv_stream_t *st, ssize_t nread, const uv_buf_t *buf);
 static void conn_flush_once(conn *c);
 static void read_budget(conn *c, size_t n);
+static void read_stop(conn *c);
+static void read_start(conn *c);
+static void tls_read(conn *c, const uint8_t *p, size_t n);
+static void ws_flush(conn *c);
+static void transport_close(conn *c);
+static void mws_detach(http_ws *ws);
+static void conn_migrate_ws(conn *c, int target, const uint8_t *p, size_t n);
 
 static void conn_free(conn *c)
 {
+    net_tls_free(c->tls);
     thz_buf_free(&c->in);
     thz_buf_free(&c->out);
     thz_buf_free(&c->wbuf);
@@ -105,7 +115,7 @@ static void on_closed(uv_handle_t *h)
 
 void conn_release(conn *c)
 {
-    if (!c->tcp && !c->authing && !c->durable_pending) conn_free(c);
+    if (!c->tcp && !c->ws_hold && !c->authing && !c->durable_pending) conn_free(c);
 }
 
 void conn_mark_dirty(conn *c)
@@ -183,7 +193,7 @@ static void pause_reading(conn *c)
     w->paused[w->npaused++] = c;
     atomic_store_explicit(&w->paused_n, w->npaused, memory_order_relaxed);
     c->paused = true;
-    uv_read_stop((uv_stream_t *)c->tcp);
+    read_stop(c);
 }
 
 /* Removes c from one of its worker's unordered connection lists. */
@@ -231,10 +241,10 @@ static void throttle_check(conn *c)
     uint32_t maxo = atomic_load_explicit(&B.max_outbuf, memory_order_relaxed);
     if (!c->throttled && pending > maxo) {
         c->throttled = true;
-        uv_read_stop((uv_stream_t *)c->tcp);
+        read_stop(c);
     } else if (c->throttled && pending <= maxo / 2) {
         c->throttled = false;
-        if (!c->paused && !c->yielded) uv_read_start((uv_stream_t *)c->tcp, on_alloc, on_read);
+        if (!c->paused && !c->yielded && !c->authing) read_start(c);
     }
 }
 
@@ -247,7 +257,18 @@ void conn_flush(conn *c)
 
 static void conn_flush_once(conn *c)
 {
-    if (c->writing || c->out.len == 0) return;
+    if (c->ws) {
+        ws_flush(c);
+        return;
+    }
+    if (c->writing || (c->out.len == 0 && !(c->tls && net_tls_want_write(c->tls)))) return;
+    /* TLS: the plaintext becomes the ciphertext due (with any handshake
+     * records before it), and goes the same way. */
+    if (c->tls && net_tls_seal(c->tls, &c->out) != THZ_OK) {
+        conn_close(c, -1);
+        return;
+    }
+    if (c->out.len == 0) return;
     uv_buf_t b = uv_buf_init((char *)c->out.p, (unsigned)c->out.len);
     int n = uv_try_write((uv_stream_t *)c->tcp, &b, 1);
     if (n == UV_EAGAIN) n = 0;
@@ -413,12 +434,21 @@ void conn_close(conn *c, int reason)
          * client's Maximum Packet Size */
         mqtt_encode_reasoned(&c->out, MQTT_V5, MQTT_DISCONNECT, (uint8_t)reason,
                              c->max_packet_out >= 128 ? reason_props((uint8_t)reason) : NULL);
-    if (c->out.len && !c->writing) {
+    if (c->ws) {
+        ws_flush(c); /* queued in the WebSocket: it is sent before the close */
+    } else if (c->tcp && !c->writing) {
+        if (c->tls) {
+            /* with a close_notify; an alert after a failed handshake */
+            net_tls_close_notify(c->tls);
+            if (net_tls_seal(c->tls, &c->out) != THZ_OK) c->out.len = 0;
+        }
         /* Best effort, once: what the socket takes now (a CONNACK refusal,
          * the DISCONNECT) is all the peer gets. */
-        uv_buf_t b = uv_buf_init((char *)c->out.p, (unsigned)c->out.len);
-        int n = uv_try_write((uv_stream_t *)c->tcp, &b, 1);
-        if (n > 0) STAT_ADD(w->bytes_out, (uint64_t)n);
+        if (c->out.len) {
+            uv_buf_t b = uv_buf_init((char *)c->out.p, (unsigned)c->out.len);
+            int n = uv_try_write((uv_stream_t *)c->tcp, &b, 1);
+            if (n > 0) STAT_ADD(w->bytes_out, (uint64_t)n);
+        }
     }
     if (c->dirty) {
         /* freed by the close callback: must not stay on the flush list */
@@ -451,8 +481,7 @@ void conn_close(conn *c, int reason)
             session_went_offline(w, s, c->will_publish && !atomic_load(&B.shutting_down));
         session_unref(s);
     }
-    uv_read_stop((uv_stream_t *)c->tcp);
-    uv_close((uv_handle_t *)c->tcp, on_closed);
+    transport_close(c);
 }
 
 /* Fails the connection for a decode or protocol error. */
@@ -467,7 +496,7 @@ static conn *conn_new(worker *w, uv_tcp_t *tcp)
     conn *c = calloc(1, sizeof *c);
     if (!c) return NULL;
     c->tcp = tcp;
-    tcp->data = c;
+    if (tcp) tcp->data = c;
     c->w = w;
     c->accepted_ms = c->last_rx_ms = now_ms();
     c->will_publish = true;
@@ -477,7 +506,7 @@ static conn *conn_new(worker *w, uv_tcp_t *tcp)
     atomic_fetch_add(&n_conns, 1);
     struct sockaddr_storage ss;
     int sl = sizeof ss;
-    if (uv_tcp_getpeername(tcp, (struct sockaddr *)&ss, &sl) == 0) {
+    if (tcp && uv_tcp_getpeername(tcp, (struct sockaddr *)&ss, &sl) == 0) {
         char host[48] = "?";
         int port = 0;
         if (ss.ss_family == AF_INET) {
@@ -622,7 +651,7 @@ static void durable_task(int thread, void *arg)
     durable *d = arg;
     conn *c = d->c;
     c->durable_pending--;
-    if (c->tcp && c->state == CONN_ACTIVE) {
+    if ((c->tcp || c->ws) && c->state == CONN_ACTIVE) {
         for (uint32_t i = 0; i < c->nacks; i++) {
             if (c->acks[i].seq != d->seq) continue;
             c->acks[i].ready = true;
@@ -738,6 +767,7 @@ static char *span_dup(mqtt_span s)
 
 typedef struct migration {
     int fd;
+    net_tls *tls;
     size_t n;
     char peer[64];
     uint8_t bytes[];
@@ -746,10 +776,12 @@ typedef struct migration {
 static void adopt_task(int thread, void *arg)
 {
     migration *mg = arg;
-    if (thread >= 0 && net_self() == thread)
-        conn_adopt(B.w[thread], mg->fd, mg->bytes, mg->n, mg->peer);
-    else
+    if (thread >= 0 && net_self() == thread) {
+        conn_adopt(B.w[thread], mg->fd, mg->tls, mg->bytes, mg->n, mg->peer);
+    } else {
         close(mg->fd);
+        net_tls_free(mg->tls);
+    }
     free(mg);
 }
 
@@ -763,12 +795,18 @@ static void conn_migrate(conn *c, int target, const uint8_t *p, size_t n)
      * child, and libuv closes descriptors with a raw close syscall that
      * ThreadSanitizer cannot see, so its dup() hook mistakes a recycled
      * descriptor number for a race with the previous owner's reads. */
-    if (!mg || uv_fileno((uv_handle_t *)c->tcp, &fd) != 0 ||
+    /* A write in progress (TLS records of the handshake, when the socket
+     * was full) would be cut by closing this handle: such a rare client is
+     * closed and reconnects instead. */
+    if (!mg || !c->tcp || c->writing || uv_fileno((uv_handle_t *)c->tcp, &fd) != 0 ||
         (mg->fd = fcntl(fd, F_DUPFD_CLOEXEC, 0)) < 0) {
         free(mg);
         conn_close(c, -1);
         return;
     }
+    /* the TLS state (and whatever ciphertext it holds) moves along */
+    mg->tls = c->tls;
+    c->tls = NULL;
     mg->n = n;
     memcpy(mg->bytes, p, n);
     snprintf(mg->peer, sizeof mg->peer, "%s", c->peer);
@@ -825,19 +863,34 @@ static void auth_work_done(uv_work_t *req, int status)
     conn *c = aw->c;
     metrics_pool_finished();
     c->authing = false;
-    if (!c->tcp) {
+    if (!c->tcp && !c->ws) {
         conn_release(c); /* closed while the check ran */
     } else if (c->state != CONN_CLOSING) {
         c->auth_done = true;
         c->auth_result = status == 0 ? aw->rc : THZ_EIO;
         c->auth_id = aw->id; /* moved: c releases it */
         aw->id = (auth_identity){0};
-        size_t used = process(c, aw->bytes, aw->n);
-        if (used != (size_t)-1 && c->state != CONN_CLOSING) {
-            if (used < aw->n) thz_buf_append(&c->in, aw->bytes + used, aw->n - used);
-            if (!c->paused && !c->throttled)
-                uv_read_start((uv_stream_t *)c->tcp, on_alloc, on_read);
+        const uint8_t *bp = aw->bytes;
+        size_t bn = aw->n;
+        thz_buf t = {0};
+        if (c->in.len) {
+            /* a WebSocket's messages that arrived during the check come
+             * after the CONNECT (and go along if the connection moves) */
+            if (thz_buf_append(&t, aw->bytes, aw->n) != THZ_OK ||
+                thz_buf_append(&t, c->in.p, c->in.len) != THZ_OK)
+                conn_close(c, -1);
+            thz_buf_free(&c->in);
+            bp = t.p;
+            bn = t.len;
         }
+        size_t used = c->state == CONN_CLOSING ? 0 : process(c, bp, bn);
+        if (used != (size_t)-1 && c->state != CONN_CLOSING) {
+            if (used < bn) thz_buf_append(&c->in, bp + used, bn - used);
+            if (!c->paused && !c->throttled) read_start(c);
+            /* what TLS held back while the check ran comes after those */
+            if (c->tls) tls_read(c, NULL, 0);
+        }
+        thz_buf_free(&t);
         net_batch_end(c->w->idx);
     }
     if (aw->pass) OPENSSL_cleanse(aw->pass, aw->passlen);
@@ -875,7 +928,7 @@ static void auth_suspend(conn *c, const char *user, const mqtt_connect *cn, cons
     }
     metrics_pool_queued();
     c->authing = true;
-    uv_read_stop((uv_stream_t *)c->tcp);
+    read_stop(c);
 }
 
 static bool will_allowed(conn *c, const char *ucid, const char *user, mqtt_span topic)
@@ -1022,7 +1075,10 @@ static int handle_connect(conn *c, const mqtt_packet *pkt, const uint8_t *raw, s
         pthread_mutex_unlock(&B.sess_lock);
         free(user);
         msg_unref(will);
-        conn_migrate(c, home, raw, rawn + rest);
+        if (c->ws)
+            conn_migrate_ws(c, home, raw, rawn + rest);
+        else
+            conn_migrate(c, home, raw, rawn + rest);
         return 1;
     }
     if (s && (cn->clean_start || !s->persistent)) {
@@ -1531,7 +1587,7 @@ static size_t process(conn *c, const uint8_t *p, size_t n)
 static void on_alloc(uv_handle_t *h, size_t hint, uv_buf_t *buf)
 {
     conn *c = h->data;
-    if (c->in.len) {
+    if (c->in.len && !c->tls) {
         /* a partial packet is waiting: read behind it */
         if (thz_buf_reserve(&c->in, 65536) != THZ_OK) {
             *buf = uv_buf_init(NULL, 0);
@@ -1586,7 +1642,10 @@ static void on_read(uv_stream_t *st, ssize_t nread, const uv_buf_t *buf)
         STAT_ADD(w->bytes_in, (uint64_t)nread);
         c->n_bytes_in += (uint64_t)nread;
         c->last_rx_ms = now_ms();
-        feed(c, (const uint8_t *)buf->base, (size_t)nread);
+        if (c->tls)
+            tls_read(c, (const uint8_t *)buf->base, (size_t)nread);
+        else
+            feed(c, (const uint8_t *)buf->base, (size_t)nread);
         read_budget(c, (size_t)nread);
     }
     net_batch_end(w->idx);
@@ -1620,7 +1679,7 @@ static void read_budget(conn *c, size_t n)
     w->yield[w->nyield++] = c;
     c->yielded = true;
     c->budget_used = 0;
-    uv_read_stop((uv_stream_t *)c->tcp);
+    read_stop(c);
 }
 
 void worker_yield_resume(worker *w)
@@ -1630,8 +1689,7 @@ void worker_yield_resume(worker *w)
     for (uint32_t i = 0; i < n; i++) {
         conn *c = w->yield[i];
         c->yielded = false;
-        if (!c->paused && !c->throttled && !c->authing)
-            uv_read_start((uv_stream_t *)c->tcp, on_alloc, on_read);
+        if (!c->paused && !c->throttled && !c->authing) read_start(c);
     }
 }
 
@@ -1654,11 +1712,121 @@ void worker_resume(worker *w)
             thz_buf_consume(&c->in, used);
             if (c->in.len == 0) thz_buf_free(&c->in);
         }
-        if (!c->paused && !c->throttled && !c->yielded)
-            uv_read_start((uv_stream_t *)c->tcp, on_alloc, on_read);
+        if (!c->paused && !c->throttled && !c->yielded && !c->authing) read_start(c);
     }
     free(list);
     net_batch_end(w->idx);
+}
+
+/* ---- the byte transport: a TCP socket, TLS over one, or a WebSocket ---- */
+
+static void read_stop(conn *c)
+{
+    if (c->tcp)
+        uv_read_stop((uv_stream_t *)c->tcp);
+    else if (c->ws)
+        http_ws_reading(c->ws, false);
+}
+
+static void read_start(conn *c)
+{
+    if (c->tcp)
+        uv_read_start((uv_stream_t *)c->tcp, on_alloc, on_read);
+    else if (c->ws)
+        http_ws_reading(c->ws, true);
+}
+
+/* Ciphertext in (p may be empty: drain what TLS holds), plaintext to the
+ * parser. Everything decryptable is decrypted now, so nothing waits inside
+ * TLS while the connection is paused (the plaintext waits in c->in, as
+ * for TCP); only a password check or a move stops it, and those pick up
+ * the rest (auth_work_done, conn_adopt). */
+static void tls_read(conn *c, const uint8_t *p, size_t n)
+{
+    for (;;) {
+        if (c->state == CONN_CLOSING || c->authing) return;
+        uint8_t *dst = c->w->rbuf;
+        size_t cap = sizeof c->w->rbuf;
+        if (c->in.len) {
+            /* behind the partial packet (or the input kept while paused) */
+            if (thz_buf_reserve(&c->in, 16384 + 256) != THZ_OK) {
+                conn_close(c, -1);
+                return;
+            }
+            dst = c->in.p + c->in.len;
+            cap = c->in.cap - c->in.len;
+        }
+        size_t got = 0;
+        thz_err rc = net_tls_input(c->tls, p, n, dst, cap, &got);
+        p = NULL;
+        n = 0;
+        if (rc == THZ_EAGAIN) { /* close_notify */
+            conn_close(c, -1);
+            return;
+        }
+        if (rc) {
+            log_info("mqtt", "client %s: TLS: %s; closed", c->peer, net_tls_error(c->tls));
+            conn_close(c, -1); /* sends the alert, if any */
+            return;
+        }
+        if (net_tls_want_write(c->tls)) conn_mark_dirty(c);
+        if (got == 0) return;
+        if (c->paused) {
+            /* keep it, in order, for worker_resume */
+            if (dst == c->w->rbuf && thz_buf_append(&c->in, dst, got) != THZ_OK) {
+                conn_close(c, -1);
+                return;
+            }
+            if (dst != c->w->rbuf) c->in.len += got;
+            continue;
+        }
+        feed(c, dst, got);
+    }
+}
+
+static void ws_release_task(int thread, void *arg)
+{
+    conn *c = arg;
+    c->ws_hold = false;
+    conn_release(c);
+}
+
+/* The end of conn_close: the transport goes. */
+static void transport_close(conn *c)
+{
+    if (c->tcp) {
+        uv_read_stop((uv_stream_t *)c->tcp);
+        uv_close((uv_handle_t *)c->tcp, on_closed);
+        return;
+    }
+    if (c->ws) {
+        /* The WebSocket forgets c now and closes after sending what is
+         * queued (a CONNACK refusal, the DISCONNECT). */
+        mws_detach(c->ws);
+        http_ws_close(c->ws, 1000, NULL);
+        c->ws = NULL;
+    }
+    /* c is freed later, never inside the caller's work (as for TCP) */
+    if (c->ws_hold) net_post(c->w->idx, ws_release_task, c);
+}
+
+/* MQTT over WebSocket: the output goes as one binary message per flush
+ * (a message may hold several packets, or part of one, as the MQTT spec
+ * allows). A WebSocket whose peer does not read refuses more (THZ_EQUOTA):
+ * the output stays in c->out, counted by back-pressure as unsent, and the
+ * broker's tick retries it. */
+static void ws_flush(conn *c)
+{
+    if (!c->ws || c->out.len == 0) return;
+    thz_err rc = http_ws_send(c->ws, HTTP_WS_BINARY, c->out.p, c->out.len);
+    if (rc == THZ_EQUOTA) return;
+    if (rc) {
+        if (c->state != CONN_CLOSING) conn_close(c, -1);
+        return;
+    }
+    STAT_ADD(c->w->bytes_out, c->out.len);
+    c->n_bytes_out += c->out.len;
+    thz_buf_free(&c->out);
 }
 
 void conn_accept(int thread, uv_tcp_t *tcp, void *ctx)
@@ -1671,27 +1839,189 @@ void conn_accept(int thread, uv_tcp_t *tcp, void *ctx)
     uv_read_start((uv_stream_t *)tcp, on_alloc, on_read);
 }
 
-void conn_adopt(worker *w, int fd, const uint8_t *bytes, size_t n, const char *peer)
+void conn_accept_tls(int thread, uv_tcp_t *tcp, void *ctx)
+{
+    conn *c = conn_new(B.w[thread], tcp);
+    if (!c) {
+        uv_close((uv_handle_t *)tcp, (uv_close_cb)free);
+        return;
+    }
+    if (net_tls_new(NET_TLS_MQTT, &c->tls) != THZ_OK) {
+        conn_close(c, -1);
+        return;
+    }
+    uv_read_start((uv_stream_t *)tcp, on_alloc, on_read);
+}
+
+void conn_adopt(worker *w, int fd, net_tls *tls, const uint8_t *bytes, size_t n, const char *peer)
 {
     uv_tcp_t *tcp = malloc(sizeof *tcp);
     if (!tcp) {
         close(fd);
+        net_tls_free(tls);
         return;
     }
     uv_tcp_init(w->loop, tcp);
     if (uv_tcp_open(tcp, fd) != 0) {
         close(fd);
+        net_tls_free(tls);
         uv_close((uv_handle_t *)tcp, (uv_close_cb)free);
         return;
     }
     conn *c = conn_new(w, tcp);
     if (!c) {
+        net_tls_free(tls);
         uv_close((uv_handle_t *)tcp, (uv_close_cb)free);
         return;
     }
+    c->tls = tls;
     snprintf(c->peer, sizeof c->peer, "%s", peer);
     uv_read_start((uv_stream_t *)tcp, on_alloc, on_read);
-    /* process what arrived before the move as if it had just been read */
+    /* process what arrived before the move as if it had just been read,
+     * then what TLS still held (and send what it has to say) */
     feed(c, bytes, n);
+    if (c->tls && c->state != CONN_CLOSING) {
+        tls_read(c, NULL, 0);
+        if (c->tls && net_tls_want_write(c->tls)) conn_mark_dirty(c);
+    }
     net_batch_end(w->idx);
+}
+
+/* ---- MQTT over WebSocket: /mqtt on the HTTP and HTTPS listeners ---- */
+
+/* The WebSocket's user pointer: its connection, or, while the connection
+ * moves to another thread, the bytes that keep arriving meanwhile. Freed by
+ * on_close. */
+typedef struct mws {
+    conn *c;       /* NULL: detached (closing) or moving */
+    bool moving;   /* on its way to the session's home thread */
+    thz_buf carry; /* moving: plaintext to process there, in order */
+} mws;
+
+static void mws_detach(http_ws *ws)
+{
+    mws *m = http_ws_user(ws);
+    if (m) m->c = NULL;
+}
+
+static void mws_attach(http_ws *ws, mws *m, int thread)
+{
+    conn *c = thread >= 0 && thread < B.nthreads ? conn_new(B.w[thread], NULL) : NULL;
+    if (!c) {
+        http_ws_close(ws, 1011, "cannot accept a connection now");
+        return;
+    }
+    c->ws = ws;
+    c->ws_hold = true;
+    snprintf(c->peer, sizeof c->peer, "%s", http_ws_peer(ws));
+    m->c = c;
+}
+
+static void mws_open(http_ws *ws, void *ctx)
+{
+    mws *m = calloc(1, sizeof *m);
+    if (!m) {
+        http_ws_close(ws, 1011, "out of memory");
+        return;
+    }
+    http_ws_set_user(ws, m);
+    mws_attach(ws, m, http_ws_thread(ws));
+}
+
+/* On the session's home thread: the moved WebSocket gets a new connection,
+ * which processes what was read before and during the move. */
+static void mws_moved(http_ws *ws, void *arg)
+{
+    mws *m = arg;
+    thz_buf carry = m->carry;
+    memset(&m->carry, 0, sizeof m->carry);
+    m->moving = false;
+    mws_attach(ws, m, http_ws_thread(ws));
+    if (m->c && carry.len) feed(m->c, carry.p, carry.len);
+    thz_buf_free(&carry);
+}
+
+/* The WebSocket flavour of conn_migrate: the HTTP connection moves (socket,
+ * TLS and WebSocket state), then a new connection on the target takes the
+ * CONNECT and what followed it. */
+static void conn_migrate_ws(conn *c, int target, const uint8_t *p, size_t n)
+{
+    http_ws *ws = c->ws;
+    mws *m = http_ws_user(ws);
+    if (!m || thz_buf_append(&m->carry, p, n) != THZ_OK) {
+        conn_close(c, -1);
+        return;
+    }
+    log_debug("mqtt",
+              "client %s: its session lives on another thread; the WebSocket moves to "
+              "thread %d",
+              c->peer, target);
+    m->c = NULL;
+    m->moving = true;
+    c->ws = NULL; /* c ends here; the WebSocket lives on */
+    conn_close(c, -1);
+    if (http_ws_move(ws, target, mws_moved, m) != THZ_OK) {
+        m->moving = false;
+        http_ws_close(ws, 1011, "cannot move the connection");
+    }
+}
+
+static void mws_message(http_ws *ws, int opcode, const uint8_t *p, size_t n, void *ctx)
+{
+    mws *m = http_ws_user(ws);
+    if (m && m->moving) {
+        if (thz_buf_append(&m->carry, p, n) != THZ_OK) m->moving = false; /* drops it */
+        return;
+    }
+    conn *c = m ? m->c : NULL;
+    if (!c || c->state == CONN_CLOSING) return;
+    if (opcode != HTTP_WS_BINARY) {
+        /* MQTT over WebSocket is binary frames only (MQTT 5.0 6.0) */
+        log_debug("mqtt", "client %s: a text WebSocket message; closed", c->peer);
+        m->c = NULL;
+        c->ws = NULL;
+        http_ws_close(ws, 1003, "MQTT needs binary frames");
+        conn_close(c, -1);
+        return;
+    }
+    STAT_ADD(c->w->bytes_in, (uint64_t)n);
+    c->n_bytes_in += (uint64_t)n;
+    c->last_rx_ms = now_ms();
+    if (c->paused || c->authing) {
+        /* reading is stopped; what was read already waits, in order */
+        if (thz_buf_append(&c->in, p, n) != THZ_OK) conn_close(c, -1);
+        return;
+    }
+    if (c->in.len) {
+        /* behind the partial packet: feed() finds it in place */
+        if (thz_buf_reserve(&c->in, n) != THZ_OK) {
+            conn_close(c, -1);
+            return;
+        }
+        memcpy(c->in.p + c->in.len, p, n);
+        feed(c, c->in.p + c->in.len, n);
+    } else {
+        feed(c, p, n);
+    }
+}
+
+static void mws_close(http_ws *ws, uint16_t code, void *ctx)
+{
+    mws *m = http_ws_user(ws);
+    if (!m) return;
+    http_ws_set_user(ws, NULL);
+    conn *c = m->c;
+    thz_buf_free(&m->carry);
+    free(m);
+    if (!c) return;
+    c->ws = NULL;      /* gone once this returns */
+    conn_close(c, -1); /* not a DISCONNECT: the will goes out */
+}
+
+void mqtt_ws_register(void)
+{
+    static const http_ws_handler h = {mws_open, mws_message, mws_close};
+    /* MQTT over WebSocket names its subprotocol "mqtt" (3.1.1 and 5.0);
+     * MQTT 3.1 clients (and old Paho) say "mqttv3.1". */
+    http_route_ws("/mqtt", "mqtt,mqttv3.1", &h, NULL);
 }

@@ -30,6 +30,10 @@ void mqtt_set_registry(registry *r);
  * net_start; db outlives the broker): a QoS 1/2 acknowledgement leaves once
  * it is durable under the fsync policy. */
 void mqtt_set_tsdb(tsdb *db);
+/* Serves MQTT over WebSocket at /mqtt on the HTTP and HTTPS listeners
+ * (subprotocols "mqtt" and "mqttv3.1", binary frames): registers the route
+ * (after mqtt_start, before net_start). */
+void mqtt_ws_register(void);
 
 /* Publishes a message as the broker itself (no session), from any thread.
  * topic is the broker's name: a tenant's topics carry its prefix (topic.h). */

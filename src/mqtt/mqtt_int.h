@@ -26,6 +26,8 @@
 struct session;
 struct conn;
 struct worker;
+struct net_tls;
+struct http_ws;
 
 /* An immutable published message shared by every delivery of it. All of it
  * lives in one allocation; refs counts deliveries, queues and the retained
@@ -163,7 +165,10 @@ void session_unref(session *s);
 
 /* One connection, owned by its thread. */
 typedef struct conn {
-    uv_tcp_t *tcp; /* owned; freed in the close callback */
+    uv_tcp_t *tcp;       /* owned; freed in the close callback; NULL over a WebSocket */
+    struct net_tls *tls; /* owned: TLS between tcp and the parser (mqtts), or NULL */
+    struct http_ws *ws;  /* MQTT over WebSocket: the transport instead of tcp, or NULL */
+    bool ws_hold;        /* a WebSocket connection not yet released (ws_release_task) */
     struct worker *w;
     session *s;
     char *username;
@@ -345,7 +350,13 @@ void will_publish(worker *w, session *s);
 
 /* conn.c */
 void conn_accept(int thread, uv_tcp_t *tcp, void *ctx);
-void conn_adopt(worker *w, int fd, const uint8_t *bytes, size_t n, const char *peer);
+/* The same for the mqtts listener: TLS first. */
+void conn_accept_tls(int thread, uv_tcp_t *tcp, void *ctx);
+/* Takes over a connection moved from another thread: its socket fd, its TLS
+ * state (or NULL; owned from now on) and the plaintext bytes it had read but
+ * not processed. */
+void conn_adopt(worker *w, int fd, struct net_tls *tls, const uint8_t *bytes, size_t n,
+                const char *peer);
 void conn_mark_dirty(conn *c);
 void conn_flush(conn *c);
 void conn_close(conn *c, int reason);

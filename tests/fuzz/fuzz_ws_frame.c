@@ -22,7 +22,7 @@ static size_t mem_unsent(void *conn)
     return wire.len;
 }
 
-static const http_ws_io mem_io = {mem_write, mem_unsent};
+static const http_ws_io mem_io = {mem_write, mem_unsent, NULL, NULL, NULL};
 
 static int closes;
 

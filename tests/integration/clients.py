@@ -50,15 +50,23 @@ class PahoClient:
 
     def __init__(self, broker, client_id=None, version=V5, clean=True, keepalive=60,
                  username=None, password=None, will=None, properties=None,
-                 expect_rc=0, connect=True):
+                 expect_rc=0, connect=True, transport="tcp", port=None, ca=None,
+                 ws_path="/mqtt"):
+        """transport "websockets" speaks MQTT over WebSocket at ws_path; ca
+        (a CA file) turns TLS on; port overrides the broker's MQTT port."""
         self.broker = broker
-        self.port = broker if isinstance(broker, int) else broker.port
+        self.port = port or (broker if isinstance(broker, int) else broker.port)
         self.version = version
         self.client_id = unique("paho") if client_id is None else client_id
         if version == V5:
-            self.c = mqtt.Client(self.client_id, protocol=V5)
+            self.c = mqtt.Client(self.client_id, protocol=V5, transport=transport)
         else:
-            self.c = mqtt.Client(self.client_id, clean_session=clean, protocol=V311)
+            self.c = mqtt.Client(self.client_id, clean_session=clean, protocol=V311,
+                                 transport=transport)
+        if transport == "websockets":
+            self.c.ws_set_options(path=ws_path)
+        if ca is not None:
+            self.c.tls_set(ca_certs=str(ca))
         self.clean = clean
         self.keepalive = keepalive
         self.connect_props = properties

@@ -338,10 +338,28 @@ static void test_validate(void **state)
     assert_int_equal(config_validate(&c, err, sizeof err), THZ_EINVAL);
     assert_string_equal(err, "data-dir: must not be empty");
 
+    /* Every plain-text listener may be switched off... */
     config_defaults(&c);
     c.http_listen[0] = '\0';
+    c.mqtt_listen[0] = '\0';
+    assert_int_equal(config_validate(&c, err, sizeof err), THZ_OK);
+    strcpy(c.http_listen, "nohostport");
     assert_int_equal(config_validate(&c, err, sizeof err), THZ_EINVAL);
     assert_non_null(strstr(err, "http-listen"));
+
+    /* ...the TLS listeners must not collide with the others... */
+    config_defaults(&c);
+    strcpy(c.https_listen, "127.0.0.1:1883");
+    assert_int_equal(config_validate(&c, err, sizeof err), THZ_EINVAL);
+    assert_string_equal(err, "mqtt-listen and https-listen are both 127.0.0.1:1883");
+    strcpy(c.https_listen, "127.0.0.1:8443");
+    strcpy(c.mqtts_listen, "127.0.0.1:8883");
+    assert_int_equal(config_validate(&c, err, sizeof err), THZ_OK);
+
+    /* ...and a certificate comes with its key. */
+    strcpy(c.tls_cert, "/etc/x.pem");
+    assert_int_equal(config_validate(&c, err, sizeof err), THZ_EINVAL);
+    assert_string_equal(err, "tls-cert and tls-key: set both or neither");
 
     config_defaults(&c);
     strcpy(c.mqtt_listen, "127.0.0.1:8080");

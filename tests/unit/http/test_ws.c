@@ -62,7 +62,7 @@ static size_t mem_unsent(void *conn)
     return limit_unsent;
 }
 
-static const http_ws_io mem_io = {mem_write, mem_unsent};
+static const http_ws_io mem_io = {mem_write, mem_unsent, NULL, NULL, NULL};
 
 static int opened, closed_code;
 

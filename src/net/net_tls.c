@@ -1,0 +1,476 @@
+/* net_tls.c - TLS over memory BIOs (see net_tls.h): the server contexts, the
+ * development CA, and the per-connection byte transformation. */
+#include "net/net_tls.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <openssl/err.h>
+#include <openssl/evp.h>
+#include <openssl/pem.h>
+#include <openssl/rand.h>
+#include <openssl/ssl.h>
+#include <openssl/x509.h>
+#include <openssl/x509v3.h>
+
+#include "core/log.h"
+
+#define DEV_CA_DAYS    3650
+#define DEV_CERT_DAYS  825 /* what browsers accept for a server certificate */
+#define DEV_RENEW_DAYS 30  /* a dev certificate this close to expiry is replaced */
+#define TLS_ERR_MAX    160
+
+struct net_tls {
+    SSL *ssl;
+    BIO *rbio, *wbio; /* owned by ssl */
+    char err[TLS_ERR_MAX];
+};
+
+static pthread_mutex_t ctx_lock = PTHREAD_MUTEX_INITIALIZER;
+static SSL_CTX *ctxs[NET_TLS_KINDS]; /* current contexts; each SSL holds its own ref */
+
+/* ---- helpers ---- */
+
+/* OpenSSL's error queue as one line (and cleared). */
+static void ssl_errstr(char *out, size_t outlen, const char *fallback)
+{
+    unsigned long e = ERR_get_error();
+    if (e)
+        ERR_error_string_n(e, out, outlen);
+    else
+        snprintf(out, outlen, "%s", fallback);
+    ERR_clear_error();
+}
+
+static int mkdir_p(const char *path, mode_t mode)
+{
+    char buf[THZ_PATH_MAX + 16];
+    snprintf(buf, sizeof buf, "%s", path);
+    for (char *p = buf + 1; *p; p++) {
+        if (*p != '/') continue;
+        *p = 0;
+        if (mkdir(buf, mode) != 0 && errno != EEXIST) return -1;
+        *p = '/';
+    }
+    return mkdir(buf, mode) != 0 && errno != EEXIST ? -1 : 0;
+}
+
+/* ---- the development CA ---- */
+
+static EVP_PKEY *key_load(const char *path)
+{
+    FILE *f = fopen(path, "r");
+    if (!f) return NULL;
+    EVP_PKEY *k = PEM_read_PrivateKey(f, NULL, NULL, NULL);
+    fclose(f);
+    return k;
+}
+
+static X509 *cert_load(const char *path)
+{
+    FILE *f = fopen(path, "r");
+    if (!f) return NULL;
+    X509 *x = PEM_read_X509(f, NULL, NULL, NULL);
+    fclose(f);
+    return x;
+}
+
+/* Writes a PEM file atomically (tmp + rename) with mode. */
+static thz_err pem_write(const char *path, mode_t mode, EVP_PKEY *key, X509 *cert, X509 *cert2)
+{
+    char tmp[THZ_PATH_MAX + 32];
+    snprintf(tmp, sizeof tmp, "%s.tmp", path);
+    int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, mode);
+    if (fd < 0) return THZ_EIO;
+    FILE *f = fdopen(fd, "w");
+    if (!f) {
+        close(fd);
+        return THZ_EIO;
+    }
+    int ok = 1;
+    if (key) ok = ok && PEM_write_PrivateKey(f, key, NULL, NULL, 0, NULL, NULL);
+    if (cert) ok = ok && PEM_write_X509(f, cert);
+    if (cert2) ok = ok && PEM_write_X509(f, cert2);
+    if (fclose(f) != 0 || !ok || rename(tmp, path) != 0) {
+        unlink(tmp);
+        return THZ_EIO;
+    }
+    return THZ_OK;
+}
+
+static bool add_ext(X509 *x, X509 *issuer, int nid, const char *value)
+{
+    X509V3_CTX v3;
+    X509V3_set_ctx(&v3, issuer ? issuer : x, x, NULL, NULL, 0);
+    X509_EXTENSION *e = X509V3_EXT_conf_nid(NULL, &v3, nid, value);
+    if (!e) return false;
+    bool ok = X509_add_ext(x, e, -1) == 1;
+    X509_EXTENSION_free(e);
+    return ok;
+}
+
+/* A certificate for key named cn, signed by issuer (NULL: self-signed). */
+static X509 *cert_make(EVP_PKEY *key, const char *cn, X509 *issuer, EVP_PKEY *issuer_key, bool ca,
+                       long days)
+{
+    X509 *x = X509_new();
+    if (!x) return NULL;
+    uint8_t serial[16];
+    BIGNUM *bn = NULL;
+    bool ok = X509_set_version(x, 2) && RAND_bytes(serial, sizeof serial) == 1;
+    if (ok) {
+        serial[0] &= 0x7f; /* positive */
+        bn = BN_bin2bn(serial, sizeof serial, NULL);
+        ok = bn && BN_to_ASN1_INTEGER(bn, X509_get_serialNumber(x));
+    }
+    BN_free(bn);
+    ok = ok && X509_gmtime_adj(X509_getm_notBefore(x), -3600) &&
+         X509_time_adj_ex(X509_getm_notAfter(x), (int)days, 0, NULL) && X509_set_pubkey(x, key);
+    X509_NAME *n = X509_get_subject_name(x);
+    ok = ok &&
+         X509_NAME_add_entry_by_txt(n, "O", MBSTRING_ASC, (const unsigned char *)"thinghz", -1, -1,
+                                    0) &&
+         X509_NAME_add_entry_by_txt(n, "CN", MBSTRING_ASC, (const unsigned char *)cn, -1, -1, 0) &&
+         X509_set_issuer_name(x, issuer ? X509_get_subject_name(issuer) : n);
+    ok = ok && add_ext(x, issuer, NID_subject_key_identifier, "hash");
+    if (ca) {
+        ok = ok && add_ext(x, issuer, NID_basic_constraints, "critical,CA:TRUE,pathlen:0") &&
+             add_ext(x, issuer, NID_key_usage, "critical,keyCertSign,cRLSign");
+    } else {
+        ok = ok && add_ext(x, issuer, NID_basic_constraints, "critical,CA:FALSE") &&
+             add_ext(x, issuer, NID_key_usage, "critical,digitalSignature,keyEncipherment") &&
+             add_ext(x, issuer, NID_ext_key_usage, "serverAuth") &&
+             add_ext(x, issuer, NID_subject_alt_name, "IP:127.0.0.1,IP:::1,DNS:localhost") &&
+             add_ext(x, issuer, NID_authority_key_identifier, "keyid:always");
+    }
+    ok = ok && X509_sign(x, issuer_key ? issuer_key : key, EVP_sha256()) > 0;
+    if (!ok) {
+        X509_free(x);
+        return NULL;
+    }
+    return x;
+}
+
+/* True if x was signed by ca's key and stays valid for DEV_RENEW_DAYS. */
+static bool cert_current(X509 *x, X509 *ca)
+{
+    EVP_PKEY *capub = X509_get0_pubkey(ca);
+    if (!capub || X509_verify(x, capub) != 1) return false;
+    time_t soon = time(NULL) + (time_t)DEV_RENEW_DAYS * 86400;
+    return X509_cmp_time(X509_get0_notAfter(x), &soon) > 0;
+}
+
+/* Creates (or reuses) DATA_DIR/tls/{ca.pem,ca.key,server.pem,server.key} and
+ * writes the paths of the server's into cert/key. */
+static thz_err dev_ca(const char *data_dir, char *cert, char *key, size_t len)
+{
+    char dir[THZ_PATH_MAX + 8], ca_pem[THZ_PATH_MAX + 16], ca_key[THZ_PATH_MAX + 16];
+    snprintf(dir, sizeof dir, "%s/tls", data_dir);
+    snprintf(ca_pem, sizeof ca_pem, "%s/ca.pem", dir);
+    snprintf(ca_key, sizeof ca_key, "%s/ca.key", dir);
+    snprintf(cert, len, "%s/server.pem", dir);
+    snprintf(key, len, "%s/server.key", dir);
+    if (mkdir_p(dir, 0755) != 0) {
+        log_error("tls", "cannot create %s: %s", dir, strerror(errno));
+        return THZ_EIO;
+    }
+    thz_err rc = THZ_EIO;
+    EVP_PKEY *cak = key_load(ca_key), *sk = NULL;
+    X509 *cax = cert_load(ca_pem), *sx = NULL;
+    bool made_ca = false;
+    if (!cak || !cax || X509_check_private_key(cax, cak) != 1) {
+        EVP_PKEY_free(cak);
+        X509_free(cax);
+        cak = EVP_EC_gen("P-256");
+        cax = cak ? cert_make(cak, "thinghz development CA", NULL, NULL, true, DEV_CA_DAYS) : NULL;
+        if (!cax || pem_write(ca_key, 0600, cak, NULL, NULL) ||
+            pem_write(ca_pem, 0644, NULL, cax, NULL)) {
+            log_error("tls", "cannot create the development CA in %s", dir);
+            goto out;
+        }
+        made_ca = true;
+    }
+    sk = key_load(key);
+    sx = cert_load(cert);
+    if (made_ca || !sk || !sx || X509_check_private_key(sx, sk) != 1 || !cert_current(sx, cax)) {
+        EVP_PKEY_free(sk);
+        X509_free(sx);
+        sk = EVP_EC_gen("P-256");
+        sx = sk ? cert_make(sk, "localhost", cax, cak, false, DEV_CERT_DAYS) : NULL;
+        /* server.pem carries the chain (leaf, then the CA) */
+        if (!sx || pem_write(key, 0600, sk, NULL, NULL) || pem_write(cert, 0644, NULL, sx, cax)) {
+            log_error("tls", "cannot create the development server certificate in %s", dir);
+            goto out;
+        }
+        log_warn("tls",
+                 "no tls-cert configured: %s a development CA (%s, give it to clients as their CA "
+                 "file) and a certificate for 127.0.0.1 and localhost signed by it (%s); not for "
+                 "production",
+                 made_ca ? "generated" : "reusing", ca_pem, cert);
+    } else {
+        log_warn("tls",
+                 "no tls-cert configured: using the development CA %s and its certificate %s for "
+                 "127.0.0.1 and localhost; not for production",
+                 ca_pem, cert);
+    }
+    rc = THZ_OK;
+out:
+    EVP_PKEY_free(cak);
+    EVP_PKEY_free(sk);
+    X509_free(cax);
+    X509_free(sx);
+    ERR_clear_error();
+    return rc;
+}
+
+/* ---- contexts ---- */
+
+static int alpn_select(SSL *s, const unsigned char **out, unsigned char *outlen,
+                       const unsigned char *in, unsigned int inlen, void *arg)
+{
+    /* Wire format: length-prefixed names, in our order of preference. AWS
+     * IoT devices on port 443 ask for x-amzn-mqtt-ca. */
+    static const unsigned char mqtt[] = "\x04mqtt\x0ex-amzn-mqtt-ca";
+    static const unsigned char http[] = "\x08http/1.1";
+    bool is_mqtt = (uintptr_t)arg == NET_TLS_MQTT;
+    const unsigned char *ours = is_mqtt ? mqtt : http;
+    unsigned int ourlen = is_mqtt ? sizeof mqtt - 1 : sizeof http - 1;
+    unsigned char *sel;
+    if (SSL_select_next_proto(&sel, outlen, ours, ourlen, in, inlen) != OPENSSL_NPN_NEGOTIATED)
+        return SSL_TLSEXT_ERR_NOACK; /* no common protocol: go on without ALPN */
+    *out = sel;
+    return SSL_TLSEXT_ERR_OK;
+}
+
+static SSL_CTX *ctx_build(const thz_config *cfg, net_tls_kind kind, const char *cert,
+                          const char *key)
+{
+    char why[TLS_ERR_MAX];
+    const char *what = "create a context";
+    SSL_CTX *c = SSL_CTX_new(TLS_server_method());
+    if (!c) goto fail;
+    SSL_CTX_set_min_proto_version(c, cfg->tls_min_version == THZ_TLS_1_3 ? TLS1_3_VERSION
+                                                                         : TLS1_2_VERSION);
+    SSL_CTX_set_options(c, SSL_OP_NO_RENEGOTIATION | SSL_OP_CIPHER_SERVER_PREFERENCE |
+                               SSL_OP_NO_COMPRESSION);
+    /* An idle connection holds no record buffers (thousands of devices). */
+    SSL_CTX_set_mode(c, SSL_MODE_RELEASE_BUFFERS);
+    what = "tls-ciphers";
+    if (cfg->tls_ciphers[0] && SSL_CTX_set_cipher_list(c, cfg->tls_ciphers) != 1) goto fail;
+    what = "tls-ciphersuites";
+    if (cfg->tls_ciphersuites[0] && SSL_CTX_set_ciphersuites(c, cfg->tls_ciphersuites) != 1)
+        goto fail;
+    what = cert;
+    if (SSL_CTX_use_certificate_chain_file(c, cert) != 1) goto fail;
+    what = key;
+    if (SSL_CTX_use_PrivateKey_file(c, key, SSL_FILETYPE_PEM) != 1 ||
+        SSL_CTX_check_private_key(c) != 1)
+        goto fail;
+    /* Resumption by stateless tickets only (TLS 1.2 and 1.3): no server-side
+     * cache shared, and locked, by every I/O thread. The ticket keys belong
+     * to the context, so they are the same on every thread and change with a
+     * reload. */
+    SSL_CTX_set_session_cache_mode(c, SSL_SESS_CACHE_OFF);
+    SSL_CTX_set_num_tickets(c, 1);
+    static const unsigned char sid_ctx[] = "thinghz";
+    SSL_CTX_set_session_id_context(c, sid_ctx, sizeof sid_ctx - 1);
+    SSL_CTX_set_alpn_select_cb(c, alpn_select, (void *)(uintptr_t)kind);
+    return c;
+fail:
+    ssl_errstr(why, sizeof why, "failed");
+    log_error("tls", "%s: %s", what, why);
+    SSL_CTX_free(c);
+    return NULL;
+}
+
+static bool setup_done;
+
+static thz_err build_all(const thz_config *cfg)
+{
+    char cert[THZ_PATH_MAX + 32], key[THZ_PATH_MAX + 32];
+    if (cfg->tls_cert[0]) {
+        snprintf(cert, sizeof cert, "%s", cfg->tls_cert);
+        snprintf(key, sizeof key, "%s", cfg->tls_key);
+    } else if (dev_ca(cfg->data_dir, cert, key, sizeof cert) != THZ_OK) {
+        return THZ_EIO;
+    }
+    SSL_CTX *fresh[NET_TLS_KINDS] = {0};
+    for (int k = 0; k < NET_TLS_KINDS; k++) {
+        fresh[k] = ctx_build(cfg, (net_tls_kind)k, cert, key);
+        if (!fresh[k]) {
+            for (int j = 0; j < k; j++) SSL_CTX_free(fresh[j]);
+            return THZ_EINVAL;
+        }
+    }
+    pthread_mutex_lock(&ctx_lock);
+    for (int k = 0; k < NET_TLS_KINDS; k++) {
+        SSL_CTX *old = ctxs[k];
+        ctxs[k] = fresh[k];
+        fresh[k] = old;
+    }
+    pthread_mutex_unlock(&ctx_lock);
+    /* connections still using an old context hold their own reference */
+    for (int k = 0; k < NET_TLS_KINDS; k++) SSL_CTX_free(fresh[k]);
+    log_info("tls", "certificate %s loaded", cert);
+    return THZ_OK;
+}
+
+thz_err net_tls_setup(const thz_config *cfg)
+{
+    if (!cfg->mqtts_listen[0] && !cfg->https_listen[0]) return THZ_OK;
+    thz_err rc = build_all(cfg);
+    if (rc == THZ_OK) setup_done = true;
+    return rc;
+}
+
+thz_err net_tls_reload(const thz_config *cfg)
+{
+    if (!setup_done) return THZ_OK;
+    thz_err rc = build_all(cfg);
+    if (rc) log_warn("tls", "reload failed: the previous certificate stays in use");
+    return rc;
+}
+
+void net_tls_cleanup(void)
+{
+    pthread_mutex_lock(&ctx_lock);
+    for (int k = 0; k < NET_TLS_KINDS; k++) {
+        SSL_CTX_free(ctxs[k]);
+        ctxs[k] = NULL;
+    }
+    pthread_mutex_unlock(&ctx_lock);
+    setup_done = false;
+}
+
+bool net_tls_enabled(void)
+{
+    return setup_done;
+}
+
+/* ---- connections ---- */
+
+thz_err net_tls_new(net_tls_kind kind, net_tls **out)
+{
+    net_tls *t = calloc(1, sizeof *t);
+    if (!t) return THZ_ENOMEM;
+    pthread_mutex_lock(&ctx_lock);
+    t->ssl = ctxs[kind] ? SSL_new(ctxs[kind]) : NULL;
+    pthread_mutex_unlock(&ctx_lock);
+    t->rbio = BIO_new(BIO_s_mem());
+    t->wbio = BIO_new(BIO_s_mem());
+    if (!t->ssl || !t->rbio || !t->wbio) {
+        BIO_free(t->rbio);
+        BIO_free(t->wbio);
+        SSL_free(t->ssl);
+        free(t);
+        ERR_clear_error();
+        return THZ_ENOMEM;
+    }
+    /* an empty read BIO means "more later", not end of stream */
+    BIO_set_mem_eof_return(t->rbio, -1);
+    SSL_set_bio(t->ssl, t->rbio, t->wbio);
+    SSL_set_accept_state(t->ssl);
+    *out = t;
+    return THZ_OK;
+}
+
+void net_tls_free(net_tls *t)
+{
+    if (!t) return;
+    SSL_free(t->ssl); /* frees the BIOs */
+    free(t);
+}
+
+thz_err net_tls_input(net_tls *t, const uint8_t *p, size_t n, uint8_t *dst, size_t cap, size_t *got)
+{
+    *got = 0;
+    /* SSL_get_error reads this thread's error queue: it must start clean */
+    ERR_clear_error();
+    if (n && BIO_write(t->rbio, p, (int)n) != (int)n) return THZ_ENOMEM;
+    if (!SSL_is_init_finished(t->ssl)) {
+        int r = SSL_do_handshake(t->ssl);
+        if (r <= 0) {
+            int e = SSL_get_error(t->ssl, r);
+            if (e == SSL_ERROR_WANT_READ || e == SSL_ERROR_WANT_WRITE) return THZ_OK;
+            ssl_errstr(t->err, sizeof t->err, "handshake failed");
+            return THZ_EPROTO;
+        }
+    }
+    size_t g = 0;
+    if (SSL_read_ex(t->ssl, dst, cap, &g) == 1) {
+        *got = g;
+        return THZ_OK;
+    }
+    int e = SSL_get_error(t->ssl, 0);
+    if (e == SSL_ERROR_WANT_READ || e == SSL_ERROR_WANT_WRITE) return THZ_OK;
+    if (e == SSL_ERROR_ZERO_RETURN) return THZ_EAGAIN;
+    ssl_errstr(t->err, sizeof t->err, "decryption failed");
+    return THZ_EPROTO;
+}
+
+thz_err net_tls_seal(net_tls *t, thz_buf *buf)
+{
+    ERR_clear_error();
+    if (buf->len) {
+        if (!SSL_is_init_finished(t->ssl)) return THZ_EPROTO;
+        size_t off = 0;
+        while (off < buf->len) {
+            size_t w = 0;
+            if (SSL_write_ex(t->ssl, buf->p + off, buf->len - off, &w) != 1) {
+                ssl_errstr(t->err, sizeof t->err, "encryption failed");
+                return THZ_EIO;
+            }
+            off += w;
+        }
+    }
+    size_t pend = BIO_ctrl_pending(t->wbio);
+    buf->len = 0;
+    if (!pend) return THZ_OK;
+    if (thz_buf_reserve(buf, pend) != THZ_OK) return THZ_ENOMEM;
+    int r = BIO_read(t->wbio, buf->p, (int)pend);
+    if (r != (int)pend) return THZ_EIO;
+    buf->len = pend;
+    return THZ_OK;
+}
+
+bool net_tls_want_write(const net_tls *t)
+{
+    return BIO_ctrl_pending(t->wbio) > 0;
+}
+
+bool net_tls_established(const net_tls *t)
+{
+    return SSL_is_init_finished(t->ssl);
+}
+
+void net_tls_close_notify(net_tls *t)
+{
+    ERR_clear_error();
+    if (SSL_is_init_finished(t->ssl)) SSL_shutdown(t->ssl);
+    ERR_clear_error();
+}
+
+const char *net_tls_error(const net_tls *t)
+{
+    return t->err[0] ? t->err : "?";
+}
+
+const char *net_tls_version(const net_tls *t)
+{
+    return SSL_get_version(t->ssl);
+}
+
+const char *net_tls_alpn(const net_tls *t, char *out, size_t outlen)
+{
+    const unsigned char *p = NULL;
+    unsigned int n = 0;
+    SSL_get0_alpn_selected(t->ssl, &p, &n);
+    snprintf(out, outlen, "%.*s", (int)n, p ? (const char *)p : "");
+    return out;
+}
