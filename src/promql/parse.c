@@ -158,7 +158,7 @@ static bool lex_duration(const char *s, size_t n, size_t i, size_t *end, int64_t
         if (total > MAX_DURATION_NS) return false;
         any = true;
     }
-    if (!any || (j < n && id_char((unsigned char)s[j]))) return false;
+    if (!any || (j < n && s[j] != ':' && id_char((unsigned char)s[j]))) return false;
     *end = j;
     *ns = total;
     return true;
@@ -905,7 +905,7 @@ static promql_expr *parse_postfix(parser *p)
             }
             e->range_ns = p->t.ns;
             next(p);
-            if (p->t.k == T_COLON) {
+            if (p->t.k == T_COLON || (p->t.k == T_IDENT && p->s[p->t.pos] == ':')) {
                 fail_at(p, p->t.pos, "subqueries are not supported by thinghz");
                 goto err;
             }
