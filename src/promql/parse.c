@@ -132,7 +132,7 @@ static bool lex_duration(const char *s, size_t n, size_t i, size_t *end, int64_t
     while (j < n && isdigit((unsigned char)s[j])) {
         int64_t v = 0;
         while (j < n && isdigit((unsigned char)s[j])) {
-            if (v > MAX_DURATION_NS) return false;
+            if (v > MAX_DURATION_NS / 10) return false;
             v = v * 10 + (s[j] - '0');
             j++;
         }
@@ -574,19 +574,22 @@ static int matches_empty(parser *p, const promql_matcher *m)
             continue;
         }
         if (m->value[i] != '{' || i + 1 >= vl || !isdigit((unsigned char)m->value[i + 1])) continue;
-        long v = 0;
+        long v = 0, cur = 0; /* the largest count in {n,m} */
         for (size_t k = i + 1; k < vl && (isdigit((unsigned char)m->value[k]) || m->value[k] == ',');
              k++) {
             if (m->value[k] == ',') {
-                v = 0;
+                cur = 0;
                 continue;
             }
-            if (v <= 1000) v = v * 10 + (m->value[k] - '0');
-            if (v > 1000) break;
+            if (cur <= 1000) cur = cur * 10 + (m->value[k] - '0');
+            if (cur > v) v = cur;
         }
-        if (v > 1000 || ++reps > 1) {
+        /* also "{" with no digits ("a{,5}") is left to regcomp, which refuses it */
+        /* glibc copies the whole operand per count: bound count x length */
+        if (v > 1000 || ++reps > 1 || (size_t)v * vl > 20000) {
             fail_at(p, (size_t)m->pos,
-                    "a regex may have one bounded repetition {n,m} with counts up to 1000");
+                    "a regex may have one bounded repetition {n,m}, with count x regex length "
+                    "up to 20000");
             return -1;
         }
     }
