@@ -26,9 +26,9 @@
 #include "promql/promql.h"
 #include "query/query.h"
 
-#define PROM_MAX_PARAMS  128  /* form fields of one request */
-#define PROM_MAX_MATCH   64   /* match[] selectors */
-#define PROM_CACHE_SLOTS 256  /* Basic credentials remembered */
+#define PROM_MAX_PARAMS  128 /* form fields of one request */
+#define PROM_MAX_MATCH   64  /* match[] selectors */
+#define PROM_CACHE_SLOTS 256 /* Basic credentials remembered */
 #define PROM_CACHE_MS    60000
 #define PROM_MAX_VALUES  100000 /* label values or series answered (limit= may lower it) */
 
@@ -524,14 +524,12 @@ static void strset_answer(prom_call *c, strset *s, bool quote, long limit)
             put(c, s->v[i]);
     }
     put(c, "]");
-    if (s->full || (long)s->n > limit)
-        put(c, ",\"warnings\":[\"results truncated due to limit\"]");
+    if (s->full || (long)s->n > limit) put(c, ",\"warnings\":[\"results truncated due to limit\"]");
     put(c, "}");
     c->status = 200;
 }
 
-static bool series_json_fn(void *ctx, const char *const *names, const char *const *values,
-                           size_t n)
+static bool series_json_fn(void *ctx, const char *const *names, const char *const *values, size_t n)
 {
     strset *s = ctx;
     thz_buf b = {0};
@@ -607,7 +605,7 @@ static void run_meta(prom_call *c)
         goto out;
     }
     s.want = name;
-    promql_labels_fn fn = c->op == OP_SERIES ? series_json_fn
+    promql_labels_fn fn = c->op == OP_SERIES   ? series_json_fn
                           : c->op == OP_LABELS ? names_fn
                                                : values_fn;
     if (nsel == 0 && c->op == OP_LABELS) {
@@ -655,8 +653,10 @@ static void run_op(prom_call *c)
         c->status = 200;
         break;
     case OP_BUILDINFO:
-        put(c, "{\"status\":\"success\",\"data\":{\"version\":\"2.42.0\",\"revision\":\"thinghz-" THINGHZ_VERSION
-               "\",\"branch\":\"\",\"buildUser\":\"thinghz\",\"buildDate\":\"\",\"goVersion\":\"\"}}");
+        put(c,
+            "{\"status\":\"success\",\"data\":{\"version\":\"2.42.0\",\"revision\":"
+            "\"thinghz-" THINGHZ_VERSION
+            "\",\"branch\":\"\",\"buildUser\":\"thinghz\",\"buildDate\":\"\",\"goVersion\":\"\"}}");
         c->status = 200;
         break;
     default: run_meta(c); break;

@@ -251,8 +251,7 @@ static bool past_deadline(const ev *e)
 static thz_err check_time(ev *e)
 {
     if (past_deadline(e))
-        return fail(e, PROMQL_ERR_TIMEOUT, THZ_ETOOBIG,
-                    "query timed out in expression evaluation");
+        return fail(e, PROMQL_ERR_TIMEOUT, THZ_ETOOBIG, "query timed out in expression evaluation");
     return THZ_OK;
 }
 
@@ -313,8 +312,8 @@ static bool sel_fn(void *ctx, const tsdb_series *s)
     sel_ctx *c = ctx;
     if (s->type == TSDB_STRING && !c->strings) return true;
     if (c->e->series + c->n >= PROMQL_MAX_SERIES) {
-        c->rc = fail(c->e, PROMQL_ERR_LIMIT, THZ_ETOOBIG,
-                     "the query selects more than %d series", PROMQL_MAX_SERIES);
+        c->rc = fail(c->e, PROMQL_ERR_LIMIT, THZ_ETOOBIG, "the query selects more than %d series",
+                     PROMQL_MAX_SERIES);
         return false;
     }
     if (c->n == c->cap) {
@@ -377,8 +376,8 @@ static thz_err select_series(ev *e, const promql_expr *sel, bool strings, sel_ct
                 int r = regcomp(&re[i], pat, REG_EXTENDED | REG_NOSUB);
                 free(pat);
                 if (r) {
-                    rc = fail(e, PROMQL_ERR_EXEC, THZ_EINVAL, "invalid regular expression \"%.100s\"",
-                              pm->value);
+                    rc = fail(e, PROMQL_ERR_EXEC, THZ_EINVAL,
+                              "invalid regular expression \"%.100s\"", pm->value);
                     goto out;
                 }
                 has_re[i] = true;
@@ -549,10 +548,8 @@ static bool range_fn(promql_func f, const int64_t *ts, const double *v, size_t l
     size_t n = hi - lo;
     if (n == 0) return false;
     switch (f) {
-    case PROMQL_RATE:
-        return extrapolated(ts + lo, v + lo, n, rs, re, true, true, range, out);
-    case PROMQL_INCREASE:
-        return extrapolated(ts + lo, v + lo, n, rs, re, true, false, range, out);
+    case PROMQL_RATE: return extrapolated(ts + lo, v + lo, n, rs, re, true, true, range, out);
+    case PROMQL_INCREASE: return extrapolated(ts + lo, v + lo, n, rs, re, true, false, range, out);
     case PROMQL_COUNT_OT: *out = (double)n; return true;
     case PROMQL_LAST_OT: *out = v[hi - 1]; return true;
     case PROMQL_MIN_OT:

@@ -13,8 +13,8 @@
 #include "promql/promql.h"
 
 #define MAX_DURATION_NS (100LL * 365 * 86400 * 1000000000LL) /* 100 years */
-#define MAX_GROUPING    64                                    /* labels in by/without */
-#define MAX_MATCHERS    64                                    /* matchers of one selector */
+#define MAX_GROUPING    64                                   /* labels in by/without */
+#define MAX_MATCHERS    64                                   /* matchers of one selector */
 
 typedef enum tkind {
     T_EOF = 1,
@@ -93,9 +93,18 @@ static void tok_desc(parser *p, char *out, size_t cap)
     switch (p->t.k) {
     case T_EOF: snprintf(out, cap, "end of input"); return;
     case T_STR: snprintf(out, cap, "string"); return;
-    case T_NUM: snprintf(out, cap, "number \"%.*s\"", (int)(p->t.len > 40 ? 40 : p->t.len), p->s + p->t.pos); return;
-    case T_DUR: snprintf(out, cap, "duration \"%.*s\"", (int)(p->t.len > 40 ? 40 : p->t.len), p->s + p->t.pos); return;
-    case T_IDENT: snprintf(out, cap, "identifier \"%.*s\"", (int)(p->t.len > 40 ? 40 : p->t.len), p->s + p->t.pos); return;
+    case T_NUM:
+        snprintf(out, cap, "number \"%.*s\"", (int)(p->t.len > 40 ? 40 : p->t.len),
+                 p->s + p->t.pos);
+        return;
+    case T_DUR:
+        snprintf(out, cap, "duration \"%.*s\"", (int)(p->t.len > 40 ? 40 : p->t.len),
+                 p->s + p->t.pos);
+        return;
+    case T_IDENT:
+        snprintf(out, cap, "identifier \"%.*s\"", (int)(p->t.len > 40 ? 40 : p->t.len),
+                 p->s + p->t.pos);
+        return;
     default: snprintf(out, cap, "\"%.*s\"", (int)p->t.len, p->s + p->t.pos); return;
     }
 }
@@ -368,7 +377,8 @@ static char *tok_string(parser *p)
                 if (i + 2 >= n) goto bad; /* s[n - 1] is the closing quote */
                 char h = s[i + 1];
                 if (!isxdigit((unsigned char)h)) goto bad;
-                v = v * 16 + (unsigned)(isdigit((unsigned char)h) ? h - '0' : (tolower(h) - 'a' + 10));
+                v = v * 16 +
+                    (unsigned)(isdigit((unsigned char)h) ? h - '0' : (tolower(h) - 'a' + 10));
                 i++;
             }
             if (v == 0) goto bad_nul;
@@ -461,23 +471,80 @@ static bool enter(parser *p)
     return true;
 }
 
-static const char *const unsupported_funcs[] = {
-    "abs", "absent", "absent_over_time", "ceil", "changes", "clamp", "clamp_max", "clamp_min",
-    "day_of_month", "day_of_week", "day_of_year", "days_in_month", "delta", "deriv", "exp",
-    "floor", "histogram_quantile", "holt_winters", "hour", "idelta", "irate", "label_join",
-    "label_replace", "ln", "log2", "log10", "minute", "month", "predict_linear",
-    "quantile_over_time", "resets", "round", "scalar", "sgn", "sort", "sort_desc", "sqrt",
-    "stddev_over_time", "stdvar_over_time", "time", "timestamp", "vector", "year",
-    "present_over_time", "mad_over_time", "acos", "asin", "atan", "cos", "sin", "tan", "deg",
-    "rad", "pi", "double_exponential_smoothing", "info", "sort_by_label", "sort_by_label_desc",
-    "stddev", "stdvar", "topk", "bottomk", "quantile", "count_values", "group", "limitk",
-    "limit_ratio", NULL};
+static const char *const unsupported_funcs[] = {"abs",
+                                                "absent",
+                                                "absent_over_time",
+                                                "ceil",
+                                                "changes",
+                                                "clamp",
+                                                "clamp_max",
+                                                "clamp_min",
+                                                "day_of_month",
+                                                "day_of_week",
+                                                "day_of_year",
+                                                "days_in_month",
+                                                "delta",
+                                                "deriv",
+                                                "exp",
+                                                "floor",
+                                                "histogram_quantile",
+                                                "holt_winters",
+                                                "hour",
+                                                "idelta",
+                                                "irate",
+                                                "label_join",
+                                                "label_replace",
+                                                "ln",
+                                                "log2",
+                                                "log10",
+                                                "minute",
+                                                "month",
+                                                "predict_linear",
+                                                "quantile_over_time",
+                                                "resets",
+                                                "round",
+                                                "scalar",
+                                                "sgn",
+                                                "sort",
+                                                "sort_desc",
+                                                "sqrt",
+                                                "stddev_over_time",
+                                                "stdvar_over_time",
+                                                "time",
+                                                "timestamp",
+                                                "vector",
+                                                "year",
+                                                "present_over_time",
+                                                "mad_over_time",
+                                                "acos",
+                                                "asin",
+                                                "atan",
+                                                "cos",
+                                                "sin",
+                                                "tan",
+                                                "deg",
+                                                "rad",
+                                                "pi",
+                                                "double_exponential_smoothing",
+                                                "info",
+                                                "sort_by_label",
+                                                "sort_by_label_desc",
+                                                "stddev",
+                                                "stdvar",
+                                                "topk",
+                                                "bottomk",
+                                                "quantile",
+                                                "count_values",
+                                                "group",
+                                                "limitk",
+                                                "limit_ratio",
+                                                NULL};
 
 static int func_of(const char *z)
 {
-    static const char *const names[] = {"rate",          "increase",      "avg_over_time",
-                                        "min_over_time", "max_over_time", "sum_over_time",
-                                        "count_over_time", "last_over_time"};
+    static const char *const names[] = {
+        "rate",          "increase",      "avg_over_time",   "min_over_time",
+        "max_over_time", "sum_over_time", "count_over_time", "last_over_time"};
     for (int i = 0; i < 8; i++)
         if (strcmp(z, names[i]) == 0) return i + 1;
     return 0;
@@ -575,8 +642,8 @@ static int matches_empty(parser *p, const promql_matcher *m)
         }
         if (m->value[i] != '{' || i + 1 >= vl || !isdigit((unsigned char)m->value[i + 1])) continue;
         long v = 0, cur = 0; /* the largest count in {n,m} */
-        for (size_t k = i + 1; k < vl && (isdigit((unsigned char)m->value[k]) || m->value[k] == ',');
-             k++) {
+        for (size_t k = i + 1;
+             k < vl && (isdigit((unsigned char)m->value[k]) || m->value[k] == ','); k++) {
             if (m->value[k] == ',') {
                 cur = 0;
                 continue;
@@ -803,11 +870,12 @@ static promql_expr *parse_primary(parser *p)
         size_t apos = p->t.pos;
         if (!(e->lhs = parse_expr(p))) goto agg_err;
         if (p->t.k == T_COMMA) {
-            fail_at(p, p->t.pos, "%s takes exactly one argument", agg == 1   ? "sum"
-                                                                  : agg == 2 ? "avg"
-                                                                  : agg == 3 ? "min"
-                                                                  : agg == 4 ? "max"
-                                                                             : "count");
+            fail_at(p, p->t.pos, "%s takes exactly one argument",
+                    agg == 1   ? "sum"
+                    : agg == 2 ? "avg"
+                    : agg == 3 ? "min"
+                    : agg == 4 ? "max"
+                               : "count");
             goto agg_err;
         }
         if (p->t.k != T_RPAREN) {
@@ -867,8 +935,8 @@ static promql_expr *parse_primary(parser *p)
         next(p);
         p->depth--;
         if (e->lhs->type != PROMQL_MATRIX) {
-            fail_at(p, apos, "expected type range vector in call to function \"%s\", got %s",
-                    name, type_name(e->lhs->type));
+            fail_at(p, apos, "expected type range vector in call to function \"%s\", got %s", name,
+                    type_name(e->lhs->type));
             goto call_err;
         }
         free(name);
@@ -1022,8 +1090,9 @@ static promql_expr *parse_unary(parser *p)
     p->depth--;
     if (!a) return NULL;
     if (a->type != PROMQL_SCALAR && a->type != PROMQL_VECTOR) {
-        fail_at(p, pos, "unary expression only allowed on expressions of type scalar or instant "
-                        "vector, got %s",
+        fail_at(p, pos,
+                "unary expression only allowed on expressions of type scalar or instant "
+                "vector, got %s",
                 type_name(a->type));
         promql_free(a);
         return NULL;
@@ -1095,8 +1164,7 @@ static promql_expr *parse_expr(parser *p)
         return NULL;
     default: break;
     }
-    if (is_ident(p, "and") || is_ident(p, "or") || is_ident(p, "unless") ||
-        is_ident(p, "atan2")) {
+    if (is_ident(p, "and") || is_ident(p, "or") || is_ident(p, "unless") || is_ident(p, "atan2")) {
         fail_at(p, p->t.pos, "the operator \"%.*s\" is not supported by thinghz", (int)p->t.len,
                 p->s + p->t.pos);
         promql_free(l);
@@ -1189,9 +1257,12 @@ static thz_err put_dur(thz_buf *b, int64_t ns)
     static const struct {
         int64_t u;
         const char *n;
-    } units[] = {{365 * 86400LL * 1000000000LL, "y"}, {7 * 86400LL * 1000000000LL, "w"},
-                 {86400LL * 1000000000LL, "d"},       {3600LL * 1000000000LL, "h"},
-                 {60LL * 1000000000LL, "m"},          {1000000000LL, "s"},
+    } units[] = {{365 * 86400LL * 1000000000LL, "y"},
+                 {7 * 86400LL * 1000000000LL, "w"},
+                 {86400LL * 1000000000LL, "d"},
+                 {3600LL * 1000000000LL, "h"},
+                 {60LL * 1000000000LL, "m"},
+                 {1000000000LL, "s"},
                  {1000000LL, "ms"}};
     for (int i = 0; i < 7; i++)
         if (ns >= units[i].u) {
@@ -1221,8 +1292,7 @@ thz_err promql_format(const promql_expr *e, thz_buf *b)
     thz_err rc = THZ_OK;
     switch (e->kind) {
     case PROMQL_NUM:
-        if (isnan(e->num))
-            return put(b, "NaN");
+        if (isnan(e->num)) return put(b, "NaN");
         if (isinf(e->num)) return put(b, e->num > 0 ? "Inf" : "-Inf");
         snprintf(s, sizeof s, "%.17g", e->num);
         return put(b, s);

@@ -34,14 +34,14 @@
 #include "tsdb/tsdb.h"
 
 /* Budgets; each is a clear error when hit. */
-#define PROMQL_MAX_QUERY   16384          /* bytes of query text */
-#define PROMQL_MAX_DEPTH   64             /* nesting of expressions */
-#define PROMQL_MAX_REGEX   8192           /* bytes of one regex */
-#define PROMQL_MAX_SERIES  100000         /* series one query selects (all selectors) */
-#define PROMQL_MAX_SAMPLES 20000000ull    /* points read into memory + result values */
-#define PROMQL_MAX_STEPS   11000          /* points per series of a range query */
-#define PROMQL_LOOKBACK_NS 300000000000LL /* instant vectors: newest sample in (t-5m, t] */
-#define PROMQL_TIME_LIMIT_MS 10000        /* default and upper bound of a query's timeout */
+#define PROMQL_MAX_QUERY     16384          /* bytes of query text */
+#define PROMQL_MAX_DEPTH     64             /* nesting of expressions */
+#define PROMQL_MAX_REGEX     8192           /* bytes of one regex */
+#define PROMQL_MAX_SERIES    100000         /* series one query selects (all selectors) */
+#define PROMQL_MAX_SAMPLES   20000000ull    /* points read into memory + result values */
+#define PROMQL_MAX_STEPS     11000          /* points per series of a range query */
+#define PROMQL_LOOKBACK_NS   300000000000LL /* instant vectors: newest sample in (t-5m, t] */
+#define PROMQL_TIME_LIMIT_MS 10000          /* default and upper bound of a query's timeout */
 
 #define PROMQL_MSG_LEN 256
 
@@ -100,7 +100,13 @@ typedef enum promql_func {
     PROMQL_LAST_OT
 } promql_func;
 
-typedef enum promql_agg { PROMQL_SUM = 1, PROMQL_AVG, PROMQL_MIN, PROMQL_MAX, PROMQL_COUNT } promql_agg;
+typedef enum promql_agg {
+    PROMQL_SUM = 1,
+    PROMQL_AVG,
+    PROMQL_MIN,
+    PROMQL_MAX,
+    PROMQL_COUNT
+} promql_agg;
 
 /* One label matcher; a selector's metric name is an EQ matcher on __name__. */
 typedef struct promql_matcher {
@@ -124,8 +130,8 @@ struct promql_expr {
     promql_agg agg;              /* AGG */
     char **grouping;             /* AGG: label names */
     int ngrouping;
-    bool without; /* AGG: without (...) rather than by (...) */
-    promql_op op; /* BIN */
+    bool without;           /* AGG: without (...) rather than by (...) */
+    promql_op op;           /* BIN */
     promql_expr *lhs, *rhs; /* BIN: both; CALL, AGG, NEG: lhs is the argument */
     int depth;              /* height of the tree below and including this node */
 };

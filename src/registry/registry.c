@@ -596,8 +596,7 @@ static thz_err password_verify(registry *r, const char *email, const char *pw, i
 
 thz_err reg_password_check(registry *r, const char *email, const char *password, reg_principal *p)
 {
-    if (!email || !password || strlen(email) > REG_EMAIL_MAX ||
-        strlen(password) > REG_PASSWORD_MAX)
+    if (!email || !password || strlen(email) > REG_EMAIL_MAX || strlen(password) > REG_PASSWORD_MAX)
         return THZ_EBADAUTH;
     int64_t uid, tenant;
     int role;

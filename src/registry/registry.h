@@ -87,8 +87,7 @@ thz_err reg_login(registry *r, const cJSON *body, cJSON **out, char err[REG_ERR_
 /* Checks email and password without creating a session (HTTP Basic on the
  * Prometheus API): the principal has token 0 and the user's role. Slow
  * (argon2id): run it on a worker thread. THZ_EBADAUTH as reg_login. */
-thz_err reg_password_check(registry *r, const char *email, const char *password,
-                           reg_principal *p);
+thz_err reg_password_check(registry *r, const char *email, const char *password, reg_principal *p);
 /* [fast] Resolves a bearer token. THZ_EBADAUTH when unknown, expired, revoked
  * or its user disabled. Records the last-used time (persisted later). */
 thz_err reg_token_check(registry *r, const char *token, reg_principal *p);

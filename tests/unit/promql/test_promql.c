@@ -115,8 +115,8 @@ static void test_functions_and_aggregations(void **st)
     expect_canon("count(x) by ()", "count by () ({\"__name__\"=\"x\"})");
     expect_canon("max_over_time(x{a=\"1\"}[90s] offset -5m)",
                  "max_over_time({\"__name__\"=\"x\", \"a\"=\"1\"}[1m30s] offset -5m)");
-    const char *fns[] = {"increase", "avg_over_time", "min_over_time", "sum_over_time",
-                         "count_over_time", "last_over_time"};
+    const char *fns[] = {"increase",      "avg_over_time",   "min_over_time",
+                         "sum_over_time", "count_over_time", "last_over_time"};
     for (int i = 0; i < 6; i++) {
         char q[80];
         snprintf(q, sizeof q, "%s(x[1m])", fns[i]);
@@ -222,9 +222,11 @@ static void test_duration(void **st)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_selectors),  cmocka_unit_test(test_precedence),
+        cmocka_unit_test(test_selectors),
+        cmocka_unit_test(test_precedence),
         cmocka_unit_test(test_functions_and_aggregations),
-        cmocka_unit_test(test_errors),     cmocka_unit_test(test_limits),
+        cmocka_unit_test(test_errors),
+        cmocka_unit_test(test_limits),
         cmocka_unit_test(test_duration),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
