@@ -357,5 +357,7 @@ thz_err api_start(registry *r)
             return rc;
         }
     }
-    return THZ_OK;
+    /* The Prometheus API is outside /api/v1 and its OpenAPI check: it is
+     * described in docs/API.md ("Prometheus API"). */
+    return api_prom_start(r);
 }

@@ -82,6 +82,11 @@ void op_retention_get(api_call *c);
 void op_retention_put(api_call *c);
 void op_backup(api_call *c);
 
+/* prom_ops.c: registers the Prometheus-compatible routes under
+ * /prometheus/api/v1/ (their own middleware: bearer or Basic, form
+ * parameters, Prometheus' error shape). */
+thz_err api_prom_start(registry *r);
+
 /* openapi.c: the embedded OpenAPI document (NUL-terminated) and its length. */
 const char *api_openapi_json(size_t *len);
 

@@ -67,6 +67,9 @@ const char *http_req_header(const http_request *req, const char *name);
  * terminated). Returns 1 if found, 0 if absent (out untouched), -1 if the
  * value does not fit in outlen or has a bad escape. */
 int http_req_query(const http_request *req, const char *name, char *out, size_t outlen);
+/* The raw query string (after '?', not decoded; "" when none), for
+ * parameters that repeat (match[]=...&match[]=...). Owned by the request. */
+const char *http_req_query_string(const http_request *req);
 /* The path parameter `name` of the matched route ({name} or {name...}),
  * percent-decoded and NUL-terminated, or NULL. Owned by the request. */
 const char *http_req_param(const http_request *req, const char *name);

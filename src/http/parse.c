@@ -350,6 +350,11 @@ int http_req_query(const http_request *req, const char *name, char *out, size_t 
     return 0;
 }
 
+const char *http_req_query_string(const http_request *req)
+{
+    return req->query ? req->query : "";
+}
+
 const uint8_t *http_req_body(const http_request *req, size_t *len)
 {
     *len = req->body.len;

@@ -551,13 +551,12 @@ static thz_err token_insert(registry *r, int64_t tenant, int64_t user, const cha
     return e;
 }
 
-thz_err reg_login(registry *r, const cJSON *body, cJSON **out, char err[REG_ERR_LEN])
+/* Verifies email and password (argon2id, outside the lock; unknown emails
+ * against the dummy hash so they take as long). THZ_EBADAUTH for a wrong
+ * password or an unknown or disabled user. */
+static thz_err password_verify(registry *r, const char *email, const char *pw, int64_t *uidOut,
+                               int64_t *tenantOut, int *roleOut)
 {
-    const char *email, *pw;
-    thz_err e = reg__field_str(body, "email", REG_EMAIL_MAX, true, &email, err);
-    if (e == THZ_OK) e = reg__field_str(body, "password", REG_PASSWORD_MAX, true, &pw, err);
-    if (e != THZ_OK) return e;
-
     int64_t uid = 0, tenant = 0;
     int role = 0;
     bool disabled = true;
@@ -582,16 +581,53 @@ thz_err reg_login(registry *r, const cJSON *body, cJSON **out, char err[REG_ERR_
         sqlite3_finalize(st);
     }
     pthread_mutex_unlock(&r->dbMu);
-    if (rc != SQLITE_OK && rc != SQLITE_ROW) return reg__sql_err(r->db, rc, "login");
+    if (rc != SQLITE_OK && rc != SQLITE_ROW) {
+        free(hash);
+        return reg__sql_err(r->db, rc, "login");
+    }
 
     /* Outside the lock: argon2 takes tens of milliseconds. Unknown emails
      * verify against the dummy hash so they take as long as known ones. */
     bool ok = argon2id_verify(hash ? hash : r->zDummyHash, pw, strlen(pw)) == ARGON2_OK;
     free(hash);
-    if (!ok || uid == 0 || disabled || role == 0) {
+    if (!ok || uid == 0 || disabled || role == 0) return THZ_EBADAUTH;
+    *uidOut = uid;
+    *tenantOut = tenant;
+    *roleOut = role;
+    return THZ_OK;
+}
+
+thz_err reg_password_check(registry *r, const char *email, const char *password, reg_principal *p)
+{
+    if (!email || !password || strlen(email) > REG_EMAIL_MAX || strlen(password) > REG_PASSWORD_MAX)
+        return THZ_EBADAUTH;
+    int64_t uid, tenant;
+    int role;
+    thz_err e = password_verify(r, email, password, &uid, &tenant, &role);
+    if (e != THZ_OK) return e;
+    p->tenant = tenant;
+    p->user = uid;
+    p->token = 0;
+    p->role = (reg_role)role;
+    p->superuser = tenant == REG_DEFAULT_TENANT && role == REG_ADMIN;
+    return THZ_OK;
+}
+
+thz_err reg_login(registry *r, const cJSON *body, cJSON **out, char err[REG_ERR_LEN])
+{
+    const char *email, *pw;
+    thz_err e = reg__field_str(body, "email", REG_EMAIL_MAX, true, &email, err);
+    if (e == THZ_OK) e = reg__field_str(body, "password", REG_PASSWORD_MAX, true, &pw, err);
+    if (e != THZ_OK) return e;
+
+    int64_t uid, tenant;
+    int role;
+    e = password_verify(r, email, pw, &uid, &tenant, &role);
+    if (e == THZ_EBADAUTH) {
         reg__err(err, "wrong email or password");
         return THZ_EBADAUTH;
     }
+    if (e != THZ_OK) return e;
 
     char text[REG_TOKEN_TEXT];
     int64_t id, created, expires = reg__now_ms() + REG_SESSION_MS;

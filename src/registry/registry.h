@@ -92,6 +92,10 @@ void reg_on_revoke(registry *r, reg_revoke_fn fn, void *ctx);
  * lasts 24 h and has the user's role. THZ_EBADAUTH for a wrong password, an
  * unknown or disabled user (same answer, same time spent). */
 thz_err reg_login(registry *r, const cJSON *body, cJSON **out, char err[REG_ERR_LEN]);
+/* Checks email and password without creating a session (HTTP Basic on the
+ * Prometheus API): the principal has token 0 and the user's role. Slow
+ * (argon2id): run it on a worker thread. THZ_EBADAUTH as reg_login. */
+thz_err reg_password_check(registry *r, const char *email, const char *password, reg_principal *p);
 /* [fast] Resolves a bearer token. THZ_EBADAUTH when unknown, expired, revoked
  * or its user disabled. Records the last-used time (persisted later). */
 thz_err reg_token_check(registry *r, const char *token, reg_principal *p);
