@@ -22,6 +22,7 @@
 #include "core/base64.h"
 #include "core/hmap.h"
 #include "core/version.h"
+#include "metrics/metrics.h"
 #include "net/net.h"
 #include "promql/promql.h"
 #include "query/query.h"
@@ -399,7 +400,9 @@ static void run_query(prom_call *c, bool range)
         return;
     }
     promql_result *r;
+    double t0 = metrics_now();
     rc = promql_eval(query_db(), c->p.tenant, e, start, end, step, range, timeout_ms, &r, &err);
+    metrics_observe_query("promql", metrics_now() - t0);
     promql_free(e);
     if (rc) {
         error_out(c, etype_name(err.kind), err.msg);
@@ -666,6 +669,7 @@ static void run_op(prom_call *c)
 static void work_run(uv_work_t *w)
 {
     prom_call *c = w->data;
+    metrics_pool_started();
     if (c->basic) {
         thz_err rc = reg_password_check(R, c->email, c->password, &c->p);
         if (rc == THZ_OK) {
@@ -684,6 +688,7 @@ static void work_run(uv_work_t *w)
 static void work_done(uv_work_t *w, int status)
 {
     prom_call *c = w->data;
+    metrics_pool_finished();
     if (status != 0) error_out(c, "unavailable", "the request was cancelled");
     reply(c->req, c);
     http_reply(c->req);
@@ -761,6 +766,7 @@ static http_result prom_handle(http_request *req, http_response *res, void *ctx)
         call_free(c);
         return HTTP_DONE;
     }
+    metrics_pool_queued();
     return HTTP_PENDING;
 }
 

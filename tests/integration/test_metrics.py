@@ -106,8 +106,12 @@ def test_exposition_is_valid_and_counters_move(daemon, admin):
                         headers={"Authorization": "Bearer " + admin.token}, timeout=10)
     assert res.status_code == 400, res.text
 
-    # an SQL query
+    # an SQL query and a PromQL query
     expect(admin.post("/query", {"sql": "SELECT count(v) FROM telemetry"}), 200)
+    res = requests.get("http://127.0.0.1:%d/prometheus/api/v1/query" % daemon.http_port,
+                       params={"query": "sum(v)"},
+                       headers={"Authorization": "Bearer " + admin.token}, timeout=10)
+    assert res.status_code == 200 and res.json()["status"] == "success", res.text
 
     # Gauges of MQTT queues are sampled every 250 ms; counters are immediate.
     text = scrape(daemon, headers={"Accept-Encoding": "identity"})
@@ -134,6 +138,8 @@ def test_exposition_is_valid_and_counters_move(daemon, admin):
     assert val(s1, "thinghz_query_duration_seconds_count", kind="sql") == \
         val(s0, "thinghz_query_duration_seconds_count", kind="sql") + 1
     assert val(s1, "thinghz_query_duration_seconds_sum", kind="sql") > 0
+    assert val(s1, "thinghz_query_duration_seconds_count", kind="promql") == \
+        val(s0, "thinghz_query_duration_seconds_count", kind="promql") + 1
     assert val(s1, "thinghz_http_requests_total", code="2xx") >= \
         val(s0, "thinghz_http_requests_total", code="2xx") + 3
     assert val(s1, "thinghz_http_requests_total", code="4xx") >= \
