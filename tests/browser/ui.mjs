@@ -6,40 +6,18 @@
 // and exits 1 if a step failed. Steps that need the routes of
 // docs/../live-protocol (WebSocket live, dashboards) say so in their name.
 import { spawnSync } from 'node:child_process';
-import { mkdtempSync, rmSync } from 'node:fs';
-import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { chromium } from 'playwright-core';
+import { launch, steps } from './lib.mjs';
 
 const cfg = JSON.parse(process.argv[2]);
-const ARGS = ['--headless', '--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run',
-  '--disable-background-networking', '--disable-component-update', '--disable-sync'];
-let failed = 0;
-const step = async (name, fn) => {
-  const t0 = Date.now();
-  try {
-    const detail = await fn();
-    console.log(`STEP ${name} ok ${Date.now() - t0}ms${detail ? ' ' + detail : ''}`);
-    return true;
-  } catch (e) {
-    failed++;
-    console.log(`STEP ${name} FAIL ${String(e.message || e).split('\n')[0]}`);
-    return false;
-  }
-};
+const { step, failed } = steps();
 const shot = async (page, name) => {
   const p = join(cfg.out, name + '.png');
   await page.screenshot({ path: p, fullPage: true });
   console.log(`SCREENSHOT ${p}`);
 };
 
-const profile = mkdtempSync(join(tmpdir(), 'thz-chromium-'));
-// launchPersistentContext: our own fresh user-data-dir, removed at the end.
-const ctx = await chromium.launchPersistentContext(profile, {
-  executablePath: process.env.CHROMIUM || '/usr/bin/chromium', headless: true, args: ARGS,
-  viewport: { width: 1280, height: 900 },
-});
-const page = ctx.pages()[0] || await ctx.newPage();
+const { ctx, page, close } = await launch({ viewport: { width: 1280, height: 900 } });
 page.setDefaultTimeout(10000);
 const pageErrors = [];
 page.on('pageerror', (e) => pageErrors.push(e.message));
@@ -189,8 +167,7 @@ try {
     if (js.length) throw new Error(js.join(' | '));
   });
 } finally {
-  await ctx.close();
-  rmSync(profile, { recursive: true, force: true });
+  await close();
 }
-console.log(failed ? `FAILED ${failed}` : 'ALL OK');
-process.exit(failed ? 1 : 0);
+console.log(failed() ? `FAILED ${failed()}` : 'ALL OK');
+process.exit(failed() ? 1 : 0);
