@@ -438,9 +438,16 @@ void conn_close(conn *c, int reason)
         ws_flush(c); /* queued in the WebSocket: it is sent before the close */
     } else if (c->tcp && !c->writing) {
         if (c->tls) {
-            /* with a close_notify; an alert after a failed handshake */
-            net_tls_close_notify(c->tls);
+            /* the DISCONNECT first (no plaintext is accepted after the
+             * close_notify), then the close_notify; an alert after a failed
+             * handshake */
+            thz_buf alert = {0};
             if (net_tls_seal(c->tls, &c->out) != THZ_OK) c->out.len = 0;
+            net_tls_close_notify(c->tls);
+            if (net_tls_seal(c->tls, &alert) == THZ_OK && alert.len &&
+                thz_buf_append(&c->out, alert.p, alert.len) != THZ_OK)
+                c->out.len = 0;
+            thz_buf_free(&alert);
         }
         /* Best effort, once: what the socket takes now (a CONNACK refusal,
          * the DISCONNECT) is all the peer gets. */
