@@ -7,6 +7,7 @@ presence as with secrets, revocation closing the connection, and every kind
 of wrong certificate refused with CONNACK 0x86 / 4 and a log line."""
 
 import json
+import signal
 import subprocess
 
 import pytest
@@ -343,9 +344,10 @@ def test_password_clients_unaffected_and_reload(m):
     nobody.close()
     # SIGHUP reloads the server contexts; certificate clients still connect
     dd, r, cert, key = m.device_cert()
-    import signal
+    loaded = lambda: m.b.log_text().count("[tls] certificate")
+    assert loaded() == 1
     m.b.signal(signal.SIGHUP)
-    assert wait_until(lambda: m.b.log_text().count("certificate") >= 2)
+    assert wait_until(lambda: loaded() == 2)
     p = m.paho(cert, key)
     assert p.subscribe("devices/%s/x" % dd["id"], qos=1) == [1]
     p.close()
