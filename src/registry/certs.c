@@ -770,7 +770,12 @@ thz_err reg_cert_create(registry *r, int64_t tenant, const char *id, const cJSON
         x = issue(key, id, cax, cak, days);
         if (!x) e = THZ_ENOMEM;
     }
-    if (e == THZ_OK && certz) e = chain_check(r, tenant, cax, x, more, &caId, &anchor, err);
+    if (e == THZ_OK && certz) {
+        e = chain_check(r, tenant, cax, x, more, &caId, &anchor, err);
+        if (e == THZ_EINVAL)
+            log_info("registry", "certificate for device %s of tenant %lld refused: %s", id,
+                     (long long)tenant, err);
+    }
     uint8_t fp[REG_FP_LEN];
     char fph[2 * REG_FP_LEN + 1], subj[512], iss[512];
     int64_t nb = 0, na = 0, now = reg__now_ms();

@@ -244,6 +244,7 @@ def test_registered_customer_ca_and_expiry(m):
     # not yet registered: binding is refused (chain failure, clearly said)
     r = m.api.post("/devices/%s/certificates" % d["id"], {"certificate_pem": cert.read_text()})
     assert r.status_code == 400 and "chain" in r.text, r.text
+    assert "does not chain to the tenant CA or a registered CA" in m.b.log_text()
     reg = expect(m.api.post("/cas", {"certificate_pem": ca[0].read_text()}), 201).json()
     expect(m.api.post("/cas", {"certificate_pem": ca[0].read_text()}), 409)
     assert [c["id"] for c in expect(m.api.get("/cas"), 200).json()["items"]] == [reg["id"]]
