@@ -180,7 +180,10 @@ static void call_free(api_call *c)
 /* Runs the operation (and parses the body first when the route has one). */
 static void call_run(api_call *c)
 {
-    if (c->route->flags & API_BODY) {
+    size_t blen = 0;
+    if ((c->route->flags & API_BODY_OPT) && (http_req_body(c->req, &blen), blen == 0)) {
+        /* an optional body left out */
+    } else if (c->route->flags & (API_BODY | API_BODY_OPT)) {
         parse_body(c);
         if (c->estatus) return;
     }
@@ -276,7 +279,8 @@ static http_result api_handle(http_request *req, http_response *res, void *ctx)
             return HTTP_DONE;
         }
     }
-    if ((rt->flags & API_BODY) && !content_type_ok(http_req_header(req, "content-type"))) {
+    if ((rt->flags & (API_BODY | API_BODY_OPT)) &&
+        !content_type_ok(http_req_header(req, "content-type"))) {
         http_res_error(res, 415, "unsupported_media_type",
                        "the body must be JSON (Content-Type: application/json)");
         return HTTP_DONE;

@@ -17,10 +17,11 @@
 
 /* Route flags. */
 enum {
-    API_NOAUTH = 1, /* no bearer token needed (login, openapi.json) */
-    API_BODY = 2,   /* the body must be a JSON object (parsed into call->body) */
-    API_FAST = 4,   /* the operation only makes [fast] registry calls: answered inline */
-    API_SUPER = 8   /* the caller must be a superuser (tenants, backup) */
+    API_NOAUTH = 1,   /* no bearer token needed (login, openapi.json) */
+    API_BODY = 2,     /* the body must be a JSON object (parsed into call->body) */
+    API_FAST = 4,     /* the operation only makes [fast] registry calls: answered inline */
+    API_SUPER = 8,    /* the caller must be a superuser (tenants, backup) */
+    API_BODY_OPT = 16 /* like API_BODY, but an empty body is allowed (call->body NULL) */
 };
 
 typedef struct api_call api_call;
@@ -86,6 +87,14 @@ void op_backup(api_call *c);
  * /prometheus/api/v1/ (their own middleware: bearer or Basic, form
  * parameters, Prometheus' error shape). */
 thz_err api_prom_start(registry *r);
+/* cert_ops.c: device certificates and CAs (mutual TLS). */
+void op_ca_get(api_call *c);
+void op_ca_list(api_call *c);
+void op_ca_register(api_call *c);
+void op_ca_delete(api_call *c);
+void op_cert_create(api_call *c);
+void op_cert_list(api_call *c);
+void op_cert_revoke(api_call *c);
 
 /* openapi.c: the embedded OpenAPI document (NUL-terminated) and its length. */
 const char *api_openapi_json(size_t *len);

@@ -325,5 +325,13 @@ const api_route api_routes[] = {
     {HTTP_GET, "/api/v1/dashboards/{id}", 0, V, op_dashboard_get},
     {HTTP_PUT, "/api/v1/dashboards/{id}", API_BODY, O, op_dashboard_update},
     {HTTP_DELETE, "/api/v1/dashboards/{id}", 0, O, op_dashboard_delete},
+    /* device certificates and CAs: mutual TLS (cert_ops.c) */
+    {HTTP_GET, "/api/v1/ca", 0, V, op_ca_get},
+    {HTTP_GET, "/api/v1/cas", 0, V, op_ca_list},
+    {HTTP_POST, "/api/v1/cas", API_BODY, A, op_ca_register},
+    {HTTP_DELETE, "/api/v1/cas/{id}", 0, A, op_ca_delete},
+    {HTTP_POST, "/api/v1/devices/{id}/certificates", API_BODY_OPT, O, op_cert_create},
+    {HTTP_GET, "/api/v1/devices/{id}/certificates", 0, V, op_cert_list},
+    {HTTP_DELETE, "/api/v1/devices/{id}/certificates/{fingerprint}", 0, O, op_cert_revoke},
     {0, NULL, 0, 0, NULL},
 };

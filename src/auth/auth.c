@@ -617,6 +617,32 @@ static thz_err connect_check(auth *a, const char *client_id, const char *usernam
     return auth_check(a, client_id, username, password, password_len, slow);
 }
 
+thz_err auth_connect_cert(auth *a, const uint8_t fp[32], const char *username, auth_identity *id,
+                          char *why, size_t whylen)
+{
+    *id = (auth_identity){.tenant = REG_DEFAULT_TENANT};
+    char err[REG_ERR_LEN] = "";
+    reg_identity ri;
+    if (!a->reg) {
+        snprintf(why, whylen, "client certificates need the device registry");
+        return THZ_EBADAUTH;
+    }
+    if (reg_cert_auth(a->reg, fp, &ri, err) != THZ_OK) {
+        snprintf(why, whylen, "%s", err);
+        return THZ_EBADAUTH;
+    }
+    /* As with a device secret, a user name, when given, is the device id. */
+    if (username && username[0] && strcmp(username, reg_dev_id(ri.dev)) != 0) {
+        snprintf(why, whylen, "client certificate of device %s, but user name '%s'",
+                 reg_dev_id(ri.dev), username);
+        reg_dev_release(ri.dev);
+        return THZ_EBADAUTH;
+    }
+    id->tenant = ri.tenant;
+    id->dev = ri.dev;
+    return THZ_OK;
+}
+
 thz_err auth_bearer(auth *a, const char *token, auth_identity *id)
 {
     *id = (auth_identity){.tenant = REG_DEFAULT_TENANT};

@@ -50,6 +50,13 @@ thz_err auth_connect(auth *a, const char *client_id, const char *username, const
 thz_err auth_connect_quick(auth *a, const char *client_id, const char *username,
                            const uint8_t *password, size_t password_len, auth_identity *id);
 
+/* [fast] Decides a CONNECT that gave no password over TLS with a client
+ * certificate (fp: SHA-256 of its DER): THZ_OK and *id when the certificate
+ * is bound to an enabled device (registry.h, reg_cert_auth) and username, if
+ * given, is that device's id; else THZ_EBADAUTH with why saying what failed. */
+thz_err auth_connect_cert(auth *a, const uint8_t fp[32], const char *username, auth_identity *id,
+                          char *why, size_t whylen);
+
 /* An API token given as an HTTP bearer token: THZ_OK and *id (its tenant and
  * role), or THZ_EBADAUTH. Non-blocking. */
 thz_err auth_bearer(auth *a, const char *token, auth_identity *id);

@@ -1613,11 +1613,52 @@ static void on_revoke(int64_t tenant, const char *device_id, void *ctx)
     for (int i = 0; i < B.nthreads; i++) net_post(i, revoke_task, rv);
 }
 
+/* A device certificate was revoked (or its CA deleted): the connections
+ * authenticated by it end with 0x98, on every thread; the device's other
+ * connections (a secret, another certificate) stay. */
+typedef struct cert_revocation {
+    int64_t tenant;
+    int pending;
+    uint8_t fp[32];
+} cert_revocation;
+
+static void cert_revoke_task(int thread, void *arg)
+{
+    cert_revocation *rv = arg;
+    if (thread >= 0 && net_self() == thread) {
+        worker *w = B.w[thread];
+        for (conn *c = w->conns, *next; c; c = next) {
+            next = c->next;
+            if (c->state == CONN_ACTIVE && c->by_cert && c->id.dev &&
+                reg_dev_tenant(c->id.dev) == rv->tenant &&
+                memcmp(c->cert_fp, rv->fp, sizeof rv->fp) == 0) {
+                log_info("mqtt", "client %s: disconnected, its client certificate was revoked",
+                         c->s ? c->s->cid : c->peer);
+                conn_close(c, MQTT_RC_ADMIN_ACTION);
+            }
+        }
+        net_batch_end(thread);
+    }
+    if (__atomic_sub_fetch(&rv->pending, 1, __ATOMIC_ACQ_REL) == 0) free(rv);
+}
+
+static void on_cert_revoke(int64_t tenant, const char *device_id, const uint8_t fp[32], void *ctx)
+{
+    (void)device_id;
+    cert_revocation *rv = malloc(sizeof *rv);
+    if (!rv) return;
+    rv->tenant = tenant;
+    rv->pending = B.nthreads;
+    memcpy(rv->fp, fp, sizeof rv->fp);
+    for (int i = 0; i < B.nthreads; i++) net_post(i, cert_revoke_task, rv);
+}
+
 void mqtt_set_registry(registry *r)
 {
     B.reg = r;
     auth_set_registry(B.auth, r);
     reg_on_revoke(r, on_revoke, NULL);
+    reg_on_cert_revoke(r, on_cert_revoke, NULL);
 }
 
 void mqtt_set_tsdb(tsdb *db)

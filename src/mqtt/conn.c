@@ -438,9 +438,16 @@ void conn_close(conn *c, int reason)
         ws_flush(c); /* queued in the WebSocket: it is sent before the close */
     } else if (c->tcp && !c->writing) {
         if (c->tls) {
-            /* with a close_notify; an alert after a failed handshake */
-            net_tls_close_notify(c->tls);
+            /* the DISCONNECT first (no plaintext is accepted after the
+             * close_notify), then the close_notify; an alert after a failed
+             * handshake */
+            thz_buf alert = {0};
             if (net_tls_seal(c->tls, &c->out) != THZ_OK) c->out.len = 0;
+            net_tls_close_notify(c->tls);
+            if (net_tls_seal(c->tls, &alert) == THZ_OK && alert.len &&
+                thz_buf_append(&c->out, alert.p, alert.len) != THZ_OK)
+                c->out.len = 0;
+            thz_buf_free(&alert);
         }
         /* Best effort, once: what the socket takes now (a CONNACK refusal,
          * the DISCONNECT) is all the peer gets. */
@@ -983,7 +990,18 @@ static int handle_connect(conn *c, const mqtt_packet *pkt, const uint8_t *raw, s
     char *user = cn->has_username ? span_dup(cn->username) : NULL;
     thz_err rc;
     auth_identity id = {0};
-    if (c->auth_done) {
+    uint8_t cert_fp[32];
+    char subj[256];
+    if (!c->auth_done && c->tls && !cn->has_password &&
+        net_tls_peer_cert(c->tls, cert_fp, subj, sizeof subj)) {
+        /* mutual TLS: the client certificate is the credential */
+        char why[256];
+        rc = auth_connect_cert(B.auth, cert_fp, user, &id, why, sizeof why);
+        if (rc)
+            log_info("mqtt", "refused client %s from %s: %s (subject %s)", cid, c->peer, why, subj);
+        c->by_cert = rc == THZ_OK;
+        memcpy(c->cert_fp, cert_fp, sizeof cert_fp);
+    } else if (c->auth_done) {
         rc = c->auth_result; /* verified on a worker thread, see auth_suspend */
         id = c->auth_id;
         c->auth_id = (auth_identity){0};

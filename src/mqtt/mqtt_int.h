@@ -214,6 +214,10 @@ typedef struct conn {
     hmap *alias_out;
     struct conn *prev, *next;
     char peer[56]; /* "[v6 address]:port" */
+    /* Authenticated by its TLS client certificate (mutual TLS): its
+     * fingerprint, so that revoking the certificate closes this connection. */
+    bool by_cert;
+    uint8_t cert_fp[32];
 } conn;
 
 enum { CONN_NEW = 0, CONN_ACTIVE, CONN_CLOSING };

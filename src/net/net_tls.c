@@ -248,6 +248,19 @@ static int alpn_select(SSL *s, const unsigned char **out, unsigned char *outlen,
     return SSL_TLSEXT_ERR_OK;
 }
 
+/* Client certificates are asked for on the MQTT listener but never judged
+ * here: any certificate (or none) completes the handshake, which still
+ * proves the client holds the certificate's private key (CertificateVerify).
+ * Whether the certificate identifies a device is decided at CONNECT from its
+ * fingerprint (registry.h, reg_cert_auth), so that a password client and a
+ * certificate of an unknown CA both get an MQTT answer, not a TLS alert. */
+static int client_cert_accept(int preverify, X509_STORE_CTX *x)
+{
+    (void)preverify;
+    (void)x;
+    return 1;
+}
+
 static SSL_CTX *ctx_build(const thz_config *cfg, net_tls_kind kind, const char *cert,
                           const char *key)
 {
@@ -281,6 +294,8 @@ static SSL_CTX *ctx_build(const thz_config *cfg, net_tls_kind kind, const char *
     static const unsigned char sid_ctx[] = "thinghz";
     SSL_CTX_set_session_id_context(c, sid_ctx, sizeof sid_ctx - 1);
     SSL_CTX_set_alpn_select_cb(c, alpn_select, (void *)(uintptr_t)kind);
+    if (kind == NET_TLS_MQTT)
+        SSL_CTX_set_verify(c, SSL_VERIFY_PEER | SSL_VERIFY_CLIENT_ONCE, client_cert_accept);
     return c;
 fail:
     ssl_errstr(why, sizeof why, "failed");
@@ -473,4 +488,22 @@ const char *net_tls_alpn(const net_tls *t, char *out, size_t outlen)
     SSL_get0_alpn_selected(t->ssl, &p, &n);
     snprintf(out, outlen, "%.*s", (int)n, p ? (const char *)p : "");
     return out;
+}
+
+bool net_tls_peer_cert(const net_tls *t, uint8_t fp[32], char *subject, size_t sublen)
+{
+    X509 *x = SSL_get0_peer_certificate(t->ssl);
+    if (subject && sublen) subject[0] = 0;
+    if (!x) return false;
+    unsigned n = 0;
+    if (X509_digest(x, EVP_sha256(), fp, &n) != 1 || n != 32) {
+        ERR_clear_error();
+        return false;
+    }
+    if (subject && sublen) {
+        char *z = X509_NAME_oneline(X509_get_subject_name(x), NULL, 0);
+        snprintf(subject, sublen, "%s", z ? z : "?");
+        OPENSSL_free(z);
+    }
+    return true;
 }

@@ -75,5 +75,11 @@ const char *net_tls_error(const net_tls *t);
 /* The negotiated protocol version ("TLSv1.3") and ALPN ("" for none). */
 const char *net_tls_version(const net_tls *t);
 const char *net_tls_alpn(const net_tls *t, char *out, size_t outlen);
+/* The client certificate the peer presented (MQTT listener only, which asks
+ * for one without requiring it): true and its SHA-256 fingerprint (of the
+ * DER) in fp, and its subject ("/CN=...") in subject when not NULL; false
+ * when it presented none. The handshake proved the peer holds its key; the
+ * chain is judged by the caller (see reg_cert_auth). */
+bool net_tls_peer_cert(const net_tls *t, uint8_t fp[32], char *subject, size_t sublen);
 
 #endif

@@ -112,6 +112,33 @@ static const char *const migrations[] = {
     "  created_at INTEGER NOT NULL,"
     "  updated_at INTEGER NOT NULL);"
     "CREATE INDEX dashboards_tenant ON dashboards(tenant_id);",
+    /* 3: device certificates (mutual TLS) and registered customer CAs. The
+     * tenant CA's key is a file (DATA_DIR/tls/tenants/N/ca.key), not a row. */
+    "CREATE TABLE tenant_cas("
+    "  id INTEGER PRIMARY KEY,"
+    "  tenant_id INTEGER NOT NULL REFERENCES tenants(id) ON DELETE CASCADE,"
+    "  fingerprint TEXT NOT NULL,"
+    "  subject TEXT NOT NULL,"
+    "  certificate_pem TEXT NOT NULL,"
+    "  not_before INTEGER NOT NULL,"
+    "  not_after INTEGER NOT NULL,"
+    "  created_at INTEGER NOT NULL,"
+    "  UNIQUE(tenant_id, fingerprint));"
+    "CREATE TABLE device_certs("
+    "  fingerprint TEXT PRIMARY KEY,"
+    "  tenant_id INTEGER NOT NULL,"
+    "  device_id TEXT NOT NULL,"
+    "  ca_id INTEGER NOT NULL DEFAULT 0," /* 0: the tenant CA */
+    "  source TEXT NOT NULL CHECK(source IN ('created','csr','registered')),"
+    "  subject TEXT NOT NULL,"
+    "  issuer TEXT NOT NULL,"
+    "  certificate_pem TEXT NOT NULL,"
+    "  not_before INTEGER NOT NULL,"
+    "  not_after INTEGER NOT NULL,"
+    "  created_at INTEGER NOT NULL,"
+    "  revoked_at INTEGER,"
+    "  FOREIGN KEY(tenant_id, device_id) REFERENCES devices(tenant_id, id) ON DELETE CASCADE);"
+    "CREATE INDEX device_certs_device ON device_certs(tenant_id, device_id);",
 };
 #define N_MIGRATIONS ((int)(sizeof migrations / sizeof migrations[0]))
 

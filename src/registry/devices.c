@@ -790,6 +790,7 @@ thz_err reg_device_delete(registry *r, int64_t tenant, const char *id)
         pthread_rwlock_wrlock(&r->lock);
         reg_tenant *t = reg__tenant(r, tenant);
         d = t ? tenant_dev_del(r, t, id) : NULL;
+        reg__certs_forget_device(r, tenant, id);
         pthread_rwlock_unlock(&r->lock);
     }
     pthread_mutex_unlock(&r->dbMu);

@@ -121,6 +121,10 @@ struct registry {
     hmap secrets; /* SHA-256 -> reg_dev */
     reg_revoke_fn onRevoke;
     void *revokeCtx;
+    hmap certs; /* fingerprint -> reg_cert (certs.c) */
+    hmap cas;   /* registered CA id (int64) -> reg_ca */
+    reg_cert_revoke_fn onCertRevoke;
+    void *certRevokeCtx;
 
     /* Connection events waiting for the background thread (events.c). */
     pthread_mutex_t evMu;
@@ -183,6 +187,14 @@ cJSON *reg__dev_json(const reg_dev *d);
 
 /* Lookup under registry.lock. */
 reg_dev *reg__dev_find(registry *r, int64_t tenant, const char *id);
+
+/* ---- certs.c: device certificates ---- */
+
+thz_err reg__load_certs(registry *r, char *err);
+void reg__certs_free(registry *r);
+/* Drops device id's certificates from the mirror (its rows went with it by
+ * ON DELETE CASCADE); under registry.lock (write). */
+void reg__certs_forget_device(registry *r, int64_t tenant, const char *id);
 
 /* ---- events.c: connection history ---- */
 

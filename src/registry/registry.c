@@ -414,6 +414,7 @@ static void mirror_free(registry *r)
     hmap_free(&r->tokById);
     hmap_free(&r->tokens);
     hmap_free(&r->secrets);
+    reg__certs_free(r);
     pos = 0;
     for (hmap_entry *e = hmap_next(&r->tenants, &pos, NULL); e; e = hmap_next(&r->tenants, &pos, e))
         reg__tenant_free(e->val);
@@ -452,6 +453,7 @@ thz_err reg_open(const char *data_dir, registry **out, char err[REG_ERR_LEN])
     if (e == THZ_OK) e = load_tenants(r, err);
     if (e == THZ_OK) e = load_tokens(r, err);
     if (e == THZ_OK) e = reg__load_devices(r, err);
+    if (e == THZ_OK) e = reg__load_certs(r, err);
     if (e == THZ_OK) {
         int rc = sqlite3_prepare_v3(
             r->db,

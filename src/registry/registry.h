@@ -275,8 +275,8 @@ thz_err reg_fleet_counters(registry *r, int64_t tenant, reg_counters_fn fn, void
 
 /* ---- dashboards (per tenant) ---- */
 
-#define REG_DASHBOARDS_MAX     1000        /* per tenant: THZ_EQUOTA past it */
-#define REG_DASHBOARD_DEF_MAX  (256 * 1024) /* bytes of the printed definition */
+#define REG_DASHBOARDS_MAX      1000         /* per tenant: THZ_EQUOTA past it */
+#define REG_DASHBOARD_DEF_MAX   (256 * 1024) /* bytes of the printed definition */
 #define REG_DASHBOARD_TITLE_MAX 200
 
 /* {"dashboards":[{"id","title","created_at","updated_at"}]} by id. */
@@ -290,5 +290,67 @@ thz_err reg_dashboard_create(registry *r, int64_t tenant, const cJSON *body, cJS
 thz_err reg_dashboard_update(registry *r, int64_t tenant, int64_t id, const cJSON *body,
                              cJSON **out, char err[REG_ERR_LEN]);
 thz_err reg_dashboard_delete(registry *r, int64_t tenant, int64_t id);
+
+/* ---- device certificates: mutual TLS as AWS IoT does it (certs.c) ----
+ *
+ * Each tenant has a CA, created on first use: an EC P-256 key in
+ * DATA_DIR/tls/tenants/<tenant>/ca.key (mode 0600, never in registry.db or
+ * its backups) and its self-signed certificate beside it (ca.pem). Tenants
+ * may also register their own CA certificates (never their keys). A device
+ * certificate is bound to one device by its fingerprint (SHA-256 of the DER)
+ * in the table device_certs and in the mirror, which answers the broker's
+ * lookup at CONNECT. The chain is verified when a certificate is bound; at
+ * CONNECT the binding, its validity period, the revocation flag and, for a
+ * customer CA, that the CA is still registered are checked. */
+
+#define REG_CERTS_MAX     16  /* active certificates per device: THZ_EQUOTA past it */
+#define REG_CAS_MAX       32  /* registered CAs per tenant */
+#define REG_CERT_DAYS     365 /* default validity of a certificate the server issues */
+#define REG_CERT_DAYS_MAX 3650
+#define REG_PEM_MAX       (32 * 1024) /* bytes of a PEM in a request body */
+#define REG_FP_LEN        32          /* SHA-256 */
+
+/* The tenant CA, created on first use: {"certificate_pem","fingerprint",
+ * "subject","not_before","not_after"}. */
+thz_err reg_ca_get(registry *r, int64_t tenant, cJSON **out, char err[REG_ERR_LEN]);
+/* {"certificate_pem"}: a CA certificate (basicConstraints CA:TRUE) of the
+ * tenant's own PKI → {"id","fingerprint","subject","not_before","not_after",
+ * "created_at","certificate_pem"}. THZ_EEXIST when already registered. */
+thz_err reg_ca_register(registry *r, int64_t tenant, const cJSON *body, cJSON **out,
+                        char err[REG_ERR_LEN]);
+thz_err reg_ca_list(registry *r, int64_t tenant, cJSON **out);
+/* Deletes a registered CA: certificates bound through it stop connecting and
+ * their live connections are closed (the cert-revoke callback). */
+thz_err reg_ca_delete(registry *r, int64_t tenant, int64_t id);
+
+/* Binds a certificate to device id. body may be NULL or {}: the server makes
+ * a key pair (EC P-256) and a certificate signed by the tenant CA (CN = the
+ * device id, "validity_days" 1..3650, default 365) and returns the private
+ * key once ("private_key_pem"; never stored). {"csr_pem"}: signs the CSR's
+ * key after checking the CSR's signature (the subject is replaced by CN =
+ * device id). {"certificate_pem"}: binds a certificate that chains to the
+ * tenant CA or one of its registered CAs. out: the certificate object
+ * {"fingerprint","device_id","subject","issuer","source","ca_id","not_before",
+ * "not_after","created_at","revoked_at","status","certificate_pem"} plus
+ * "ca_pem" (and "private_key_pem"). */
+thz_err reg_cert_create(registry *r, int64_t tenant, const char *id, const cJSON *body, cJSON **out,
+                        char err[REG_ERR_LEN]);
+/* The certificates of device id, revoked ones included. */
+thz_err reg_cert_list(registry *r, int64_t tenant, const char *id, cJSON **out);
+/* Revokes one (64 hex digits): refused from now on, and the cert-revoke
+ * callback closes the connections that use it. */
+thz_err reg_cert_revoke(registry *r, int64_t tenant, const char *id, const char *fingerprint);
+
+/* [fast] The device a client certificate (fp: SHA-256 of its DER) is bound
+ * to: THZ_OK and *out (dev retained), or THZ_EBADAUTH with why saying what
+ * failed (unknown, revoked, expired, not yet valid, CA deleted, device
+ * disabled). */
+thz_err reg_cert_auth(registry *r, const uint8_t fp[REG_FP_LEN], reg_identity *out,
+                      char why[REG_ERR_LEN]);
+/* Called after a certificate stopped being valid (revoked, or its CA
+ * deleted), outside registry locks. The broker closes its connections. */
+typedef void (*reg_cert_revoke_fn)(int64_t tenant, const char *device_id,
+                                   const uint8_t fp[REG_FP_LEN], void *ctx);
+void reg_on_cert_revoke(registry *r, reg_cert_revoke_fn fn, void *ctx);
 
 #endif

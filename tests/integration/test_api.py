@@ -67,6 +67,14 @@ EXPECTED_ROUTES = {
     ("put", "/api/v1/dashboards/{id}"),
     ("delete", "/api/v1/dashboards/{id}"),
 }
+# device certificates and CAs (mutual TLS; test_mtls.py)
+EXPECTED_ROUTES |= {
+    ("get", "/api/v1/ca"), ("get", "/api/v1/cas"), ("post", "/api/v1/cas"),
+    ("delete", "/api/v1/cas/{id}"),
+    ("post", "/api/v1/devices/{id}/certificates"),
+    ("get", "/api/v1/devices/{id}/certificates"),
+    ("delete", "/api/v1/devices/{id}/certificates/{fingerprint}"),
+}
 
 # The routes that need a token, with a concrete path.
 AUTHED = [
