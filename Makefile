@@ -35,7 +35,7 @@ FUZZ_SRC := $(sort $(wildcard tests/fuzz/fuzz_*.c))
 PYTEST   := /usr/bin/python3 -m pytest
 FUZZ_SECONDS ?= 60
 
-.PHONY: all run test unit integration asan tsan fuzz fuzz-build bench bench-registry bench-tsdb deps \
+.PHONY: all run test unit integration asan tsan fuzz fuzz-build bench bench-registry bench-tsdb bench-scale deps \
         clean format
 
 all: $(BUILD)/thinghz
@@ -149,6 +149,11 @@ bench-registry: deps
 bench-tsdb: deps
 	@$(MAKE) --no-print-directory all
 	bench/tsdb/run $(BENCH_ARGS)
+
+# 19,000 devices on one machine (bench/scale/README.md); BENCH_ARGS, e.g. "--seconds 30".
+bench-scale:
+	@$(MAKE) --no-print-directory all
+	bench/scale/run $(BENCH_ARGS)
 
 format:
 	clang-format -i $$(find src tests bench -name '*.[ch]')
