@@ -4,10 +4,8 @@ with mosquitto_pub and sees the chart and latest-values table update within a
 second, builds a dashboard with two panels and finds it saved after a reload,
 measures the first load of the dashboard page (< 300 KB on the wire), and
 checks 375 px width, keyboard order and that a viewer gets no edit buttons.
-Screenshots go to the test's tmp dir (the path is printed).
-
-Steps marked "needs /api/v1/ws/live" or "needs /api/v1/dashboards" depend on
-the routes of the web backend; each step reports on its own line."""
+Screenshots go to the test's tmp dir (the path is printed); each step reports
+on its own line."""
 
 import json
 import os
