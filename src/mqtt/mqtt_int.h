@@ -432,7 +432,7 @@ void congestion_release(worker *w);
 #define INBOX_LOW  4096
 /* Past this many, QoS 0 deliveries to that thread are dropped (counted):
  * with --backpressure queued they do not pause their publishers. */
-#define INBOX_HARD 65536
+#define INBOX_HARD INBOX_HIGH
 /* Messages one 64 KiB read can carry (a 7-byte QoS 1 PUBLISH is the least). */
 #define INBOX_BURST (65536 / 7)
 /* Resumes this worker's paused publishers once no consumer is congested. */
