@@ -182,10 +182,14 @@ static const config_opt opts[] = {
      "Largest PUBLISH payload in bytes (MQTT 5 QoS 1/2: PUBACK 0x97, QoS 0: DISCONNECT 0x95); "
      "0 means max-packet-size only.",
      true},
-    {ENUM("backpressure", backpressure, backpressure_names), "queued",
-     "When publishers are paused for slow consumers: queued (only for QoS 1/2 messages landing "
-     "in a queue past half of max-queued-messages), all (any message to a consumer that is "
-     "behind) or off (never; QoS 1/2 past the queue bound are dropped).",
+    {ENUM("backpressure", backpressure, backpressure_names), "all",
+     "When publishers are paused for slow consumers: all (any message to a consumer that is "
+     "behind), queued (only QoS 1/2 messages landing in a queue past half of "
+     "max-queued-messages) or off (never; QoS 1/2 past the queue bound are dropped).",
+     true},
+    {U32("backpressure-exempt-rate", backpressure_exempt_rate, 0, 10000000), "100",
+     "Messages per second a publisher may send to consumers that are behind without ever being "
+     "paused (QoS 0 beyond max-outbuf is dropped instead); 0 exempts none.",
      true},
 };
 

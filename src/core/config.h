@@ -64,6 +64,7 @@ typedef struct thz_config {
     uint32_t max_retained_per_tenant;    /* max-retained-per-tenant: retained topics */
     uint32_t max_payload_size;           /* max-payload-size: PUBLISH payload bytes */
     int backpressure;                    /* backpressure: THZ_BACKPRESSURE_* */
+    uint32_t backpressure_exempt_rate;   /* backpressure-exempt-rate: msgs/s never paused */
 } thz_config;
 
 enum { THZ_TLS_1_2 = 0, THZ_TLS_1_3 = 1 };

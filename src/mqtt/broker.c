@@ -1465,6 +1465,7 @@ void mqtt_reload(const thz_config *cfg)
     atomic_store(&B.tenant_retained, cfg->max_retained_per_tenant);
     atomic_store(&B.max_payload, cfg->max_payload_size);
     atomic_store(&B.backpressure, (uint32_t)cfg->backpressure);
+    atomic_store(&B.bp_exempt, cfg->backpressure_exempt_rate);
 }
 
 void mqtt_stop(void)

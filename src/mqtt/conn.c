@@ -1694,10 +1694,13 @@ static size_t process(conn *c, const uint8_t *p, size_t n)
         if (dispatch(c, &pkt, p + off, plen, n - off - plen)) return (size_t)-1;
         off += plen;
         if (pkt.type == MQTT_PUBLISH && !c->congested && c->state == CONN_ACTIVE &&
-            atomic_load_explicit(&B.congested, memory_order_relaxed) && c->w->hit_congested) {
+            atomic_load_explicit(&B.congested, memory_order_relaxed) && c->w->hit_congested &&
+            !tbucket_take(&c->bp_tokens, &c->bp_ms, LIMIT(bp_exempt), LIMIT(bp_exempt),
+                          (int64_t)uv_now(c->w->loop))) {
             /* A consumer of this message is behind: stop reading this
              * publisher; what is already read waits in c->in. Publishers
-             * whose messages go elsewhere keep going (a probe client must
+             * whose messages go elsewhere keep going, and so do those under
+             * --backpressure-exempt-rate (a probe client or a device must
              * not wait for someone else's slow subscriber). */
             pause_reading(c);
             break;

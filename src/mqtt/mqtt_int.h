@@ -206,6 +206,8 @@ typedef struct conn {
     int64_t behind_ms;   /* when it fell behind */
     int64_t progress_ms; /* while behind: when the socket last took bytes or an ack came */
     double pub_tokens;   /* max-publish-rate token bucket */
+    double bp_tokens;    /* backpressure-exempt-rate token bucket */
+    int64_t bp_ms;       /* ... last refilled (loop time) */
     int64_t pub_ms;      /* ... last refilled (loop time) */
     uint16_t keepalive;
     int64_t last_rx_ms;
@@ -305,7 +307,7 @@ typedef struct broker {
     /* limits and fairness (limits.c, conn.c) */
     _Atomic uint32_t tenant_connections, connect_rate, connect_burst, publish_rate, publish_burst,
         publish_rate_action, max_subscriptions, max_topic_len, max_topic_levels, tenant_retained,
-        max_payload, backpressure;
+        max_payload, backpressure, bp_exempt;
 } broker;
 
 extern broker B;

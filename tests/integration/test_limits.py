@@ -189,13 +189,39 @@ def test_payload_size(broker_factory):
     assert limit_hits(b, "payload_size") >= 3
 
 
-def test_slow_qos0_consumer_never_pauses_a_publisher(broker_factory):
-    """--backpressure queued (the default): a subscriber that does not read
-    its QoS 0 messages costs only its own messages (dropped at max-outbuf,
-    counted); the publisher is never paused and the other subscriber gets
-    everything."""
+def test_low_rate_publisher_is_not_paused_by_a_stuck_consumer(broker_factory):
+    """Default back-pressure: a stuck '#' subscriber pauses a saturating
+    publisher, but a publisher under backpressure-exempt-rate (100/s) whose
+    messages also reach the stuck subscriber keeps its normal round trip."""
     skip_on_mosquitto("thinghz back-pressure")
     b = broker_factory(max_outbuf=8192, slow_consumer_timeout=30)
+    stuck = r.RawClient(b.port, version=4)
+    stuck.connect(unique("stuck"))
+    stuck.subscribe([("#", 0)])  # never reads again
+    fast = r.RawClient(b.port, version=4)
+    fast.connect(unique("fast"))
+    fast.send(r.publish(unique("flood"), b"x" * 200, qos=0) * 20000)
+    probe = PahoClient(b)
+    t = unique("probe")
+    probe.subscribe(t, 1)
+    worst = 0
+    for i in range(20):
+        start = time.monotonic()
+        probe.publish(t, b"%d" % i, qos=1)
+        assert probe.get(5).payload == b"%d" % i
+        worst = max(worst, time.monotonic() - start)
+        time.sleep(0.03)
+    assert worst < 1.0, worst
+    assert metric(b, "thinghz_mqtt_messages_dropped_total", "reason", "qos0_outbuf") > 0
+
+
+def test_slow_qos0_consumer_never_pauses_a_publisher(broker_factory):
+    """--backpressure queued: a subscriber that does not read its QoS 0
+    messages costs only its own messages (dropped at max-outbuf, counted);
+    even a saturating publisher is never paused and the other subscriber
+    gets everything."""
+    skip_on_mosquitto("thinghz back-pressure")
+    b = broker_factory(max_outbuf=8192, slow_consumer_timeout=30, backpressure="queued")
     t = unique("bp/q0")
     stuck = r.RawClient(b.port, version=4)
     stuck.connect(unique("stuck"))
