@@ -41,6 +41,8 @@ static const char *const log_level_names[] = {"error", "warn", "info", "debug", 
 static const char *const fsync_names[] = {"never", "everysec", "always", NULL};
 static const char *const metrics_auth_names[] = {"loopback", "none", "token", NULL};
 static const char *const tls_version_names[] = {"1.2", "1.3", NULL};
+static const char *const rate_action_names[] = {"disconnect", "drop", NULL};
+static const char *const backpressure_names[] = {"queued", "all", "off", NULL};
 
 #define FIELD(f)          offsetof(thz_config, f), sizeof(((thz_config *)0)->f)
 #define PATH(n, f)        n, OPT_PATH, FIELD(f), 0, 0, NULL
@@ -147,6 +149,48 @@ static const config_opt opts[] = {
      "OpenSSL ciphersuites for TLS 1.3; empty keeps OpenSSL's default.", true},
     {ENUM("tls-min-version", tls_min_version, tls_version_names), "1.2",
      "Oldest TLS version accepted: 1.2 or 1.3.", true},
+    /* Limits and fairness: docs/OPERATIONS.md "Limits" says what clients see. */
+    {U32("max-connections-per-tenant", max_connections_per_tenant, 0, 4294967295u), "0",
+     "Most concurrent MQTT clients of one tenant (CONNACK 0x97, 3.1.1: 3); 0 means unlimited.",
+     true},
+    {U32("max-connect-rate", max_connect_rate, 0, 1000000), "0",
+     "CONNECTs per second one source address may make (token bucket; CONNACK 0x9F, 3.1.1: 3); "
+     "0 means unlimited.",
+     true},
+    {U32("connect-burst", connect_burst, 1, 1000000), "20",
+     "CONNECTs one source address may make at once before max-connect-rate applies.", true},
+    {U32("max-publish-rate", max_publish_rate, 0, 10000000), "0",
+     "PUBLISH packets per second one client may send (token bucket); 0 means unlimited.", true},
+    {U32("publish-burst", publish_burst, 1, 10000000), "100",
+     "PUBLISH packets one client may send at once before max-publish-rate applies.", true},
+    {ENUM("publish-rate-action", publish_rate_action, rate_action_names), "disconnect",
+     "Over max-publish-rate: disconnect (MQTT 5 DISCONNECT 0x96) or drop (the message is "
+     "dropped and counted; MQTT 5 QoS 1/2 get reason 0x97).",
+     true},
+    {U32("max-subscriptions", max_subscriptions, 0, 4294967295u), "1000",
+     "Subscription filters per client; more get SUBACK 0x97 (3.1.1: 0x80). 0 means unlimited.",
+     true},
+    {U32("max-topic-length", max_topic_length, 1, 65535), "1024",
+     "Longest topic name or filter in bytes (PUBLISH: 0x90, SUBSCRIBE: 0x8F).", true},
+    {U32("max-topic-levels", max_topic_levels, 0, 65535), "32",
+     "Most levels ('/'-separated) in a topic name or filter; 0 means unlimited.", true},
+    {U32("max-retained-per-tenant", max_retained_per_tenant, 0, 4294967295u), "100000",
+     "Retained topics one tenant may hold; new ones past it are not retained (still delivered; "
+     "MQTT 5 PUBACK 0x97). 0 means unlimited.",
+     true},
+    {U32("max-payload-size", max_payload_size, 0, 268435455), "0",
+     "Largest PUBLISH payload in bytes (MQTT 5 QoS 1/2: PUBACK 0x97, QoS 0: DISCONNECT 0x95); "
+     "0 means max-packet-size only.",
+     true},
+    {ENUM("backpressure", backpressure, backpressure_names), "all",
+     "When publishers are paused for slow consumers: all (any message to a consumer that is "
+     "behind), queued (only QoS 1/2 messages landing in a queue past half of "
+     "max-queued-messages) or off (never; QoS 1/2 past the queue bound are dropped).",
+     true},
+    {U32("backpressure-exempt-rate", backpressure_exempt_rate, 0, 10000000), "100",
+     "Messages per second a publisher may send to consumers that are behind without ever being "
+     "paused (QoS 0 beyond max-outbuf is dropped instead); 0 exempts none.",
+     true},
 };
 
 #define N_OPTS (sizeof opts / sizeof opts[0])

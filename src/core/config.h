@@ -51,9 +51,28 @@ typedef struct thz_config {
     char tls_ciphers[THZ_PATH_MAX];  /* tls-ciphers: TLS 1.2 cipher list; empty = OpenSSL's */
     char tls_ciphersuites[THZ_PATH_MAX]; /* tls-ciphersuites: TLS 1.3 suites; empty = OpenSSL's */
     int tls_min_version;                 /* tls-min-version: THZ_TLS_1_2 or THZ_TLS_1_3 */
+    /* Limits and fairness (docs/OPERATIONS.md "Limits"); 0 = unlimited unless said. */
+    uint32_t max_connections_per_tenant; /* max-connections-per-tenant */
+    uint32_t max_connect_rate;           /* max-connect-rate: CONNECTs/s per source address */
+    uint32_t connect_burst;              /* connect-burst: bucket size of max-connect-rate */
+    uint32_t max_publish_rate;           /* max-publish-rate: PUBLISHes/s per client */
+    uint32_t publish_burst;              /* publish-burst: bucket size of max-publish-rate */
+    int publish_rate_action;             /* publish-rate-action: THZ_RATE_* */
+    uint32_t max_subscriptions;          /* max-subscriptions: filters per client */
+    uint32_t max_topic_length;           /* max-topic-length: bytes of a topic or filter */
+    uint32_t max_topic_levels;           /* max-topic-levels: levels of a topic or filter */
+    uint32_t max_retained_per_tenant;    /* max-retained-per-tenant: retained topics */
+    uint32_t max_payload_size;           /* max-payload-size: PUBLISH payload bytes */
+    int backpressure;                    /* backpressure: THZ_BACKPRESSURE_* */
+    uint32_t backpressure_exempt_rate;   /* backpressure-exempt-rate: msgs/s never paused */
 } thz_config;
 
 enum { THZ_TLS_1_2 = 0, THZ_TLS_1_3 = 1 };
+enum { THZ_RATE_DISCONNECT = 0, THZ_RATE_DROP = 1 };
+/* queued: publishers pause only for QoS 1/2 messages that land in a consumer's
+ * queue past half its bound; all: for any message to a consumer that is behind
+ * (the old behaviour); off: never (QoS 1/2 past the queue bound are dropped). */
+enum { THZ_BACKPRESSURE_QUEUED = 0, THZ_BACKPRESSURE_ALL = 1, THZ_BACKPRESSURE_OFF = 2 };
 
 enum { THZ_FSYNC_NEVER = 0, THZ_FSYNC_EVERYSEC = 1, THZ_FSYNC_ALWAYS = 2 };
 enum { THZ_METRICS_AUTH_LOOPBACK = 0, THZ_METRICS_AUTH_NONE = 1, THZ_METRICS_AUTH_TOKEN = 2 };

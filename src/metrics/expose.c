@@ -148,6 +148,11 @@ static void collect_mqtt(w *x, const mqtt_stats *m)
            METRICS_COUNTER);
     sample(x, "thinghz_mqtt_acl_denied_total", "action", "publish", m->denied_publish);
     sample(x, "thinghz_mqtt_acl_denied_total", "action", "subscribe", m->denied_subscribe);
+    family(x, "thinghz_mqtt_limit_hits_total",
+           "Times a client ran into a configured limit, by limit (docs/OPERATIONS.md).",
+           METRICS_COUNTER);
+    for (int k = 0; k < MQTT_LIMIT_N; k++)
+        sample(x, "thinghz_mqtt_limit_hits_total", "limit", mqtt_limit_name(k), m->limits[k]);
     one(x, "thinghz_mqtt_queued_messages",
         "Messages waiting in session queues (sampled every 250 ms).", METRICS_GAUGE,
         m->queued_messages);

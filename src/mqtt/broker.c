@@ -322,6 +322,13 @@ static void delivery_drop(worker *w, delivery *d, bool count)
     session_unref(d->s);
 }
 
+bool session_has_filter(const session *s, const char *f, size_t fl)
+{
+    for (uint32_t i = 0; i < s->nfilters; i++)
+        if (strlen(s->filters[i]) == fl && memcmp(s->filters[i], f, fl) == 0) return true;
+    return false;
+}
+
 thz_err session_add_filter(session *s, const char *f, size_t fl)
 {
     for (uint32_t i = 0; i < s->nfilters; i++)
@@ -555,7 +562,9 @@ static void queue_push(worker *w, session *s, delivery *d)
      * worth of messages (INBOX_BURST) from each thread that crossed the mark
      * in the same instant. An online queue gets that much headroom rather
      * than dropping it; the bound stays finite. */
-    uint32_t bound = s->conn ? maxq + INBOX_HIGH + (uint32_t)B.nthreads * INBOX_BURST : maxq;
+    uint32_t bound = s->conn && LIMIT(backpressure) != THZ_BACKPRESSURE_OFF
+                         ? maxq + INBOX_HIGH + (uint32_t)B.nthreads * INBOX_BURST
+                         : maxq;
     if (s->q_len >= bound) {
         /* Overflow policy: the newest message is dropped and counted. */
         if (w) STAT_ADD(w->drops[MQTT_DROP_QUEUE_FULL], 1);
@@ -579,12 +588,20 @@ static void queue_push(worker *w, session *s, delivery *d)
     s->q_len++;
 }
 
+/* Is c's socket so far behind that QoS 1/2 messages should wait in the
+ * session queue (bounded, counted for back-pressure) rather than be encoded
+ * into its output (which only --max-inflight would bound)? */
+static bool outbuf_full(const conn *c)
+{
+    return c->out.len + c->wbuf.len > LIMIT(max_outbuf);
+}
+
 /* Moves queued messages into the window while it has room. */
 void session_pump(worker *w, session *s)
 {
     if (!s->conn || s->conn->state != CONN_ACTIVE) return;
     uint32_t lim = window(s);
-    while (s->q_len && s->inf_used < lim) {
+    while (s->q_len && s->inf_used < lim && !outbuf_full(s->conn)) {
         delivery d = s->q[s->q_head];
         s->q_head = (s->q_head + 1) % s->q_cap;
         s->q_len--;
@@ -606,7 +623,7 @@ void deliver(worker *w, delivery *d)
     }
     conn *c = s->conn;
     if (c && c->state == CONN_ACTIVE) {
-        if (d->qos == 0 || (s->q_len == 0 && s->inf_used < window(s)))
+        if (d->qos == 0 || (s->q_len == 0 && s->inf_used < window(s) && !outbuf_full(c)))
             send_new(w, s, d);
         else
             queue_push(w, s, d);
@@ -840,15 +857,30 @@ void route(worker *w, msg *m, const session *origin, uint32_t *nmatched)
                 d.seq = atomic_fetch_add_explicit(&s->seq, 1, memory_order_relaxed) + 1;
                 delivery_persist(&d);
             }
-            /* back-pressure reaches the publishers of congested consumers */
-            if (atomic_load_explicit(&s->congested, memory_order_relaxed) ||
-                (s->home != w->idx &&
-                 atomic_load_explicit(&B.w[s->home]->inbox_congested, memory_order_relaxed)))
+            /* Back-pressure reaches the publishers of congested consumers:
+             * under --backpressure queued only with messages that wait in
+             * a queue (QoS 1/2), so that a consumer behind on QoS 0 never
+             * slows anyone down (its QoS 0 is dropped at --max-outbuf). */
+            uint32_t bp = LIMIT(backpressure);
+            bool inbox_full =
+                s->home != w->idx &&
+                atomic_load_explicit(&B.w[s->home]->inbox_congested, memory_order_relaxed);
+            if (bp != THZ_BACKPRESSURE_OFF && (d.qos > 0 || bp == THZ_BACKPRESSURE_ALL) &&
+                (inbox_full || atomic_load_explicit(&s->congested, memory_order_relaxed)))
                 w->hit_congested = true;
-            if (s->home == w->idx)
+            if (s->home == w->idx) {
                 deliver(w, &d);
-            else
+            } else if (inbox_full && (d.qos == 0 || bp == THZ_BACKPRESSURE_OFF) &&
+                       atomic_load_explicit(&B.w[s->home]->inbox, memory_order_relaxed) +
+                               w->outn[s->home] >
+                           INBOX_HARD) {
+                /* that thread is far behind and nothing pauses this
+                 * publisher: bound its inbox */
+                STAT_ADD(w->drops[MQTT_DROP_INBOX_FULL], 1);
+                delivery_drop(w, &d, true);
+            } else {
                 outbox_push(w, s->home, &d);
+            }
         }
         i = j;
     }
@@ -863,12 +895,12 @@ static uint64_t retained_size(const msg *m)
 
 /* ---- retained messages ---- */
 
-void retained_set(msg *m)
+bool retained_set(msg *m)
 {
     size_t kl = 1 + m->topic_len;
     size_t vl = m->payload_len ? 13 + m->props_len + m->payload_len : 0;
     uint8_t *k = malloc(kl + vl);
-    if (!k) return;
+    if (!k) return false;
     k[0] = 'r';
     memcpy(k + 1, m->topic, m->topic_len);
     uint8_t *v = k + kl;
@@ -880,22 +912,32 @@ void retained_set(msg *m)
         memcpy(v + 13 + m->props_len, m->payload, m->payload_len);
     }
     msg *old = NULL;
+    bool ok = true;
     /* The log record is appended under the same lock as the map changes, so
      * that two threads setting one topic leave them in the same order. */
     pthread_rwlock_wrlock(&B.ret_lock);
     if (!vl) {
         old = hmap_del(&B.retained, m->topic, m->topic_len);
+        if (old) retained_tenant_add(m->topic, m->topic_len, -1, false);
         store_del_checked(k, kl);
+    } else if (!hmap_get(&B.retained, m->topic, m->topic_len) &&
+               !retained_tenant_add(m->topic, m->topic_len, 1, true)) {
+        /* a new topic past max-retained-per-tenant: not retained (the
+         * message is still delivered live) */
+        ok = false;
     } else if (hmap_put(&B.retained, m->topic, m->topic_len, msg_ref(m), (void **)&old) == THZ_OK) {
         store_put_checked(k, kl, v, vl);
         B.retained_bytes += retained_size(m);
     } else {
         msg_unref(m);
+        if (!old) retained_tenant_add(m->topic, m->topic_len, -1, false);
+        ok = false;
     }
     if (old) B.retained_bytes -= retained_size(old);
     pthread_rwlock_unlock(&B.ret_lock);
     msg_unref(old);
     free(k);
+    return ok;
 }
 
 /* Sends the retained messages matching a new subscription to s. */
@@ -1036,6 +1078,8 @@ static void restore(loadset *ls)
                                  l->v + 13, prl, l->v[0], true, exp);
                 if (m && hmap_put(&B.retained, m->topic, m->topic_len, m, NULL) == THZ_OK) {
                     B.retained_bytes += retained_size(m);
+                    /* restored ones all count, even past a lowered limit */
+                    retained_tenant_add(m->topic, m->topic_len, 1, false);
                     nret++;
                 }
             } else if (pass == 0 && kind == 's' && l->vl == 21) {
@@ -1229,10 +1273,12 @@ static void on_tick(uv_timer_t *t)
         next = c->next;
         conn_count_flush(c);
         if (c->ws && c->out.len) conn_mark_dirty(c); /* a WebSocket that refused output */
-        if (c->congested && now - c->congested_ms > (int64_t)LIMIT(slow_consumer_timeout) * 1000) {
-            /* A consumer that stays stuck would hold every publisher back. */
-            log_warn("mqtt", "client %s: disconnected, not reading for %u s",
-                     c->s ? c->s->cid : c->peer, LIMIT(slow_consumer_timeout));
+        if (c->behind && now - (c->progress_ms > c->behind_ms ? c->progress_ms : c->behind_ms) >
+                             (int64_t)LIMIT(slow_consumer_timeout) * 1000) {
+            /* A consumer that stays stuck (behind, and taking nothing)
+             * holds memory, and under back-pressure its publishers. */
+            limit_hit(w, MQTT_LIMIT_SLOW_CONSUMER, "client %s: disconnected, not reading for %u s",
+                      c->s ? c->s->cid : c->peer, LIMIT(slow_consumer_timeout));
             STAT_ADD(w->dropped, c->s ? c->s->q_len : 0);
             STAT_ADD(w->drops[MQTT_DROP_SLOW_CONSUMER], c->s ? c->s->q_len : 0);
             conn_close(c, MQTT_RC_QUOTA_EXCEEDED);
@@ -1407,6 +1453,19 @@ void mqtt_reload(const thz_config *cfg)
     atomic_store(&B.max_connections, cfg->max_connections);
     atomic_store(&B.slow_consumer_timeout, cfg->slow_consumer_timeout);
     atomic_store(&B.sys_interval, cfg->sys_interval);
+    atomic_store(&B.tenant_connections, cfg->max_connections_per_tenant);
+    atomic_store(&B.connect_rate, cfg->max_connect_rate);
+    atomic_store(&B.connect_burst, cfg->connect_burst);
+    atomic_store(&B.publish_rate, cfg->max_publish_rate);
+    atomic_store(&B.publish_burst, cfg->publish_burst);
+    atomic_store(&B.publish_rate_action, (uint32_t)cfg->publish_rate_action);
+    atomic_store(&B.max_subscriptions, cfg->max_subscriptions);
+    atomic_store(&B.max_topic_len, cfg->max_topic_length);
+    atomic_store(&B.max_topic_levels, cfg->max_topic_levels);
+    atomic_store(&B.tenant_retained, cfg->max_retained_per_tenant);
+    atomic_store(&B.max_payload, cfg->max_payload_size);
+    atomic_store(&B.backpressure, (uint32_t)cfg->backpressure);
+    atomic_store(&B.bp_exempt, cfg->backpressure_exempt_rate);
 }
 
 void mqtt_stop(void)
@@ -1446,6 +1505,7 @@ void mqtt_stop(void)
     for (hmap_entry *e = hmap_next(&B.retained, &pos, NULL); e; e = hmap_next(&B.retained, &pos, e))
         msg_unref(e->val);
     hmap_free(&B.retained);
+    limits_free();
     trie_free(B.root);
     for (int i = 0; i < B.nthreads; i++) {
         worker *w = B.w[i];
@@ -1472,21 +1532,26 @@ void mqtt_stop(void)
 
 const char *mqtt_refuse_name(int reason)
 {
-    static const char *const n[MQTT_REFUSE_N] = {"bad_credentials",
-                                                 "not_authorized",
-                                                 "client_id_invalid",
-                                                 "server_busy",
-                                                 "unsupported_version",
-                                                 "malformed",
-                                                 "other"};
+    static const char *const n[MQTT_REFUSE_N] = {
+        "bad_credentials", "not_authorized",      "client_id_invalid",
+        "server_busy",     "unsupported_version", "malformed",
+        "quota_exceeded",  "connection_rate",     "other"};
     return reason >= 0 && reason < MQTT_REFUSE_N ? n[reason] : "other";
 }
 
 const char *mqtt_drop_name(int reason)
 {
-    static const char *const n[MQTT_DROP_N] = {"queue_full", "qos0_outbuf", "slow_consumer",
-                                               "other"};
+    static const char *const n[MQTT_DROP_N] = {"queue_full",   "qos0_outbuf", "slow_consumer",
+                                               "publish_rate", "inbox_full",  "other"};
     return reason >= 0 && reason < MQTT_DROP_N ? n[reason] : "other";
+}
+
+const char *mqtt_limit_name(int limit)
+{
+    static const char *const n[MQTT_LIMIT_N] = {
+        "tenant_connections", "connect_rate", "publish_rate", "subscriptions", "topic_length",
+        "topic_levels",       "retained",     "payload_size", "slow_consumer"};
+    return limit >= 0 && limit < MQTT_LIMIT_N ? n[limit] : "other";
 }
 
 void mqtt_get_stats(mqtt_stats *st)
@@ -1507,6 +1572,8 @@ void mqtt_get_stats(mqtt_stats *st)
             st->drops[k] += __atomic_load_n(&w->drops[k], __ATOMIC_RELAXED);
         st->denied_publish += __atomic_load_n(&w->denied_pub, __ATOMIC_RELAXED);
         st->denied_subscribe += __atomic_load_n(&w->denied_sub, __ATOMIC_RELAXED);
+        for (int k = 0; k < MQTT_LIMIT_N; k++)
+            st->limits[k] += __atomic_load_n(&w->limits[k], __ATOMIC_RELAXED);
         st->queued_messages += __atomic_load_n(&w->g_queued, __ATOMIC_RELAXED);
         st->inflight_messages += __atomic_load_n(&w->g_inflight, __ATOMIC_RELAXED);
         st->outbuf_bytes += __atomic_load_n(&w->g_outbuf, __ATOMIC_RELAXED);

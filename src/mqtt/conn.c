@@ -165,17 +165,28 @@ void conn_pressure(conn *c)
     uint32_t q = c->s ? c->s->q_len : 0;
     uint32_t maxo = atomic_load_explicit(&B.max_outbuf, memory_order_relaxed);
     uint32_t maxq = atomic_load_explicit(&B.max_queued, memory_order_relaxed);
+    /* Behind: the slow-consumer clock runs (on_tick). */
+    if (!c->behind && (out > maxo / 2 || (maxq && q > maxq / 2))) {
+        c->behind = true;
+        c->behind_ms = now_ms();
+    } else if (c->behind && out <= maxo / 8 && q <= maxq / 8) {
+        c->behind = false;
+    }
+    /* Congested: its publishers pause (docs/ARCHITECTURE.md, Back-pressure).
+     * Under --backpressure queued only a queue filling up counts: output
+     * over the bound is QoS 0 (dropped there) or QoS 1/2 in the window. */
+    uint32_t bp = LIMIT(backpressure);
     if (!c->congested) {
-        if (out > maxo / 2 || (maxq && q > maxq / 2)) {
+        if (bp == THZ_BACKPRESSURE_OFF) return;
+        if ((bp == THZ_BACKPRESSURE_ALL && out > maxo / 2) || (maxq && q > maxq / 2)) {
             c->congested = true;
             if (c->s) atomic_store_explicit(&c->s->congested, true, memory_order_relaxed);
-            c->congested_ms = now_ms();
             atomic_fetch_add(&B.congested, 1);
             /* A paused publisher that is now behind as a consumer must be
              * read again, or its acknowledgements never drain its queue. */
             if (c->paused) net_post(c->w->idx, resume_task, NULL);
         }
-    } else if (out <= maxo / 8 && q <= maxq / 8) {
+    } else if ((bp != THZ_BACKPRESSURE_ALL || out <= maxo / 8) && q <= maxq / 8) {
         uncongest(c);
     }
 }
@@ -225,8 +236,9 @@ static void on_write(uv_write_t *req, int status)
     if (status < 0) {
         conn_close(c, -1);
     } else {
+        if (c->behind) c->progress_ms = (int64_t)uv_now(c->w->loop);
         conn_flush(c);
-        if (c->congested) conn_pressure(c);
+        if (c->congested || c->behind) conn_pressure(c);
     }
     /* closing may have published a will: finish it like any other batch */
     net_batch_end(c->w->idx);
@@ -252,7 +264,12 @@ void conn_flush(conn *c)
 {
     if (c->state == CONN_CLOSING) return;
     conn_flush_once(c);
-    if (c->state != CONN_CLOSING) throttle_check(c);
+    if (c->state == CONN_CLOSING) return;
+    throttle_check(c);
+    /* QoS 1/2 held in the queue while the socket was full (session_pump) */
+    if (c->s && c->s->q_len && c->state == CONN_ACTIVE &&
+        c->out.len + c->wbuf.len <= LIMIT(max_outbuf) / 2)
+        session_pump(c->w, c->s);
 }
 
 static void conn_flush_once(conn *c)
@@ -278,6 +295,7 @@ static void conn_flush_once(conn *c)
     }
     STAT_ADD(c->w->bytes_out, (uint64_t)n);
     c->n_bytes_out += (uint64_t)n;
+    if (n > 0 && c->behind) c->progress_ms = (int64_t)uv_now(c->w->loop);
     if ((size_t)n == c->out.len) {
         /* Idle connections hold no output memory. */
         thz_buf_free(&c->out);
@@ -332,7 +350,11 @@ static const mqtt_props *reason_props(uint8_t reason)
     case MQTT_RC_RECEIVE_MAX_EXCEEDED: t = "receive maximum exceeded"; break;
     case MQTT_RC_TOPIC_ALIAS_INVALID: t = "topic alias invalid"; break;
     case MQTT_RC_PACKET_TOO_LARGE: t = "packet too large"; break;
-    case MQTT_RC_QUOTA_EXCEEDED: t = "not reading: slow consumer timeout"; break;
+    case MQTT_RC_QUOTA_EXCEEDED:
+        t = "quota exceeded (tenant connections, or not reading: slow consumer)";
+        break;
+    case MQTT_RC_MESSAGE_RATE_TOO_HIGH: t = "message rate too high"; break;
+    case MQTT_RC_CONNECTION_RATE_EXCEEDED: t = "connection rate exceeded"; break;
     case MQTT_RC_RETAIN_NOT_SUPPORTED: t = "retain not supported"; break;
     case MQTT_RC_ADMIN_ACTION: t = "the credentials were revoked"; break;
     default: return NULL;
@@ -463,6 +485,10 @@ void conn_close(conn *c, int reason)
         c->dirty = false;
     }
     if (c->congested) uncongest(c);
+    if (c->tenant_counted) {
+        tenant_conn_release(c->tprefix, c->tplen);
+        c->tenant_counted = false;
+    }
     if (c->paused) unpause_remove(c);
     if (c->yielded) {
         list_remove(w->yield, &w->nyield, c);
@@ -743,6 +769,8 @@ static int refuse_class(uint8_t reason)
     case MQTT_RC_NOT_AUTHORIZED: return MQTT_REFUSE_NOT_AUTHORIZED;
     case MQTT_RC_CLIENT_ID_INVALID: return MQTT_REFUSE_CLIENT_ID;
     case MQTT_RC_SERVER_BUSY: return MQTT_REFUSE_SERVER_BUSY;
+    case MQTT_RC_QUOTA_EXCEEDED: return MQTT_REFUSE_QUOTA;
+    case MQTT_RC_CONNECTION_RATE_EXCEEDED: return MQTT_REFUSE_RATE;
     case MQTT_RC_UNSUPPORTED_VERSION: return MQTT_REFUSE_UNSUPPORTED_VERSION;
     case MQTT_RC_MALFORMED:
     case MQTT_RC_PROTOCOL_ERROR: return MQTT_REFUSE_MALFORMED;
@@ -959,6 +987,16 @@ static int handle_connect(conn *c, const mqtt_packet *pkt, const uint8_t *raw, s
         connack_refuse(c, ver, MQTT_RC_SERVER_BUSY);
         return 0;
     }
+    if (!c->limits_checked) {
+        /* before the password check: a CONNECT flood costs no hashing */
+        c->limits_checked = true;
+        if (!connect_rate_take(c->peer)) {
+            limit_hit(c->w, MQTT_LIMIT_CONNECT_RATE, "refused a CONNECT from %s: over %u/s",
+                      c->peer, LIMIT(connect_rate));
+            connack_refuse(c, ver, MQTT_RC_CONNECTION_RATE_EXCEEDED);
+            return 0;
+        }
+    }
     if (ver == MQTT_V5 && MQTT_HAS(&cn->props, MQTT_P_AUTH_METHOD)) {
         /* No enhanced authentication method is supported. */
         connack_refuse(c, ver, MQTT_RC_BAD_AUTH_METHOD);
@@ -1080,6 +1118,16 @@ static int handle_connect(conn *c, const mqtt_packet *pkt, const uint8_t *raw, s
     }
     /* find, take over or create the session */
     worker *w = c->w;
+    if (!tenant_conn_acquire(c->tprefix, c->tplen)) {
+        limit_hit(w, MQTT_LIMIT_TENANT_CONNECTIONS,
+                  "refused client %s from %s: its tenant has %u connections", ucid, c->peer,
+                  LIMIT(tenant_connections));
+        free(user);
+        msg_unref(will);
+        connack_refuse(c, ver, MQTT_RC_QUOTA_EXCEEDED);
+        return 0;
+    }
+    c->tenant_counted = true;
     session *s, *old_kick = NULL;
     bool present = false;
     pthread_mutex_lock(&B.sess_lock);
@@ -1093,6 +1141,9 @@ static int handle_connect(conn *c, const mqtt_packet *pkt, const uint8_t *raw, s
         pthread_mutex_unlock(&B.sess_lock);
         free(user);
         msg_unref(will);
+        /* counted again by the connection that takes over on that thread */
+        tenant_conn_release(c->tprefix, c->tplen);
+        c->tenant_counted = false;
         if (c->ws)
             conn_migrate_ws(c, home, raw, rawn + rest);
         else
@@ -1215,6 +1266,53 @@ static int handle_connect(conn *c, const mqtt_packet *pkt, const uint8_t *raw, s
 
 /* ---- PUBLISH ---- */
 
+/* The per-message limits of a PUBLISH (docs/OPERATIONS.md "Limits"): true
+ * when it was refused (answered, or the connection closed). */
+static bool publish_limited(conn *c, const mqtt_publish *pb, const char *topic, size_t tl)
+{
+    uint32_t rate = LIMIT(publish_rate);
+    const char *cid = c->s->cid;
+    if (rate && !tbucket_take(&c->pub_tokens, &c->pub_ms, rate, LIMIT(publish_burst),
+                              (int64_t)uv_now(c->w->loop))) {
+        bool drop = LIMIT(publish_rate_action) == THZ_RATE_DROP;
+        limit_hit(c->w, MQTT_LIMIT_PUBLISH_RATE, "client %s: over %u PUBLISH/s, %s", cid, rate,
+                  drop ? "dropped" : "disconnected");
+        if (!drop) {
+            conn_close(c, MQTT_RC_MESSAGE_RATE_TOO_HIGH);
+            return true;
+        }
+        STAT_ADD(c->w->dropped, 1);
+        STAT_ADD(c->w->drops[MQTT_DROP_PUBLISH_RATE], 1);
+        /* 0x96 is not a PUBACK reason; 3.1.1 has no negative one at all */
+        if (pb->qos)
+            send_ack(c, pb->qos == 1 ? MQTT_PUBACK : MQTT_PUBREC, pb->id,
+                     c->version == MQTT_V5 ? MQTT_RC_QUOTA_EXCEEDED : 0);
+        return true;
+    }
+    int lim = -1;
+    uint8_t ack = 0, disc = 0;
+    uint32_t maxlev = LIMIT(max_topic_levels), maxpl = LIMIT(max_payload);
+    if (tl > LIMIT(max_topic_len))
+        lim = MQTT_LIMIT_TOPIC_LENGTH, ack = disc = MQTT_RC_TOPIC_NAME_INVALID;
+    else if (maxlev && topic_levels(topic, tl) > maxlev)
+        lim = MQTT_LIMIT_TOPIC_LEVELS, ack = disc = MQTT_RC_TOPIC_NAME_INVALID;
+    else if (maxpl && pb->payload.n > maxpl)
+        lim = MQTT_LIMIT_PAYLOAD_SIZE, ack = MQTT_RC_QUOTA_EXCEEDED,
+        disc = MQTT_RC_PACKET_TOO_LARGE;
+    if (lim < 0) return false;
+    limit_hit(c->w, lim, "client %s: PUBLISH refused (topic %zu bytes, payload %u bytes)", cid, tl,
+              pb->payload.n);
+    /* v5 QoS 1/2: a negative acknowledgement, and the connection stays;
+     * v5 QoS 0 can only be told by DISCONNECT; 3.1.1 has neither */
+    if (c->version != MQTT_V5)
+        conn_close(c, -1);
+    else if (pb->qos == 0)
+        conn_close(c, disc);
+    else
+        send_ack(c, pb->qos == 1 ? MQTT_PUBACK : MQTT_PUBREC, pb->id, ack);
+    return true;
+}
+
 static void handle_publish(conn *c, const mqtt_packet *pkt)
 {
     const mqtt_publish *pb = &pkt->u.publish;
@@ -1258,6 +1356,7 @@ static void handle_publish(conn *c, const mqtt_packet *pkt)
         return;
     }
     STAT_ADD(w->msgs_in, 1);
+    if (publish_limited(c, pb, topic, tl)) return;
     if (pb->qos == 2) {
         if (!s->ids_in && !(s->ids_in = calloc(1, 8192))) return;
         if (s->ids_in[pb->id >> 3] & (1u << (pb->id & 7))) {
@@ -1313,11 +1412,15 @@ static void handle_publish(conn *c, const mqtt_packet *pkt)
         return;
     }
     m->origin = s;
-    if (pb->retain) retained_set(m);
+    bool retained = !pb->retain || retained_set(m);
+    if (!retained)
+        limit_hit(w, MQTT_LIMIT_RETAINED, "client %s: retained message on a new topic refused",
+                  s->cid);
     uint32_t matched = 0;
     route(w, m, s, &matched);
     msg_unref(m);
-    uint8_t rc = matched ? 0 : MQTT_RC_NO_MATCHING_SUBSCRIBERS;
+    /* not retained (max-retained-per-tenant), but delivered live */
+    uint8_t rc = !retained ? MQTT_RC_QUOTA_EXCEEDED : matched ? 0 : MQTT_RC_NO_MATCHING_SUBSCRIBERS;
     if (stored && pb->qos > 0) {
         /* not stored (disk full): v5 says so in the acknowledgement (0x97);
          * 3.1.1 has no negative acknowledgement, so the connection closes
@@ -1393,6 +1496,15 @@ static void handle_subscribe(conn *c, const mqtt_packet *pkt)
             codes[i] = v5 ? MQTT_RC_TOPIC_FILTER_INVALID : 0x80;
             continue;
         }
+        uint32_t maxlev = LIMIT(max_topic_levels);
+        if (rfl > LIMIT(max_topic_len) || (maxlev && topic_levels(rf, rfl) > maxlev)) {
+            limit_hit(c->w,
+                      rfl > LIMIT(max_topic_len) ? MQTT_LIMIT_TOPIC_LENGTH
+                                                 : MQTT_LIMIT_TOPIC_LEVELS,
+                      "client %s: filter of %zu bytes refused", s->cid, rfl);
+            codes[i] = v5 ? MQTT_RC_TOPIC_FILTER_INVALID : 0x80;
+            continue;
+        }
         bool ok = !topic_reserved(rf, rfl);
         if (ok && auth_has_acl(B.auth, &c->id)) {
             char *fz = strndup(rf, rfl);
@@ -1412,6 +1524,14 @@ static void handle_subscribe(conn *c, const mqtt_packet *pkt)
             continue;
         }
         if (!topic_share_parse(f, fl, &g, &gl, &rf, &rfl, &bad)) g = NULL, rf = f, rfl = fl;
+        uint32_t maxs = LIMIT(max_subscriptions);
+        if (maxs && s->nfilters >= maxs && !session_has_filter(s, f, fl)) {
+            limit_hit(c->w, MQTT_LIMIT_SUBSCRIPTIONS, "client %s: over %u subscriptions", s->cid,
+                      maxs);
+            free(fheap);
+            codes[i] = v5 ? MQTT_RC_QUOTA_EXCEEDED : 0x80;
+            continue;
+        }
         bool existed = false;
         trie_write_lock();
         thz_err rc = trie_add(B.root, rf, rfl, g, gl, s, opts & 0x3f, subid, &existed);
@@ -1518,8 +1638,9 @@ static int dispatch(conn *c, const mqtt_packet *pkt, const uint8_t *raw, size_t 
     switch (pkt->type) {
     case MQTT_PUBLISH: handle_publish(c, pkt); break;
     case MQTT_PUBACK:
-        inflight_ack(c->w, c->s, pkt->u.ack.id, MQTT_PUBACK);
-        if (c->congested) conn_pressure(c);
+        if (inflight_ack(c->w, c->s, pkt->u.ack.id, MQTT_PUBACK) && c->behind)
+            c->progress_ms = (int64_t)uv_now(c->w->loop);
+        if (c->congested || c->behind) conn_pressure(c);
         break;
     case MQTT_PUBREC:
         if (inflight_ack(c->w, c->s, pkt->u.ack.id, MQTT_PUBREC)) {
@@ -1533,8 +1654,9 @@ static int dispatch(conn *c, const mqtt_packet *pkt, const uint8_t *raw, size_t 
         break;
     case MQTT_PUBREL: handle_pubrel(c, pkt->u.ack.id); break;
     case MQTT_PUBCOMP:
-        inflight_ack(c->w, c->s, pkt->u.ack.id, MQTT_PUBCOMP);
-        if (c->congested) conn_pressure(c);
+        if (inflight_ack(c->w, c->s, pkt->u.ack.id, MQTT_PUBCOMP) && c->behind)
+            c->progress_ms = (int64_t)uv_now(c->w->loop);
+        if (c->congested || c->behind) conn_pressure(c);
         break;
     case MQTT_SUBSCRIBE: handle_subscribe(c, pkt); break;
     case MQTT_UNSUBSCRIBE: handle_unsubscribe(c, pkt); break;
@@ -1590,10 +1712,13 @@ static size_t process(conn *c, const uint8_t *p, size_t n)
         if (dispatch(c, &pkt, p + off, plen, n - off - plen)) return (size_t)-1;
         off += plen;
         if (pkt.type == MQTT_PUBLISH && !c->congested && c->state == CONN_ACTIVE &&
-            atomic_load_explicit(&B.congested, memory_order_relaxed) && c->w->hit_congested) {
+            atomic_load_explicit(&B.congested, memory_order_relaxed) && c->w->hit_congested &&
+            !tbucket_take(&c->bp_tokens, &c->bp_ms, LIMIT(bp_exempt), LIMIT(bp_exempt),
+                          (int64_t)uv_now(c->w->loop))) {
             /* A consumer of this message is behind: stop reading this
              * publisher; what is already read waits in c->in. Publishers
-             * whose messages go elsewhere keep going (a probe client must
+             * whose messages go elsewhere keep going, and so do those under
+             * --backpressure-exempt-rate (a probe client or a device must
              * not wait for someone else's slow subscriber). */
             pause_reading(c);
             break;

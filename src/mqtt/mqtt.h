@@ -58,6 +58,8 @@ enum {
     MQTT_REFUSE_SERVER_BUSY,         /* 0x89: max-connections */
     MQTT_REFUSE_UNSUPPORTED_VERSION, /* 0x84 */
     MQTT_REFUSE_MALFORMED,           /* 0x81, 0x82 */
+    MQTT_REFUSE_QUOTA,               /* 0x97: max-connections-per-tenant */
+    MQTT_REFUSE_RATE,                /* 0x9F: max-connect-rate of the source address */
     MQTT_REFUSE_OTHER,               /* anything else (auth method, server unavailable...) */
     MQTT_REFUSE_N
 };
@@ -66,12 +68,29 @@ enum {
     MQTT_DROP_QUEUE_FULL,    /* session queue at max-queued-messages */
     MQTT_DROP_QOS0_OUTBUF,   /* QoS 0 to a socket over max-outbuf */
     MQTT_DROP_SLOW_CONSUMER, /* queue discarded with a client disconnected as too slow */
+    MQTT_DROP_PUBLISH_RATE,  /* over max-publish-rate with publish-rate-action = drop */
+    MQTT_DROP_INBOX_FULL,    /* QoS 0 to an I/O thread that is far behind on deliveries */
     MQTT_DROP_OTHER,         /* out of memory */
     MQTT_DROP_N
 };
-/* "bad_credentials", ... / "queue_full", ...: label values for the above. */
+/* Limits a client ran into (each also has its own reply; docs/OPERATIONS.md). */
+enum {
+    MQTT_LIMIT_TENANT_CONNECTIONS, /* max-connections-per-tenant */
+    MQTT_LIMIT_CONNECT_RATE,       /* max-connect-rate */
+    MQTT_LIMIT_PUBLISH_RATE,       /* max-publish-rate */
+    MQTT_LIMIT_SUBSCRIPTIONS,      /* max-subscriptions */
+    MQTT_LIMIT_TOPIC_LENGTH,       /* max-topic-length */
+    MQTT_LIMIT_TOPIC_LEVELS,       /* max-topic-levels */
+    MQTT_LIMIT_RETAINED,           /* max-retained-per-tenant */
+    MQTT_LIMIT_PAYLOAD_SIZE,       /* max-payload-size */
+    MQTT_LIMIT_SLOW_CONSUMER,      /* slow-consumer-timeout */
+    MQTT_LIMIT_N
+};
+/* "bad_credentials", ... / "queue_full", ... / "publish_rate", ...: label
+ * values for the above. */
 const char *mqtt_refuse_name(int reason);
 const char *mqtt_drop_name(int reason);
+const char *mqtt_limit_name(int limit);
 
 typedef struct mqtt_stats {
     uint64_t clients_connected;
@@ -89,6 +108,7 @@ typedef struct mqtt_stats {
     uint64_t connects_refused[MQTT_REFUSE_N];  /* CONNACK refusals by reason */
     uint64_t drops[MQTT_DROP_N];               /* msgs_dropped by reason */
     uint64_t denied_publish, denied_subscribe; /* refused by the ACL / device policy */
+    uint64_t limits[MQTT_LIMIT_N];             /* limits hit, by limit */
     /* Gauges, sampled by each I/O thread every 250 ms: */
     uint64_t queued_messages;   /* waiting in session queues (online and offline) */
     uint64_t inflight_messages; /* sent QoS 1/2, not yet acknowledged */

@@ -128,7 +128,7 @@ typedef struct session {
     bool dead;              /* removed from the table: drop deliveries */
     atomic_bool persistent; /* survives disconnect (and restart); read by other threads */
     atomic_bool congested;  /* its connection is a congested consumer: routing to it pauses
-                               the publisher (read by other threads) */
+                               the publisher (read by other threads; see --backpressure) */
     uint8_t version;
     uint32_t expiry; /* session expiry interval, s; UINT32_MAX = never */
     struct conn *conn;
@@ -199,8 +199,16 @@ typedef struct conn {
     bool auth_done; /* ... and auth_result, auth_id are the answer */
     thz_err auth_result;
     auth_identity auth_id;
-    bool congested; /* this consumer is behind: publishers pause */
-    int64_t congested_ms;
+    bool congested;      /* counted in B.congested: publishers of its messages pause */
+    bool behind;         /* output or queue over half its bound (slow-consumer-timeout runs) */
+    bool tenant_counted; /* holds one of its tenant's max-connections-per-tenant */
+    bool limits_checked; /* its CONNECT passed max-connect-rate (not again after auth) */
+    int64_t behind_ms;   /* when it fell behind */
+    int64_t progress_ms; /* while behind: when the socket last took bytes or an ack came */
+    double pub_tokens;   /* max-publish-rate token bucket */
+    double bp_tokens;    /* backpressure-exempt-rate token bucket */
+    int64_t bp_ms;       /* ... last refilled (loop time) */
+    int64_t pub_ms;      /* ... last refilled (loop time) */
     uint16_t keepalive;
     int64_t last_rx_ms;
     int64_t accepted_ms;
@@ -261,6 +269,7 @@ typedef struct worker {
     /* counters, written by this thread only (STAT_ADD), read relaxed by $SYS */
     uint64_t n_clients, msgs_in, msgs_out, bytes_in, bytes_out, dropped;
     uint64_t connects, refused[MQTT_REFUSE_N], drops[MQTT_DROP_N], denied_pub, denied_sub;
+    uint64_t limits[MQTT_LIMIT_N];
     /* gauges, recomputed by this thread's tick (mqtt_get_stats) */
     uint64_t g_queued, g_inflight, g_outbuf, g_sess_bytes;
     uint8_t rbuf[65536];
@@ -299,6 +308,10 @@ typedef struct broker {
      * read these (LIMIT), never the live config the main thread rewrites. */
     _Atomic uint32_t max_queued, max_inflight, max_outbuf, max_packet, max_keepalive,
         max_session_expiry, max_connections, slow_consumer_timeout, sys_interval;
+    /* limits and fairness (limits.c, conn.c) */
+    _Atomic uint32_t tenant_connections, connect_rate, connect_burst, publish_rate, publish_burst,
+        publish_rate_action, max_subscriptions, max_topic_len, max_topic_levels, tenant_retained,
+        max_payload, backpressure, bp_exempt;
 } broker;
 
 extern broker B;
@@ -325,9 +338,47 @@ bool trie_remove(tnode *root, const char *filter, size_t flen, const char *group
 void trie_match(tnode *root, const char *topic, size_t tlen, worker *w);
 void trie_free(tnode *root);
 
+/* limits.c */
+/* Counts a limit hit on w (may be NULL) and logs fmt at warn level, at most
+ * once per 10 s per limit (with how many lines were held back). */
+void limit_hit(worker *w, int lim, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+/* Takes one CONNECT from peer's address bucket ("host:port", the port is
+ * ignored); false when over max-connect-rate. Any thread. */
+bool connect_rate_take(const char *peer);
+/* One more connection of the tenant with this topic prefix; false when at
+ * max-connections-per-tenant. Any thread. */
+bool tenant_conn_acquire(const char *prefix, size_t plen);
+void tenant_conn_release(const char *prefix, size_t plen);
+/* Adds delta to the retained topics of topic's tenant; with limited, refuses
+ * (false) to pass max-retained-per-tenant. Caller holds B.ret_lock. */
+bool retained_tenant_add(const char *topic, size_t tlen, int delta, bool limited);
+void limits_free(void);
+/* Takes one token from a bucket of rate per second holding at most burst;
+ * now in ms. False when empty. */
+static inline bool tbucket_take(double *tokens, int64_t *last, uint32_t rate, uint32_t burst,
+                                int64_t now)
+{
+    if (*last == 0) {
+        *tokens = burst;
+        *last = now;
+    }
+    *tokens += (double)(now - *last) * rate / 1000.0;
+    if (*tokens > burst) *tokens = burst;
+    *last = now;
+    if (*tokens < 1.0) return false;
+    *tokens -= 1.0;
+    return true;
+}
+/* Levels of a topic or filter: one more than its '/'. */
+uint32_t topic_levels(const char *t, size_t n);
+
 /* broker.c, called by conn.c */
 void route(worker *w, msg *m, const session *origin, uint32_t *nmatched);
-void retained_set(msg *m);
+/* Sets (or with an empty payload clears) a retained message; false when a
+ * new topic was refused by max-retained-per-tenant (or memory). */
+bool retained_set(msg *m);
+/* Does the session already hold this filter (the broker's name of it)? */
+bool session_has_filter(const session *s, const char *f, size_t fl);
 void retained_deliver(worker *w, session *s, const char *filter, size_t flen, uint8_t opts,
                       uint32_t subid);
 void deliver(worker *w, delivery *d);
@@ -385,6 +436,9 @@ void conn_pressure(conn *c);
 void congestion_release(worker *w);
 #define INBOX_HIGH 16384 /* cross-thread deliveries pending before publishers pause */
 #define INBOX_LOW  4096
+/* Past this many, QoS 0 deliveries to that thread are dropped (counted):
+ * with --backpressure queued they do not pause their publishers. */
+#define INBOX_HARD INBOX_HIGH
 /* Messages one 64 KiB read can carry (a 7-byte QoS 1 PUBLISH is the least). */
 #define INBOX_BURST (65536 / 7)
 /* Resumes this worker's paused publishers once no consumer is congested. */
