@@ -42,7 +42,9 @@ typedef enum prom_op {
     OP_LABELS,
     OP_LABEL_VALUES,
     OP_METADATA,
-    OP_BUILDINFO
+    OP_BUILDINFO,
+    OP_EXEMPLARS, /* thinghz stores no exemplars: always an empty list */
+    OP_RULES      /* nor recording or alerting rules: no groups */
 } prom_op;
 
 typedef struct prom_call {
@@ -655,6 +657,14 @@ static void run_op(prom_call *c)
         put(c, "{\"status\":\"success\",\"data\":{}}");
         c->status = 200;
         break;
+    case OP_EXEMPLARS:
+        put(c, "{\"status\":\"success\",\"data\":[]}");
+        c->status = 200;
+        break;
+    case OP_RULES:
+        put(c, "{\"status\":\"success\",\"data\":{\"groups\":[]}}");
+        c->status = 200;
+        break;
     case OP_BUILDINFO:
         put(c,
             "{\"status\":\"success\",\"data\":{\"version\":\"2.42.0\",\"revision\":"
@@ -781,6 +791,8 @@ static const struct {
     {"/prometheus/api/v1/label/{name}/values", OP_LABEL_VALUES},
     {"/prometheus/api/v1/metadata", OP_METADATA},
     {"/prometheus/api/v1/status/buildinfo", OP_BUILDINFO},
+    {"/prometheus/api/v1/query_exemplars", OP_EXEMPLARS},
+    {"/prometheus/api/v1/rules", OP_RULES},
 };
 
 thz_err api_prom_start(registry *r)

@@ -293,6 +293,8 @@ def test_series_labels_and_values(env):
     assert get("/label/nosuch/values") == []
     assert get("/status/buildinfo")["version"]
     assert get("/metadata") == {}
+    assert get("/query_exemplars", query="temp", start="0", end="1") == []
+    assert get("/rules") == {"groups": []}
 
 
 # ---- errors ----
