@@ -254,7 +254,8 @@ uint64_t tsdb_wal_wait_rot(tsdb *db, uint64_t gen);
 /* Deletes segments <= seq and older checkpoints; writes checkpoint file
  * ckpt.<seq> from the given records first (NULL: none). */
 thz_err tsdb_wal_checkpoint(tsdb *db, uint64_t seq, const thz_buf *records);
-/* Replays one buffer of records; returns the length of the good prefix. */
+/* Replays one buffer of records; returns the length of the good prefix.
+ * Open only: it takes no head locks (no other thread runs yet). */
 size_t tsdb_wal_replay_buf(tsdb *db, const uint8_t *p, size_t n);
 void tsdb_wal_sizes(tsdb *db, uint64_t *bytes);
 /* Encodes a points entry for s at ts/v into out (checkpoint records). */
@@ -266,6 +267,16 @@ thz_err tsdb_wal_frame(thz_buf *out, const thz_buf *payload);
 /* Appends one point to s's head and the LVC; caller holds the stripe lock. */
 thz_err tsdb_head_append(tsdb *db, tsdb_ser *s, int64_t ts, uint64_t v, const char *str,
                          uint32_t slen);
+/* One numeric point of a replay batch (tsdb_wal.c). */
+typedef struct tsdb_rpt {
+    uint64_t id;
+    int64_t ts;
+    uint64_t v; /* value bits; string series: an index the replay knows */
+} tsdb_rpt;
+/* Appends n numeric points of s in log order, as n tsdb_head_append calls
+ * would (the usual case, points newer than the head and increasing, in one
+ * go); no locks: replay only. */
+void tsdb_head_append_run(tsdb *db, tsdb_ser *s, const tsdb_rpt *p, size_t n);
 /* Accounts n points appended to heads with timestamps in [min_ts, max_ts]. */
 void tsdb_head_note(tsdb *db, size_t n, int64_t min_ts, int64_t max_ts);
 /* Recomputes s's head cells from its head points; caller holds the stripe lock. */
