@@ -133,9 +133,12 @@ int main(int argc, char **argv)
     int ndev = 19000, nsec = 300, c;
     optind = 3;
     while ((c = getopt(argc, argv, "d:s:")) != -1) {
-        if (c == 'd') ndev = atoi(optarg);
-        else if (c == 's') nsec = atoi(optarg);
-        else return 2;
+        if (c == 'd')
+            ndev = atoi(optarg);
+        else if (c == 's')
+            nsec = atoi(optarg);
+        else
+            return 2;
     }
     if (!strcmp(mode, "gen")) return gen(dir, ndev, nsec);
     double ow, oc;

@@ -277,8 +277,7 @@ void tsdb_head_append_run(tsdb *db, tsdb_ser *s, const tsdb_rpt *p, size_t n)
 {
     tsdb_run *r = &s->head;
     bool fast = s->type != TSDB_STRING && n <= UINT32_MAX - r->n &&
-                run_grow(r, r->n + (uint32_t)n) == THZ_OK &&
-                (!r->n || p[0].ts > r->ts[r->n - 1]);
+                run_grow(r, r->n + (uint32_t)n) == THZ_OK && (!r->n || p[0].ts > r->ts[r->n - 1]);
     for (size_t i = 1; i < n && fast; i++) fast = p[i].ts > p[i - 1].ts;
     if (!fast) {
         for (size_t i = 0; i < n; i++) tsdb_head_append(db, s, p[i].ts, p[i].v, NULL, 0);

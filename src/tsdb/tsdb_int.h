@@ -214,10 +214,10 @@ struct tsdb {
     _Atomic int64_t head_min_ts;
     _Atomic uint64_t head_points;
     _Atomic uint64_t points_written, points_rejected, fsyncs;
-    _Atomic uint64_t agg_decoded; /* points tsdb_aggregate decoded (tests) */
+    _Atomic uint64_t agg_decoded;    /* points tsdb_aggregate decoded (tests) */
     _Atomic(tsdb_write_fn) on_write; /* tsdb_on_write */
     void *_Atomic on_write_ctx;
-    uint64_t ckpt_seq;            /* segments <= this are covered by the checkpoint */
+    uint64_t ckpt_seq; /* segments <= this are covered by the checkpoint */
 };
 
 /* ---- tsdb_index.c ---- */
@@ -311,6 +311,9 @@ void tsdb_block_unref(tsdb_block *b);
 
 /* Test hook: runs compaction (every window treated as closed) and retention now. */
 void tsdb__maintain(tsdb *db);
+/* Test hook: points per replay batch (0: the default, 2 M), so tests
+ * reach batch boundaries with small logs. */
+extern size_t tsdb__replay_batch;
 /* Test hook: points tsdb_aggregate had to decode since open. */
 uint64_t tsdb__agg_decoded(tsdb *db);
 

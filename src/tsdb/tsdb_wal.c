@@ -162,6 +162,8 @@ typedef struct replay {
     int64_t min_ts, max_ts;
 } replay;
 
+size_t tsdb__replay_batch;
+
 static void rp_init(replay *r, tsdb *db)
 {
     memset(r, 0, sizeof *r);
@@ -175,7 +177,8 @@ static void rp_init(replay *r, tsdb *db)
 static void rp_size(replay *r, size_t bytes)
 {
     size_t cap = bytes / 18 + 1; /* the smallest point entry is 18 bytes */
-    if (cap > RP_BATCH) cap = RP_BATCH;
+    size_t max = tsdb__replay_batch ? tsdb__replay_batch : RP_BATCH;
+    if (cap > max) cap = max;
     if (cap <= r->cap) return;
     free(r->pts);
     free(r->tmp);
@@ -293,7 +296,8 @@ static void rp_add(replay *r, uint64_t id, int64_t ts, uint64_t v, const char *s
                 r->capstr = nc;
             }
         }
-        if (r->nstr == r->capstr) r->cap = 0; /* no memory: one by one from here */
+        if (r->nstr == r->capstr)
+            r->cap = 0; /* no memory: one by one from here */
         else {
             r->strs[r->nstr] = (rp_str){str, sl};
             v = r->nstr++;
