@@ -152,7 +152,7 @@ static tsdb_cell *cell_get(tsdb_ser *s, int64_t m)
 static void cell_add(tsdb_ser *s, int64_t ts, uint64_t v, bool fresh)
 {
     if (s->type == TSDB_STRING || !s->cells_ok) return;
-    tsdb_cell *c = cell_get(s, tsdb_floor_div(ts, TSDB_MINUTE_NS) * TSDB_MINUTE_NS);
+    tsdb_cell *c = cell_get(s, tsdb_floor_to(ts, TSDB_MINUTE_NS));
     if (!c) {
         s->cells_ok = false; /* until the next rebuild */
         return;
@@ -224,7 +224,7 @@ static bool head_insert(tsdb_ser *s, int64_t ts, uint64_t v)
     while (i > lim && r->ts[i - 1] > ts) i--;
     if (i > 0 && r->ts[i - 1] == ts) { /* the last write wins */
         r->v[i - 1] = v;
-        cell_recompute(s, tsdb_floor_div(ts, TSDB_MINUTE_NS) * TSDB_MINUTE_NS);
+        cell_recompute(s, tsdb_floor_to(ts, TSDB_MINUTE_NS));
         return true;
     }
     if (i == lim && i > 0 && r->ts[i - 1] > ts) return false;
@@ -300,7 +300,7 @@ void tsdb_head_append_run(tsdb *db, tsdb_ser *s, const tsdb_rpt *p, size_t n)
         for (size_t i = 0; i < n; i++) {
             int64_t ts = p[i].ts;
             if (!c || (uint64_t)ts - (uint64_t)m >= (uint64_t)TSDB_MINUTE_NS) {
-                m = tsdb_floor_div(ts, TSDB_MINUTE_NS) * TSDB_MINUTE_NS;
+                m = tsdb_floor_to(ts, TSDB_MINUTE_NS);
                 if (!(c = cell_get(s, m))) {
                     s->cells_ok = false; /* until the next rebuild */
                     break;

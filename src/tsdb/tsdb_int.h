@@ -55,9 +55,16 @@ static inline int64_t tsdb_floor_div(int64_t a, int64_t b)
     int64_t q = a / b;
     return (a % b != 0 && (a < 0) != (b < 0)) ? q - 1 : q;
 }
+/* ts rounded down to a multiple of unit; INT64_MIN when that multiple is
+ * below it (the first, partial unit: timestamps are any int64). */
+static inline int64_t tsdb_floor_to(int64_t ts, int64_t unit)
+{
+    int64_t r;
+    return __builtin_mul_overflow(tsdb_floor_div(ts, unit), unit, &r) ? INT64_MIN : r;
+}
 static inline int64_t tsdb_window_of(int64_t ts)
 {
-    return tsdb_floor_div(ts, TSDB_WINDOW_NS) * TSDB_WINDOW_NS;
+    return tsdb_floor_to(ts, TSDB_WINDOW_NS);
 }
 
 /* A head value: the 8 bytes of a double, an int64, a bool, or for strings
