@@ -1366,8 +1366,7 @@ static void test_replay_unknown_series(void **state)
     snprintf(path, sizeof path, "%s/wal", dir);
     assert_int_equal(mkdir(dir, 0755), 0);
     assert_int_equal(mkdir(path, 0755), 0);
-    /* one record: a definition of series 1 (via a live engine's encoder is
-     * not reachable here), so write the points through a live engine first */
+    /* series 1 and its first point, written by a live engine */
     tsdb *db = open_db(dir, TSDB_FSYNC_EVERYSEC, 0);
     tsdb_point p = fpt("u", "m", T0, 1);
     wr(db, 1, &p, 1);
