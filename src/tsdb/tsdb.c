@@ -152,7 +152,7 @@ static tsdb_cell *cell_get(tsdb_ser *s, int64_t m)
 static void cell_add(tsdb_ser *s, int64_t ts, uint64_t v, bool fresh)
 {
     if (s->type == TSDB_STRING || !s->cells_ok) return;
-    tsdb_cell *c = cell_get(s, tsdb_floor_div(ts, TSDB_MINUTE_NS) * TSDB_MINUTE_NS);
+    tsdb_cell *c = cell_get(s, tsdb_floor_to(ts, TSDB_MINUTE_NS));
     if (!c) {
         s->cells_ok = false; /* until the next rebuild */
         return;
@@ -224,7 +224,7 @@ static bool head_insert(tsdb_ser *s, int64_t ts, uint64_t v)
     while (i > lim && r->ts[i - 1] > ts) i--;
     if (i > 0 && r->ts[i - 1] == ts) { /* the last write wins */
         r->v[i - 1] = v;
-        cell_recompute(s, tsdb_floor_div(ts, TSDB_MINUTE_NS) * TSDB_MINUTE_NS);
+        cell_recompute(s, tsdb_floor_to(ts, TSDB_MINUTE_NS));
         return true;
     }
     if (i == lim && i > 0 && r->ts[i - 1] > ts) return false;
@@ -271,6 +271,62 @@ thz_err tsdb_head_append(tsdb *db, tsdb_ser *s, int64_t ts, uint64_t v, const ch
     }
     lvc_set(s, ts, v, str, slen);
     return THZ_OK;
+}
+
+void tsdb_head_append_run(tsdb *db, tsdb_ser *s, const tsdb_rpt *p, size_t n)
+{
+    tsdb_run *r = &s->head;
+    bool fast = s->type != TSDB_STRING && n <= UINT32_MAX - r->n &&
+                run_grow(r, r->n + (uint32_t)n) == THZ_OK && (!r->n || p[0].ts > r->ts[r->n - 1]);
+    for (size_t i = 1; i < n && fast; i++) fast = p[i].ts > p[i - 1].ts;
+    if (!fast) {
+        for (size_t i = 0; i < n; i++) tsdb_head_append(db, s, p[i].ts, p[i].v, NULL, 0);
+        return;
+    }
+    /* Strictly increasing and newer than the head: plain appends (the
+     * head's sortedness is unchanged), each point fresh in its cell; the
+     * last-value cache ends at the last point as it would point by point. */
+    for (size_t i = 0; i < n; i++) {
+        r->ts[r->n + i] = p[i].ts;
+        r->v[r->n + i] = p[i].v;
+    }
+    r->n += (uint32_t)n;
+    if (!s->head_sorted || !s->cells_ok) {
+        for (size_t i = 0; i < n; i++) cell_add(s, p[i].ts, p[i].v, s->head_sorted);
+    } else {
+        /* cell_add(fresh) for each point, the cell looked up once a minute */
+        tsdb_cell *c = NULL;
+        int64_t m = 0;
+        for (size_t i = 0; i < n; i++) {
+            int64_t ts = p[i].ts;
+            if (!c || (uint64_t)ts - (uint64_t)m >= (uint64_t)TSDB_MINUTE_NS) {
+                m = tsdb_floor_to(ts, TSDB_MINUTE_NS);
+                if (!(c = cell_get(s, m))) {
+                    s->cells_ok = false; /* until the next rebuild */
+                    break;
+                }
+            }
+            double d = as_double(s->type, p[i].v);
+            tsdb_agg *a = &c->a;
+            if (!a->count) {
+                *a = (tsdb_agg){1, d, d, d, d, d, ts, ts};
+                continue;
+            }
+            if (c->dirty) continue;
+            a->count++;
+            a->sum += d;
+            if (d < a->min) a->min = d;
+            if (d > a->max) a->max = d;
+            if (ts < a->first_ts) {
+                a->first_ts = ts;
+                a->first = d;
+            } else if (ts > a->last_ts) {
+                a->last_ts = ts;
+                a->last = d;
+            }
+        }
+    }
+    if (n) lvc_set(s, p[n - 1].ts, p[n - 1].v, NULL, 0);
 }
 
 void tsdb_head_note(tsdb *db, size_t n, int64_t min_ts, int64_t max_ts)
@@ -1997,8 +2053,29 @@ void tsdb_close(tsdb *db)
         pthread_mutex_unlock(&db->bg_mu);
         pthread_join(db->bg, NULL);
     }
-    /* The head stays in the WAL: replay on open is bounded by the cuts
-     * (at most a window plus grace), and close stays fast. */
+    /* A clean close writes the whole head to blocks and checkpoints the
+     * WAL (as tsdb_flush), so the next open replays (almost) nothing. Not
+     * after a failed open (the threads never ran). Bounded: the head holds
+     * at most about TSDB_HEAD_MAX points (a forced cut past it). On failure
+     * the WAL keeps the points and the next open replays them. */
+    if (db->bg_started && db->wal.thr_started) {
+        uint64_t n = atomic_load(&db->head_points);
+        if (n) {
+            log_info(TSDB_MOD, "writing %" PRIu64 " points of the head to blocks", n);
+            int64_t t0 = wall_ns();
+            pthread_mutex_lock(&db->maint);
+            thz_err rc = cut(db, INT64_MAX);
+            pthread_mutex_unlock(&db->maint);
+            if (rc)
+                log_warn(TSDB_MOD,
+                         "closing: writing the head failed (%s); the WAL keeps it, the next "
+                         "start replays it",
+                         thz_strerror(rc));
+            else
+                log_info(TSDB_MOD, "head written to blocks in %.2f s, WAL checkpointed",
+                         (double)(wall_ns() - t0) / 1e9);
+        }
+    }
     tsdb_wal_stop(db);
     for (size_t i = 0; i < db->nblocks; i++) tsdb_block_unref(db->blocks[i]);
     free(db->blocks);

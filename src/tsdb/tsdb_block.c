@@ -840,8 +840,7 @@ thz_err tsdb_block_rollup(const tsdb_block *b, const tsdb_bentry *e, tsdb_agg **
     free(sc);
     free(dv);
     free(sec);
-    for (uint32_t i = 0; i < n; i++)
-        iv[i] = tsdb_floor_div(c[i].first_ts, TSDB_MINUTE_NS) * TSDB_MINUTE_NS;
+    for (uint32_t i = 0; i < n; i++) iv[i] = tsdb_floor_to(c[i].first_ts, TSDB_MINUTE_NS);
     *cells = c;
     *starts = iv;
     *on = n;

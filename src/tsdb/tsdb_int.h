@@ -55,9 +55,16 @@ static inline int64_t tsdb_floor_div(int64_t a, int64_t b)
     int64_t q = a / b;
     return (a % b != 0 && (a < 0) != (b < 0)) ? q - 1 : q;
 }
+/* ts rounded down to a multiple of unit; INT64_MIN when that multiple is
+ * below it (the first, partial unit: timestamps are any int64). */
+static inline int64_t tsdb_floor_to(int64_t ts, int64_t unit)
+{
+    int64_t r;
+    return __builtin_mul_overflow(tsdb_floor_div(ts, unit), unit, &r) ? INT64_MIN : r;
+}
 static inline int64_t tsdb_window_of(int64_t ts)
 {
-    return tsdb_floor_div(ts, TSDB_WINDOW_NS) * TSDB_WINDOW_NS;
+    return tsdb_floor_to(ts, TSDB_WINDOW_NS);
 }
 
 /* A head value: the 8 bytes of a double, an int64, a bool, or for strings
@@ -214,10 +221,10 @@ struct tsdb {
     _Atomic int64_t head_min_ts;
     _Atomic uint64_t head_points;
     _Atomic uint64_t points_written, points_rejected, fsyncs;
-    _Atomic uint64_t agg_decoded; /* points tsdb_aggregate decoded (tests) */
+    _Atomic uint64_t agg_decoded;    /* points tsdb_aggregate decoded (tests) */
     _Atomic(tsdb_write_fn) on_write; /* tsdb_on_write */
     void *_Atomic on_write_ctx;
-    uint64_t ckpt_seq;            /* segments <= this are covered by the checkpoint */
+    uint64_t ckpt_seq; /* segments <= this are covered by the checkpoint */
 };
 
 /* ---- tsdb_index.c ---- */
@@ -254,7 +261,8 @@ uint64_t tsdb_wal_wait_rot(tsdb *db, uint64_t gen);
 /* Deletes segments <= seq and older checkpoints; writes checkpoint file
  * ckpt.<seq> from the given records first (NULL: none). */
 thz_err tsdb_wal_checkpoint(tsdb *db, uint64_t seq, const thz_buf *records);
-/* Replays one buffer of records; returns the length of the good prefix. */
+/* Replays one buffer of records; returns the length of the good prefix.
+ * Open only: it takes no head locks (no other thread runs yet). */
 size_t tsdb_wal_replay_buf(tsdb *db, const uint8_t *p, size_t n);
 void tsdb_wal_sizes(tsdb *db, uint64_t *bytes);
 /* Encodes a points entry for s at ts/v into out (checkpoint records). */
@@ -266,6 +274,16 @@ thz_err tsdb_wal_frame(thz_buf *out, const thz_buf *payload);
 /* Appends one point to s's head and the LVC; caller holds the stripe lock. */
 thz_err tsdb_head_append(tsdb *db, tsdb_ser *s, int64_t ts, uint64_t v, const char *str,
                          uint32_t slen);
+/* One numeric point of a replay batch (tsdb_wal.c). */
+typedef struct tsdb_rpt {
+    uint64_t id;
+    int64_t ts;
+    uint64_t v; /* value bits; string series: an index the replay knows */
+} tsdb_rpt;
+/* Appends n numeric points of s in log order, as n tsdb_head_append calls
+ * would (the usual case, points newer than the head and increasing, in one
+ * go); no locks: replay only. */
+void tsdb_head_append_run(tsdb *db, tsdb_ser *s, const tsdb_rpt *p, size_t n);
 /* Accounts n points appended to heads with timestamps in [min_ts, max_ts]. */
 void tsdb_head_note(tsdb *db, size_t n, int64_t min_ts, int64_t max_ts);
 /* Recomputes s's head cells from its head points; caller holds the stripe lock. */
@@ -300,6 +318,9 @@ void tsdb_block_unref(tsdb_block *b);
 
 /* Test hook: runs compaction (every window treated as closed) and retention now. */
 void tsdb__maintain(tsdb *db);
+/* Test hook: points per replay batch (0: the default, 2 M), so tests
+ * reach batch boundaries with small logs. */
+extern size_t tsdb__replay_batch;
 /* Test hook: points tsdb_aggregate had to decode since open. */
 uint64_t tsdb__agg_decoded(tsdb *db);
 

@@ -6,9 +6,11 @@ are reported on devices/{id}/errors and in the device's health, and never
 stop ingest."""
 
 import json
+import re
 import time
 
 import pytest
+import requests
 
 from apiclient import Api, api_token, expect, new_device
 from clients import V311, V5, PahoClient, unique, wait_until
@@ -118,3 +120,63 @@ def test_acknowledged_points_survive_kill9(daemon, admin):
     res = sql(admin, "SELECT count(n), max(n) FROM telemetry WHERE device = '%s'" % dev)
     assert res["rows"][0][0] == acked
     assert res["rows"][0][1] == acked - 1
+
+
+def last_run_log(daemon):
+    """The daemon's log since its latest start."""
+    return daemon.log_text().rsplit("==== start:", 1)[-1]
+
+
+def head_points(daemon):
+    text = requests.get("http://127.0.0.1:%d/metrics" % daemon.http_port, timeout=10).text
+    m = re.search(r"^thinghz_tsdb_head_points (\S+)$", text, re.M)
+    assert m, "no thinghz_tsdb_head_points in /metrics"
+    return float(m.group(1))
+
+
+def publish_n(daemon, dev, k0, n, t0):
+    c = PahoClient(daemon, version=V5)
+    for i in range(k0, k0 + n):
+        c.publish("devices/%s/telemetry" % dev, json.dumps({"ts": t0 + i, "n": i}), qos=1)
+    c.stop_loop()
+
+
+def count_max(api, dev):
+    res = sql(api, "SELECT count(n), max(n) FROM telemetry WHERE device = '%s'" % dev)
+    return res["rows"][0][0], res["rows"][0][1]
+
+
+def test_clean_restart_writes_the_head_to_blocks(daemon, admin):
+    """SIGTERM writes the head to blocks: the next start replays no WAL
+    (its head is empty) and the points are read from blocks; a kill -9
+    afterwards replays what it left, and everything is still there."""
+    dev = unique("d")
+    t0 = int(time.time()) * 1000 - 1_000_000
+    publish_n(daemon, dev, 0, 300, t0)
+    assert head_points(daemon) >= 300
+    blocks = daemon.data_dir / "tsdb" / "blocks"
+    before = set(blocks.glob("*.blk"))
+    daemon.stop()  # asserts exit 0 within 5 s
+    log = last_run_log(daemon)
+    m = re.search(r"writing (\d+) points of the head to blocks", log)
+    assert m and int(m.group(1)) >= 300, log[-2000:]
+    assert "head written to blocks" in log
+    assert set(blocks.glob("*.blk")) - before, "no new block file"
+    daemon.start()
+    assert "WAL replay: 0 points" in last_run_log(daemon)
+    assert head_points(daemon) == 0
+    assert count_max(admin, dev) == (300, 299)
+    # kill -9 now: the points since the restart come back from the WAL
+    publish_n(daemon, dev, 300, 200, t0)
+    daemon.kill9(pause=0)
+    daemon.start()
+    m = re.search(r"WAL replay: (\d+) points", last_run_log(daemon))
+    assert m and int(m.group(1)) >= 200
+    assert head_points(daemon) >= 200
+    assert count_max(admin, dev) == (500, 499)
+    # and a clean restart after the crash writes those out too
+    daemon.stop()
+    daemon.start()
+    assert "WAL replay: 0 points" in last_run_log(daemon)
+    assert head_points(daemon) == 0
+    assert count_max(admin, dev) == (500, 499)

@@ -765,6 +765,20 @@ static void cp_r(const char *from, const char *to)
     assert_int_equal(system(cmd), 0);
 }
 
+/* The state kill -9 would leave: waits until the WAL thread has written
+ * everything appended (to the page cache), then copies the directory. */
+static void crash_copy(tsdb *db, const char *from, const char *to)
+{
+    tsdb_stats st;
+    for (int i = 0; i < 5000; i++) {
+        tsdb_get_stats(db, &st);
+        if (!st.wal_pending_bytes) break;
+        usleep(1000);
+    }
+    assert_int_equal(st.wal_pending_bytes, 0);
+    cp_r(from, to);
+}
+
 typedef struct done_ctx {
     pthread_mutex_t mu;
     int done, bad;
@@ -885,13 +899,16 @@ static char *newest_segment(const char *dir)
 static void test_wal_torn_and_corrupt(void **state)
 {
     for (int mode = 0; mode < 2; mode++) {
-        char dir[300];
+        /* a crash copy: a clean close would have written the points to blocks */
+        char live[300], dir[300];
+        new_dir(live, sizeof live);
         new_dir(dir, sizeof dir);
-        tsdb *db = open_db(dir, TSDB_FSYNC_EVERYSEC, 0);
+        tsdb *db = open_db(live, TSDB_FSYNC_EVERYSEC, 0);
         for (int i = 0; i < 100; i++) {
             tsdb_point p = fpt("w", "m", T0 + i * SEC, i);
             wr(db, 1, &p, 1);
         }
+        crash_copy(db, live, dir);
         tsdb_close(db);
         char *seg = newest_segment(dir);
         struct stat st;
@@ -1081,11 +1098,13 @@ static void test_backup(void **state)
  * a cut) loses nothing that the WAL still holds. */
 static void test_index_rebuilt_from_wal(void **state)
 {
-    char dir[300], path[400];
+    char live[300], dir[300], path[400];
+    new_dir(live, sizeof live);
     new_dir(dir, sizeof dir);
-    tsdb *db = open_db(dir, TSDB_FSYNC_EVERYSEC, 0);
+    tsdb *db = open_db(live, TSDB_FSYNC_EVERYSEC, 0);
     tsdb_point p[2] = {fpt("ix", "a", T0, 1), fpt("ix", "b", T0, 2)};
     wr(db, 5, p, 2);
+    crash_copy(db, live, dir); /* the index file lags: the WAL has the series */
     tsdb_close(db);
     snprintf(path, sizeof path, "%s/index", dir);
     assert_int_equal(unlink(path), 0);
@@ -1182,6 +1201,274 @@ static void test_concurrency(void **state)
     tsdb_close(db);
 }
 
+/* ---- restart: replay and the clean close ---- */
+
+/* A workload with what replay must get right: four types, series that
+ * appear halfway (their definitions mid-log), two tenants with the same
+ * names, duplicate timestamps (the last write wins), points a little out of
+ * order (inserted in place) and far out of order (the head turns unsorted),
+ * many series interleaved as devices send them. */
+static void restart_workload(tsdb *db)
+{
+    char sbuf[64];
+    for (int t = 0; t < 400; t++) {
+        for (int d = 0; d < 12; d++) {
+            if (d >= 9 && t < 150) continue; /* devices 9..11 appear later */
+            char dev[16];
+            snprintf(dev, sizeof dev, "dev-%02d", d);
+            int64_t ts = T0 + (int64_t)t * SEC;
+            snprintf(sbuf, sizeof sbuf, "s%d-%d%s", d, t, t % 7 ? "" : "-longer-string");
+            tsdb_point p[4] = {fpt(dev, "f", ts, d * 1000 + t * 0.25), fpt(dev, "i", ts, 0),
+                               fpt(dev, "b", ts, 0), fpt(dev, "s", ts, 0)};
+            p[1].v = (tsdb_value){.type = TSDB_INT, .u.i = (int64_t)t * 3 - d};
+            p[2].v = (tsdb_value){.type = TSDB_BOOL, .u.b = (t + d) % 3 == 0};
+            p[3].v.type = TSDB_STRING;
+            p[3].v.u.s.p = sbuf;
+            p[3].v.u.s.n = t % 11 ? (uint32_t)strlen(sbuf) : 0; /* some empty */
+            wr(db, 1 + d % 2, p, 4);
+            if (t % 13 == 5) { /* a duplicate of the previous second */
+                tsdb_point q = fpt(dev, "f", ts - SEC, -1.0 * t);
+                wr(db, 1 + d % 2, &q, 1);
+            }
+            if (t % 29 == 7 && t > 20) { /* a little out of order: in place */
+                tsdb_point q = fpt(dev, "f", ts - 10 * SEC + SEC / 2, 0.5 * t);
+                wr(db, 1 + d % 2, &q, 1);
+            }
+        }
+        if (t == 350) { /* far out of order (> 256 back): the head goes unsorted */
+            tsdb_point q = fpt("dev-00", "f", T0 + 3 * SEC + 1, 77.0);
+            wr(db, 1, &q, 1);
+            tsdb_point q2 = fpt("dev-00", "f", T0 + 4 * SEC, 88.0); /* and a duplicate */
+            wr(db, 1, &q2, 1);
+        }
+    }
+}
+
+typedef struct ids_ctx {
+    uint64_t v[128];
+    int n;
+} ids_ctx;
+
+static bool ids_cb(void *ctx, const tsdb_series *s)
+{
+    ids_ctx *c = ctx;
+    if (c->n < 128) c->v[c->n++] = s->id;
+    return true;
+}
+
+static bool agg_eq(const tsdb_agg *a, const tsdb_agg *b)
+{
+    return a->count == b->count && a->sum == b->sum && a->min == b->min && a->max == b->max &&
+           a->first == b->first && a->last == b->last && a->first_ts == b->first_ts &&
+           a->last_ts == b->last_ts;
+}
+
+/* Every series of tenants 1 and 2 reads the same from a and b: points,
+ * per-minute aggregates (head cells or block rollups) and last values.
+ * Returns the number of points compared. */
+static size_t same_data(tsdb *a, tsdb *b)
+{
+    size_t total = 0;
+    for (int64_t tenant = 1; tenant <= 2; tenant++) {
+        ids_ctx ia = {.n = 0}, ib = {.n = 0};
+        assert_int_equal(tsdb_series_select(a, tenant, NULL, 0, ids_cb, &ia), THZ_OK);
+        assert_int_equal(tsdb_series_select(b, tenant, NULL, 0, ids_cb, &ib), THZ_OK);
+        assert_int_equal(ia.n, ib.n);
+        assert_true(ia.n > 0);
+        for (int k = 0; k < ia.n; k++) {
+            assert_int_equal(ia.v[k], ib.v[k]);
+            coll ca = read_all(a, tenant, ia.v[k], INT64_MIN, INT64_MAX);
+            coll cb = read_all(b, tenant, ib.v[k], INT64_MIN, INT64_MAX);
+            assert_int_equal(ca.n, cb.n);
+            for (size_t i = 0; i < ca.n; i++) {
+                assert_true(ca.ts[i] == cb.ts[i]);
+                assert_int_equal(ca.v[i].type, cb.v[i].type);
+                if (ca.v[i].type == TSDB_STRING) {
+                    assert_int_equal(ca.v[i].u.s.n, cb.v[i].u.s.n);
+                    assert_memory_equal(ca.v[i].u.s.p, cb.v[i].u.s.p, ca.v[i].u.s.n);
+                } else if (ca.v[i].type == TSDB_BOOL) {
+                    assert_int_equal(ca.v[i].u.b, cb.v[i].u.b);
+                } else if (ca.v[i].type == TSDB_INT) {
+                    assert_int_equal(ca.v[i].u.i, cb.v[i].u.i);
+                } else {
+                    assert_memory_equal(&ca.v[i].u.f, &cb.v[i].u.f, 8);
+                }
+            }
+            total += ca.n;
+            if (ca.n && ca.v[0].type != TSDB_STRING) {
+                tsdb_agg ga[10], gb[10];
+                int64_t t0 = T0 - 60 * SEC;
+                assert_int_equal(
+                    tsdb_aggregate(a, tenant, ia.v[k], t0, t0 + 600 * SEC, 60 * SEC, ga, 10),
+                    THZ_OK);
+                assert_int_equal(
+                    tsdb_aggregate(b, tenant, ib.v[k], t0, t0 + 600 * SEC, 60 * SEC, gb, 10),
+                    THZ_OK);
+                for (int i = 0; i < 10; i++) assert_true(agg_eq(&ga[i], &gb[i]));
+            }
+            coll la = {0}, lb = {0};
+            assert_int_equal(tsdb_last(a, tenant, ia.v[k], coll_cb, &la), THZ_OK);
+            assert_int_equal(tsdb_last(b, tenant, ib.v[k], coll_cb, &lb), THZ_OK);
+            assert_int_equal(la.n, lb.n);
+            if (la.n) assert_true(la.ts[0] == lb.ts[0]);
+            coll_free(&ca);
+            coll_free(&cb);
+            coll_free(&la);
+            coll_free(&lb);
+        }
+    }
+    return total;
+}
+
+/* kill -9: the replayed head reads exactly as the live head did, with the
+ * default batch and with batches of a few points (a series' points split
+ * across many apply passes). */
+static void test_replay_matches_live_head(void **state)
+{
+    char live[300];
+    new_dir(live, sizeof live);
+    tsdb *db = open_db(live, TSDB_FSYNC_EVERYSEC, 0);
+    restart_workload(db);
+    tsdb_stats st;
+    tsdb_get_stats(db, &st);
+    assert_int_equal(st.blocks, 0); /* all of it in the head (and the WAL) */
+    size_t batches[] = {0, 7, 1};
+    for (size_t k = 0; k < 3; k++) {
+        char copy[300];
+        new_dir(copy, sizeof copy);
+        crash_copy(db, live, copy);
+        tsdb__replay_batch = batches[k];
+        tsdb *r = open_db(copy, TSDB_FSYNC_EVERYSEC, 0);
+        tsdb__replay_batch = 0;
+        tsdb_stats rs;
+        tsdb_get_stats(r, &rs);
+        assert_int_equal(rs.head_points, st.head_points);
+        assert_int_equal(rs.series, st.series);
+        assert_true(same_data(db, r) > 10000);
+        /* the replayed engine takes new points of old and new series */
+        tsdb_point p[2] = {fpt("dev-00", "f", T0 + 1000 * SEC, 5), fpt("new", "f", T0, 6)};
+        wr(r, 1, p, 2);
+        coll c = read_all(r, 1, series_id(r, 1, "new", "f"), INT64_MIN, INT64_MAX);
+        assert_int_equal(c.n, 1);
+        coll_free(&c);
+        tsdb_close(r);
+    }
+    tsdb_close(db);
+}
+
+/* A replayed point of a series whose type the index does not know cannot
+ * be parsed; a record of one series then others after it: the points before
+ * it stay, the rest of that record is skipped, the next record is read. */
+static void test_replay_unknown_series(void **state)
+{
+    char dir[300], path[600];
+    new_dir(dir, sizeof dir);
+    snprintf(path, sizeof path, "%s/wal", dir);
+    assert_int_equal(mkdir(dir, 0755), 0);
+    assert_int_equal(mkdir(path, 0755), 0);
+    /* series 1 and its first point, written by a live engine */
+    tsdb *db = open_db(dir, TSDB_FSYNC_EVERYSEC, 0);
+    tsdb_point p = fpt("u", "m", T0, 1);
+    wr(db, 1, &p, 1);
+    char copy[300];
+    new_dir(copy, sizeof copy);
+    crash_copy(db, dir, copy);
+    tsdb_close(db);
+    /* append a record: a point of series 1, one of unknown series 999, one of 1 */
+    thz_buf pay = {0}, rec = {0};
+    tsdb_ser fake = {.id = 1, .type = TSDB_FLOAT};
+    tsdb_wal_put_point(&pay, &fake, T0 + SEC, 0x4000000000000000ull /* 2.0 */, NULL);
+    fake.id = 999;
+    tsdb_wal_put_point(&pay, &fake, T0 + 2 * SEC, 0, NULL);
+    fake.id = 1;
+    tsdb_wal_put_point(&pay, &fake, T0 + 3 * SEC, 0, NULL);
+    assert_int_equal(tsdb_wal_frame(&rec, &pay), THZ_OK);
+    pay.len = 0;
+    tsdb_wal_put_point(&pay, &fake, T0 + 4 * SEC, 0x4010000000000000ull /* 4.0 */, NULL);
+    assert_int_equal(tsdb_wal_frame(&rec, &pay), THZ_OK);
+    char *seg = newest_segment(copy);
+    FILE *f = fopen(seg, "ab");
+    assert_non_null(f);
+    assert_int_equal(fwrite(rec.p, 1, rec.len, f), rec.len);
+    fclose(f);
+    free(seg);
+    thz_buf_free(&pay);
+    thz_buf_free(&rec);
+    db = open_db(copy, TSDB_FSYNC_EVERYSEC, 0);
+    coll c = read_all(db, 1, series_id(db, 1, "u", "m"), INT64_MIN, INT64_MAX);
+    assert_int_equal(c.n, 3);
+    assert_true(c.ts[0] == T0 && c.v[0].u.f == 1);
+    assert_true(c.ts[1] == T0 + SEC && c.v[1].u.f == 2);
+    assert_true(c.ts[2] == T0 + 4 * SEC && c.v[2].u.f == 4);
+    coll_free(&c);
+    tsdb_close(db);
+}
+
+/* WAL bytes of segments and checkpoints in DIR/wal. */
+static long wal_bytes(const char *dir)
+{
+    char w[400], p[800];
+    snprintf(w, sizeof w, "%s/wal", dir);
+    DIR *d = opendir(w);
+    assert_non_null(d);
+    struct dirent *e;
+    long n = 0;
+    while ((e = readdir(d))) {
+        if (e->d_name[0] == '.') continue;
+        struct stat st;
+        snprintf(p, sizeof p, "%s/%s", w, e->d_name);
+        if (stat(p, &st) == 0) n += st.st_size;
+    }
+    closedir(d);
+    return n;
+}
+
+/* A clean close writes the head to blocks and leaves nothing to replay:
+ * the next open has an empty head and reads the same data from blocks as
+ * a crash copy taken just before the close replays from its WAL. */
+static void test_clean_close_leaves_no_wal(void **state)
+{
+    char dir[300], copy[300];
+    new_dir(dir, sizeof dir);
+    new_dir(copy, sizeof copy);
+    tsdb *db = open_db(dir, TSDB_FSYNC_EVERYSEC, 0);
+    restart_workload(db);
+    tsdb_stats st;
+    tsdb_get_stats(db, &st);
+    assert_true(st.head_points > 10000);
+    assert_int_equal(st.blocks, 0);
+    crash_copy(db, dir, copy);
+    assert_true(wal_bytes(dir) > 100000);
+    tsdb_close(db);
+    assert_int_equal(wal_bytes(dir), 0); /* empty checkpoint and segment */
+    db = open_db(dir, TSDB_FSYNC_EVERYSEC, 0);
+    tsdb_get_stats(db, &st);
+    assert_int_equal(st.head_points, 0);
+    assert_true(st.blocks >= 2); /* two tenants */
+    tsdb *r = open_db(copy, TSDB_FSYNC_EVERYSEC, 0);
+    assert_true(same_data(db, r) > 10000);
+    tsdb_close(r);
+    /* new points after the restart, and a second clean close */
+    tsdb_point p = fpt("dev-00", "f", T0 + 2000 * SEC, 9);
+    wr(db, 1, &p, 1);
+    tsdb_close(db);
+    db = open_db(dir, TSDB_FSYNC_EVERYSEC, 0);
+    tsdb_get_stats(db, &st);
+    assert_int_equal(st.head_points, 0);
+    coll c = read_all(db, 1, series_id(db, 1, "dev-00", "f"), T0 + 1500 * SEC, INT64_MAX);
+    assert_int_equal(c.n, 1);
+    assert_true(c.v[0].u.f == 9);
+    coll_free(&c);
+    /* a close with nothing in the head writes nothing */
+    tsdb_get_stats(db, &st);
+    uint64_t blocks = st.blocks;
+    tsdb_close(db);
+    db = open_db(dir, TSDB_FSYNC_EVERYSEC, 0);
+    tsdb_get_stats(db, &st);
+    assert_int_equal(st.blocks, blocks);
+    tsdb_close(db);
+}
+
 static int setup(void **state)
 {
     thz_log_level = THZ_LOG_ERROR;
@@ -1215,6 +1502,9 @@ int main(void)
         cmocka_unit_test(test_backup),
         cmocka_unit_test(test_index_rebuilt_from_wal),
         cmocka_unit_test(test_concurrency),
+        cmocka_unit_test(test_replay_matches_live_head),
+        cmocka_unit_test(test_replay_unknown_series),
+        cmocka_unit_test(test_clean_close_leaves_no_wal),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }
