@@ -116,6 +116,8 @@ tsan: deps
 	$(MAKE) BUILD=build/tsan OPT=-O1 SAN="-fsanitize=thread -fno-omit-frame-pointer" integration
 
 # libFuzzer targets, built with clang; each runs FUZZ_SECONDS on its corpus.
+# Memory limits: one allocation may reach 1 GiB (a block file may hold 64 M
+# points of one device: 512 MiB decoded), the whole process 4 GiB.
 fuzz-build: deps
 	$(MAKE) BUILD=build/fuzz CC=clang OPT=-O1 \
 	  SAN="-fsanitize=fuzzer-no-link,address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=all" build/fuzz/libthinghz.a
@@ -131,6 +133,7 @@ fuzz: fuzz-build
 	  dict=""; [ -f tests/fuzz/$$n.dict ] && dict="-dict=tests/fuzz/$$n.dict"; \
 	  echo "== $$n ($(FUZZ_SECONDS)s)"; \
 	  build/fuzz/bin/$$n -max_total_time=$(FUZZ_SECONDS) -print_final_stats=1 $$dict \
+	    -rss_limit_mb=4096 -malloc_limit_mb=1024 \
 	    -artifact_prefix=build/fuzz/$$n- \
 	    build/fuzz/corpus/$$n tests/fuzz/corpus/$$n 2>&1 | tail -n 12; \
 	  test $${PIPESTATUS[0]} -eq 0; done

@@ -662,7 +662,7 @@ thz_err tsdb_block_read(const tsdb_block *b, const tsdb_bentry *e, int64_t **ots
     uint32_t nu = tsdb_get32(q), ns = tsdb_get32(q + 4), tl = tsdb_get32(q + 8);
     q += 12;
     NEED(tl);
-    if (nu > (1u << 28)) goto corrupt;
+    if (nu > TSDB_BLOCK_MAX_DEVICE_POINTS) goto corrupt;
     uts = malloc(((size_t)nu + 1) * sizeof *uts);
     if (!uts) goto nomem;
     if (codec_ts_decode(q, tl, nu, uts)) goto corrupt;
@@ -777,7 +777,9 @@ thz_err tsdb_block_rollup(const tsdb_block *b, const tsdb_bentry *e, tsdb_agg **
     uint32_t n = tsdb_get32(q);
     uint8_t mode = q[4], k = q[5];
     q += 6;
-    if (n > (1u << 24) || mode > 1 || k > 6) goto corrupt;
+    /* a window holds at most one cell per minute (a corrupt count must not
+     * turn into a huge allocation) */
+    if (n > TSDB_WINDOW_NS / TSDB_MINUTE_NS || mode > 1 || k > 6) goto corrupt;
     static const double p10[] = {1, 10, 100, 1e3, 1e4, 1e5, 1e6};
     c = calloc((size_t)n + 1, sizeof *c);
     iv = malloc(((size_t)n + 1) * sizeof *iv);

@@ -29,9 +29,14 @@
 #define TSDB_SEGMENT_BYTES ((uint64_t)64 << 20)  /* WAL segment rotation */
 #define TSDB_WAL_BACKLOG   ((size_t)256 << 20)   /* unwritten WAL bytes before EQUOTA */
 #define TSDB_HEAD_MAX      ((uint64_t)32 << 20)  /* head points before a forced full cut */
-#define TSDB_BATCH         4096                  /* points per read callback */
-#define TSDB_NSTRIPE       64                    /* head lock stripes */
-#define TSDB_REC_MAX       ((uint32_t)1 << 30)   /* largest WAL/index record accepted */
+/* Points of one device in one block (a 1-hour window) that a reader
+ * accepts: twice what one forced cut can write, so a compacted window of two
+ * full cuts still reads; a corrupt count above it is refused before it
+ * becomes an allocation. */
+#define TSDB_BLOCK_MAX_DEVICE_POINTS ((uint32_t)1 << 26)
+#define TSDB_BATCH                   4096                /* points per read callback */
+#define TSDB_NSTRIPE                 64                  /* head lock stripes */
+#define TSDB_REC_MAX                 ((uint32_t)1 << 30) /* largest WAL/index record accepted */
 
 /* ---- little endian ---- */
 static inline void tsdb_put32(uint8_t *p, uint32_t v)
