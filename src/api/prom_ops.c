@@ -519,7 +519,7 @@ static void strset_answer(prom_call *c, strset *s, bool quote, long limit)
         error_out(c, "internal", "out of memory");
         return;
     }
-    qsort(s->v, s->n, sizeof *s->v, str_cmp);
+    if (s->n) qsort(s->v, s->n, sizeof *s->v, str_cmp);
     put(c, "{\"status\":\"success\",\"data\":[");
     for (size_t i = 0; i < s->n && (long)i < limit; i++) {
         if (i) put(c, ",");

@@ -37,7 +37,7 @@ static int lpair_cmp(const void *a, const void *b)
 /* Builds a label set from n pairs (sorted here; duplicates keep the first). */
 static thz_err lset_make(lpair *v, size_t n, lset *out)
 {
-    qsort(v, n, sizeof *v, lpair_cmp);
+    if (n > 1) qsort(v, n, sizeof *v, lpair_cmp);
     size_t len = 0, k = 0;
     for (size_t i = 0; i < n; i++) {
         if (i && strcmp(v[i].name, v[i - 1].name) == 0) continue;
