@@ -5,24 +5,22 @@
 #include "registry/reg_int.h"
 
 #include <errno.h>
-#include <fcntl.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
 
 #include <openssl/bio.h>
-#include <openssl/bn.h>
 #include <openssl/err.h>
 #include <openssl/evp.h>
 #include <openssl/pem.h>
-#include <openssl/rand.h>
 #include <openssl/x509.h>
 #include <openssl/x509v3.h>
 
+#include "core/fs.h"
 #include "core/log.h"
+#include "core/pki.h"
 
 #define CA_DAYS 7300 /* 20 years: longer than any device certificate it signs */
 
@@ -95,39 +93,6 @@ static void name_text(const X509_NAME *n, char *out, size_t len)
     BIO_free(b);
 }
 
-static char *cert_pem(X509 *x)
-{
-    BIO *b = BIO_new(BIO_s_mem());
-    char *z = NULL;
-    if (b && PEM_write_bio_X509(b, x)) {
-        char *p;
-        long n = BIO_get_mem_data(b, &p);
-        if ((z = malloc((size_t)n + 1))) {
-            memcpy(z, p, (size_t)n);
-            z[n] = 0;
-        }
-    }
-    BIO_free(b);
-    return z;
-}
-
-static char *key_pem(EVP_PKEY *k)
-{
-    BIO *b = BIO_new(BIO_s_mem());
-    char *z = NULL;
-    if (b && PEM_write_bio_PrivateKey(b, k, NULL, NULL, 0, NULL, NULL)) {
-        char *p;
-        long n = BIO_get_mem_data(b, &p);
-        if ((z = malloc((size_t)n + 1))) {
-            memcpy(z, p, (size_t)n);
-            z[n] = 0;
-        }
-        OPENSSL_cleanse(p, (size_t)n);
-    }
-    BIO_free(b);
-    return z;
-}
-
 /* The first certificate of a PEM text; the rest (a chain) into *more when
  * more is not NULL (the caller frees it with sk_X509_pop_free). */
 static X509 *pem_certs(const char *z, STACK_OF(X509) * *more)
@@ -152,84 +117,6 @@ static thz_err pem_field(const cJSON *body, const char *name, const char **out, 
     return reg__field_str(body, name, REG_PEM_MAX, false, out, err);
 }
 
-static int mkdir_p(const char *path, mode_t mode)
-{
-    char buf[4200];
-    snprintf(buf, sizeof buf, "%s", path);
-    for (char *p = buf + 1; *p; p++) {
-        if (*p != '/') continue;
-        *p = 0;
-        if (mkdir(buf, mode) != 0 && errno != EEXIST) return -1;
-        *p = '/';
-    }
-    return mkdir(buf, mode) != 0 && errno != EEXIST ? -1 : 0;
-}
-
-static bool file_write(const char *path, mode_t mode, const char *text)
-{
-    char tmp[4300];
-    snprintf(tmp, sizeof tmp, "%s.tmp", path);
-    int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, mode);
-    if (fd < 0) return false;
-    size_t n = strlen(text);
-    bool ok = write(fd, text, n) == (ssize_t)n && fsync(fd) == 0;
-    ok = close(fd) == 0 && ok;
-    if (!ok || rename(tmp, path) != 0) {
-        unlink(tmp);
-        return false;
-    }
-    return true;
-}
-
-static bool add_ext(X509 *x, X509 *issuer, int nid, const char *value)
-{
-    X509V3_CTX v3;
-    X509V3_set_ctx(&v3, issuer ? issuer : x, x, NULL, NULL, 0);
-    X509_EXTENSION *e = X509V3_EXT_conf_nid(NULL, &v3, nid, value);
-    if (!e) return false;
-    bool ok = X509_add_ext(x, e, -1) == 1;
-    X509_EXTENSION_free(e);
-    return ok;
-}
-
-/* A certificate for pub named cn, signed by ca (NULL: self-signed CA). */
-static X509 *issue(EVP_PKEY *pub, const char *cn, X509 *ca, EVP_PKEY *signer, long days)
-{
-    X509 *x = X509_new();
-    if (!x) return NULL;
-    uint8_t serial[16];
-    BIGNUM *bn = NULL;
-    bool ok = X509_set_version(x, 2) && RAND_bytes(serial, sizeof serial) == 1;
-    if (ok) {
-        serial[0] &= 0x7f;
-        bn = BN_bin2bn(serial, sizeof serial, NULL);
-        ok = bn && BN_to_ASN1_INTEGER(bn, X509_get_serialNumber(x));
-    }
-    BN_free(bn);
-    ok = ok && X509_gmtime_adj(X509_getm_notBefore(x), -300) &&
-         X509_time_adj_ex(X509_getm_notAfter(x), (int)days, 0, NULL) && X509_set_pubkey(x, pub);
-    X509_NAME *n = X509_get_subject_name(x);
-    ok = ok &&
-         X509_NAME_add_entry_by_txt(n, "CN", MBSTRING_UTF8, (const unsigned char *)cn, -1, -1, 0) &&
-         X509_set_issuer_name(x, ca ? X509_get_subject_name(ca) : n) &&
-         add_ext(x, ca, NID_subject_key_identifier, "hash");
-    if (!ca)
-        ok = ok && add_ext(x, NULL, NID_basic_constraints, "critical,CA:TRUE,pathlen:0") &&
-             add_ext(x, NULL, NID_key_usage, "critical,keyCertSign,cRLSign");
-    else
-        ok = ok && add_ext(x, ca, NID_basic_constraints, "critical,CA:FALSE") &&
-             add_ext(x, ca, NID_key_usage, "critical,digitalSignature") &&
-             add_ext(x, ca, NID_ext_key_usage, "clientAuth") &&
-             add_ext(x, ca, NID_authority_key_identifier, "keyid:always");
-    ok = ok && X509_sign(x, signer, EVP_sha256()) > 0;
-    if (!ok) {
-        X509_free(x);
-        ERR_clear_error();
-        return NULL;
-    }
-    return x;
-}
-
 /* ---- the tenant CA ---- */
 
 /* Loads, or on first use creates, the tenant's CA key and certificate.
@@ -242,14 +129,8 @@ static thz_err tenant_ca(registry *r, int64_t tenant, X509 **cax, EVP_PKEY **cak
     snprintf(cp, sizeof cp, "%s/ca.pem", dir);
     *cax = NULL;
     *cak = NULL;
-    FILE *f = fopen(kp, "r");
-    if (f) {
-        *cak = PEM_read_PrivateKey(f, NULL, NULL, NULL);
-        fclose(f);
-        if ((f = fopen(cp, "r"))) {
-            *cax = PEM_read_X509(f, NULL, NULL, NULL);
-            fclose(f);
-        }
+    if (pki_key_load(kp, cak) != THZ_ENOTFOUND) {
+        pki_cert_load(cp, cax);
         ERR_clear_error();
         if (*cak && *cax && X509_check_private_key(*cax, *cak) == 1) return THZ_OK;
         log_error("registry", "the CA of tenant %lld in %s does not load (key and certificate)",
@@ -261,20 +142,18 @@ static thz_err tenant_ca(registry *r, int64_t tenant, X509 **cax, EVP_PKEY **cak
         *cak = NULL;
         return THZ_EIO;
     }
-    if (mkdir_p(dir, 0700) != 0) {
+    if (thz_mkdir_p(dir, 0700) != 0) {
         log_error("registry", "cannot create %s: %s", dir, strerror(errno));
         return THZ_EIO;
     }
     char cn[96];
     snprintf(cn, sizeof cn, "thinghz tenant %lld device CA", (long long)tenant);
-    EVP_PKEY *k = EVP_EC_gen("P-256");
-    X509 *x = k ? issue(k, cn, NULL, k, CA_DAYS) : NULL;
-    char *kz = k ? key_pem(k) : NULL, *cz = x ? cert_pem(x) : NULL;
+    pki_cert_spec spec = {.cn = cn, .backdate_s = 300, .days = CA_DAYS, .ca = true};
+    EVP_PKEY *k = pki_key_ec_p256();
+    X509 *x = k ? pki_cert_make(&spec, k, NULL, k) : NULL;
     /* the certificate first: a key file without it would be a damaged CA */
-    bool ok = kz && cz && file_write(cp, 0644, cz) && file_write(kp, 0600, kz);
-    if (kz) OPENSSL_cleanse(kz, strlen(kz));
-    free(kz);
-    free(cz);
+    bool ok = x && pki_pem_write(cp, 0644, NULL, x, NULL) == THZ_OK &&
+              pki_pem_write(kp, 0600, k, NULL, NULL) == THZ_OK;
     if (!ok) {
         unlink(cp);
         log_error("registry", "cannot create the CA of tenant %lld in %s", (long long)tenant, dir);
@@ -317,7 +196,7 @@ thz_err reg_ca_get(registry *r, int64_t tenant, cJSON **out, char err[REG_ERR_LE
     thz_err e = tenant_ca(r, tenant, &x, &k, err);
     pthread_mutex_unlock(&r->dbMu);
     if (e) return e;
-    char *pem = cert_pem(x);
+    char *pem = pki_cert_pem(x);
     cJSON *o = pem ? ca_json(x, pem) : NULL;
     free(pem);
     X509_free(x);
@@ -382,7 +261,7 @@ thz_err reg_ca_register(registry *r, int64_t tenant, const cJSON *body, cJSON **
     }
     uint8_t fp[REG_FP_LEN];
     char fph[2 * REG_FP_LEN + 1], subj[512];
-    char *pem = cert_pem(x);
+    char *pem = pki_cert_pem(x);
     if (!pem || !cert_fp(x, fp)) {
         free(pem);
         X509_free(x);
@@ -750,8 +629,8 @@ thz_err reg_cert_create(registry *r, int64_t tenant, const char *id, const cJSON
             e = THZ_EINVAL;
         }
     } else {
-        key = EVP_EC_gen("P-256");
-        keyz = key ? key_pem(key) : NULL;
+        key = pki_key_ec_p256();
+        keyz = key ? pki_key_pem(key) : NULL;
         if (!keyz) e = THZ_ENOMEM;
     }
     ERR_clear_error();
@@ -767,7 +646,12 @@ thz_err reg_cert_create(registry *r, int64_t tenant, const char *id, const cJSON
     }
     if (e == THZ_OK) e = tenant_ca(r, tenant, &cax, &cak, err);
     if (e == THZ_OK && !x) {
-        x = issue(key, id, cax, cak, days);
+        pki_cert_spec spec = {.cn = id,
+                              .backdate_s = 300,
+                              .days = days,
+                              .usage = "critical,digitalSignature",
+                              .ext_use = "clientAuth"};
+        x = pki_cert_make(&spec, key, cax, cak);
         if (!x) e = THZ_ENOMEM;
     }
     if (e == THZ_OK && certz) {
@@ -781,8 +665,8 @@ thz_err reg_cert_create(registry *r, int64_t tenant, const char *id, const cJSON
     int64_t nb = 0, na = 0, now = reg__now_ms();
     reg_cert *c = NULL;
     if (e == THZ_OK) {
-        pem = cert_pem(x);
-        capem = cert_pem(anchor ? anchor : cax);
+        pem = pki_cert_pem(x);
+        capem = pki_cert_pem(anchor ? anchor : cax);
         c = calloc(1, sizeof *c);
         if (!pem || !capem || !c || !(c->zDev = strdup(id)) || !cert_fp(x, fp)) e = THZ_ENOMEM;
     }
