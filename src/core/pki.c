@@ -122,6 +122,24 @@ thz_err pki_pem_write(const char *path, mode_t mode, EVP_PKEY *key, X509 *cert, 
     return THZ_OK;
 }
 
+thz_err pki_issue_files(const pki_cert_spec *s, X509 *issuer, EVP_PKEY *issuer_key,
+                        const char *cert_path, const char *key_path, EVP_PKEY **key, X509 **cert)
+{
+    EVP_PKEY *k = pki_key_ec_p256();
+    X509 *x = k ? pki_cert_make(s, k, issuer, issuer ? issuer_key : k) : NULL;
+    thz_err e = x ? pki_pem_write(cert_path, 0644, NULL, x, issuer) : THZ_ENOMEM;
+    if (e == THZ_OK && (e = pki_pem_write(key_path, 0600, k, NULL, NULL)) != THZ_OK)
+        unlink(cert_path);
+    if (e) {
+        X509_free(x);
+        EVP_PKEY_free(k);
+        return e;
+    }
+    *key = k;
+    *cert = x;
+    return THZ_OK;
+}
+
 /* What the memory BIO b holds, as a new string; wiped in b when secret. */
 static char *bio_text(BIO *b, bool secret)
 {

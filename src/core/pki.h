@@ -50,6 +50,15 @@ thz_err pki_cert_load(const char *path, X509 **out);
  * THZ_EIO if anything fails (nothing is left behind then). */
 thz_err pki_pem_write(const char *path, mode_t mode, EVP_PKEY *key, X509 *cert, X509 *chain);
 
+/* A new P-256 key and its certificate (pki_cert_make, signed by issuer_key;
+ * self-signed when issuer is NULL) written as files: cert_path (0644) holds
+ * the certificate followed by issuer (its chain) when there is one, then
+ * key_path (0600) the key, so that a key file never stands without its
+ * certificate. *key and *cert are then the caller's. THZ_ENOMEM, or THZ_EIO
+ * when a file cannot be written (nothing is left at cert_path then). */
+thz_err pki_issue_files(const pki_cert_spec *s, X509 *issuer, EVP_PKEY *issuer_key,
+                        const char *cert_path, const char *key_path, EVP_PKEY **key, X509 **cert);
+
 /* x, or the private key k, as PEM text: a NUL-terminated string the caller
  * frees (free); NULL when out of memory. The key's text is secret: the
  * caller wipes it (OPENSSL_cleanse) before freeing it. */

@@ -92,10 +92,9 @@ static thz_err dev_ca(const char *data_dir, char *cert, char *key, size_t len)
     if (!cak || !cax || X509_check_private_key(cax, cak) != 1) {
         EVP_PKEY_free(cak);
         X509_free(cax);
-        cak = pki_key_ec_p256();
-        cax = cak ? pki_cert_make(&dev_ca_spec, cak, NULL, cak) : NULL;
-        if (!cax || pki_pem_write(ca_key, 0600, cak, NULL, NULL) ||
-            pki_pem_write(ca_pem, 0644, NULL, cax, NULL)) {
+        cak = NULL;
+        cax = NULL;
+        if (pki_issue_files(&dev_ca_spec, NULL, NULL, ca_pem, ca_key, &cak, &cax)) {
             log_error("tls", "cannot create the development CA in %s", dir);
             goto out;
         }
@@ -106,11 +105,10 @@ static thz_err dev_ca(const char *data_dir, char *cert, char *key, size_t len)
     if (made_ca || !sk || !sx || X509_check_private_key(sx, sk) != 1 || !cert_current(sx, cax)) {
         EVP_PKEY_free(sk);
         X509_free(sx);
-        sk = pki_key_ec_p256();
-        sx = sk ? pki_cert_make(&dev_server_spec, sk, cax, cak) : NULL;
+        sk = NULL;
+        sx = NULL;
         /* server.pem carries the chain (leaf, then the CA) */
-        if (!sx || pki_pem_write(key, 0600, sk, NULL, NULL) ||
-            pki_pem_write(cert, 0644, NULL, sx, cax)) {
+        if (pki_issue_files(&dev_server_spec, cax, cak, cert, key, &sk, &sx)) {
             log_error("tls", "cannot create the development server certificate in %s", dir);
             goto out;
         }

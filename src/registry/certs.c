@@ -149,21 +149,11 @@ static thz_err tenant_ca(registry *r, int64_t tenant, X509 **cax, EVP_PKEY **cak
     char cn[96];
     snprintf(cn, sizeof cn, "thinghz tenant %lld device CA", (long long)tenant);
     pki_cert_spec spec = {.cn = cn, .backdate_s = 300, .days = CA_DAYS, .ca = true};
-    EVP_PKEY *k = pki_key_ec_p256();
-    X509 *x = k ? pki_cert_make(&spec, k, NULL, k) : NULL;
-    /* the certificate first: a key file without it would be a damaged CA */
-    bool ok = x && pki_pem_write(cp, 0644, NULL, x, NULL) == THZ_OK &&
-              pki_pem_write(kp, 0600, k, NULL, NULL) == THZ_OK;
-    if (!ok) {
-        unlink(cp);
+    if (pki_issue_files(&spec, NULL, NULL, cp, kp, cak, cax) != THZ_OK) {
         log_error("registry", "cannot create the CA of tenant %lld in %s", (long long)tenant, dir);
-        X509_free(x);
-        EVP_PKEY_free(k);
         return THZ_EIO;
     }
     log_info("registry", "created the device CA of tenant %lld (%s)", (long long)tenant, cp);
-    *cax = x;
-    *cak = k;
     return THZ_OK;
 }
 
@@ -208,7 +198,8 @@ thz_err reg_ca_get(registry *r, int64_t tenant, cJSON **out, char err[REG_ERR_LE
 
 /* ---- registered CAs ---- */
 
-static cJSON *ca_row_json(sqlite3_stmt *st)
+/* A tenant_cas row (CA_COLS) as an object; a row_json_fn, r and now unused. */
+static cJSON *ca_row_json(registry *r, sqlite3_stmt *st, int64_t now)
 {
     /* id, fingerprint, subject, certificate_pem, not_before, not_after, created_at */
     char t[64];
@@ -298,7 +289,7 @@ thz_err reg_ca_register(registry *r, int64_t tenant, const cJSON *body, cJSON **
             sqlite3_bind_int64(st, 7, reg__now_ms());
             rc = sqlite3_step(st);
             if (rc == SQLITE_ROW) {
-                *out = ca_row_json(st);
+                *out = ca_row_json(r, st, 0);
                 ca->id = sqlite3_column_int64(st, 0);
                 ca->tenant = tenant;
                 if (!*out) e = THZ_ENOMEM;
@@ -327,37 +318,53 @@ thz_err reg_ca_register(registry *r, int64_t tenant, const cJSON *body, cJSON **
     return e;
 }
 
-thz_err reg_ca_list(registry *r, int64_t tenant, cJSON **out)
+/* Makes a row object of a statement's current row (the read lock held). */
+typedef cJSON *(*row_json_fn)(registry *r, sqlite3_stmt *st, int64_t now);
+
+/* Steps st (prepared and bound) to its end and finalizes it: every row as
+ * row made it, in a new array *out (the caller's). Under dbMu; takes the
+ * read lock for row. what names the query in an SQL error. */
+static thz_err rows_json(registry *r, sqlite3_stmt *st, row_json_fn row, const char *what,
+                         cJSON **out)
 {
     cJSON *a = cJSON_CreateArray();
-    if (!a) return THZ_ENOMEM;
-    pthread_mutex_lock(&r->dbMu);
-    sqlite3_stmt *st;
-    int rc = sqlite3_prepare_v2(
-        r->db, "SELECT " CA_COLS " FROM tenant_cas WHERE tenant_id = ? ORDER BY id", -1, &st, NULL);
-    thz_err e = THZ_OK;
-    if (rc != SQLITE_OK) {
-        e = reg__sql_err(r->db, rc, "list CAs");
-    } else {
-        sqlite3_bind_int64(st, 1, tenant);
-        while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
-            cJSON *o = ca_row_json(st);
-            if (!o) {
-                e = THZ_ENOMEM;
-                break;
-            }
+    thz_err e = a ? THZ_OK : THZ_ENOMEM;
+    int rc = SQLITE_DONE;
+    int64_t now = reg__now_ms();
+    pthread_rwlock_rdlock(&r->lock);
+    while (e == THZ_OK && (rc = sqlite3_step(st)) == SQLITE_ROW) {
+        cJSON *o = row(r, st, now);
+        if (o)
             cJSON_AddItemToArray(a, o);
-        }
-        if (e == THZ_OK && rc != SQLITE_DONE) e = reg__sql_err(r->db, rc, "list CAs");
-        sqlite3_finalize(st);
+        else
+            e = THZ_ENOMEM;
     }
-    pthread_mutex_unlock(&r->dbMu);
+    pthread_rwlock_unlock(&r->lock);
+    if (e == THZ_OK && rc != SQLITE_DONE) e = reg__sql_err(r->db, rc, what);
+    sqlite3_finalize(st);
     if (e) {
         cJSON_Delete(a);
         return e;
     }
     *out = a;
     return THZ_OK;
+}
+
+thz_err reg_ca_list(registry *r, int64_t tenant, cJSON **out)
+{
+    pthread_mutex_lock(&r->dbMu);
+    sqlite3_stmt *st;
+    int rc = sqlite3_prepare_v2(
+        r->db, "SELECT " CA_COLS " FROM tenant_cas WHERE tenant_id = ? ORDER BY id", -1, &st, NULL);
+    thz_err e;
+    if (rc != SQLITE_OK) {
+        e = reg__sql_err(r->db, rc, "list CAs");
+    } else {
+        sqlite3_bind_int64(st, 1, tenant);
+        e = rows_json(r, st, ca_row_json, "list CAs", out);
+    }
+    pthread_mutex_unlock(&r->dbMu);
+    return e;
 }
 
 typedef struct fired {
@@ -754,43 +761,25 @@ out:
 
 thz_err reg_cert_list(registry *r, int64_t tenant, const char *id, cJSON **out)
 {
-    cJSON *a = cJSON_CreateArray();
-    if (!a) return THZ_ENOMEM;
     pthread_mutex_lock(&r->dbMu);
     int active;
     thz_err e = dev_check(r, tenant, id, &active);
-    sqlite3_stmt *st = NULL;
-    int rc = SQLITE_OK;
-    if (e == THZ_OK)
-        rc = sqlite3_prepare_v2(r->db,
-                                "SELECT " CERT_COLS " FROM device_certs WHERE tenant_id = ? AND"
-                                " device_id = ? ORDER BY created_at, fingerprint",
-                                -1, &st, NULL);
-    if (e == THZ_OK && rc != SQLITE_OK) e = reg__sql_err(r->db, rc, "list certificates");
     if (e == THZ_OK) {
-        sqlite3_bind_int64(st, 1, tenant);
-        sqlite3_bind_text(st, 2, id, -1, SQLITE_STATIC);
-        int64_t now = reg__now_ms();
-        pthread_rwlock_rdlock(&r->lock);
-        while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
-            cJSON *o = cert_row_json(r, st, now);
-            if (!o) {
-                e = THZ_ENOMEM;
-                break;
-            }
-            cJSON_AddItemToArray(a, o);
+        sqlite3_stmt *st;
+        int rc = sqlite3_prepare_v2(r->db,
+                                    "SELECT " CERT_COLS " FROM device_certs WHERE tenant_id = ? AND"
+                                    " device_id = ? ORDER BY created_at, fingerprint",
+                                    -1, &st, NULL);
+        if (rc != SQLITE_OK) {
+            e = reg__sql_err(r->db, rc, "list certificates");
+        } else {
+            sqlite3_bind_int64(st, 1, tenant);
+            sqlite3_bind_text(st, 2, id, -1, SQLITE_STATIC);
+            e = rows_json(r, st, cert_row_json, "list certificates", out);
         }
-        pthread_rwlock_unlock(&r->lock);
-        if (e == THZ_OK && rc != SQLITE_DONE) e = reg__sql_err(r->db, rc, "list certificates");
     }
-    sqlite3_finalize(st);
     pthread_mutex_unlock(&r->dbMu);
-    if (e) {
-        cJSON_Delete(a);
-        return e;
-    }
-    *out = a;
-    return THZ_OK;
+    return e;
 }
 
 thz_err reg_cert_revoke(registry *r, int64_t tenant, const char *id, const char *fingerprint)

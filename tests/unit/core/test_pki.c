@@ -14,6 +14,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <openssl/pem.h>
 #include <openssl/x509v3.h>
 
 #include "core/fs.h"
@@ -105,6 +106,33 @@ static void test_pem(void **state)
     fclose(f);
     assert_int_equal(pki_cert_load(path, &x2), THZ_ECORRUPT);
     assert_null(x2);
+    /* a leaf as files: the certificate carries its chain; the key matches */
+    char cpath[128], kpath[128];
+    snprintf(cpath, sizeof cpath, "%s/leaf.pem", dir);
+    snprintf(kpath, sizeof kpath, "%s/leaf.key", dir);
+    EVP_PKEY *lk = NULL;
+    X509 *lx = NULL;
+    assert_int_equal(pki_issue_files(&leaf_spec, x, k, cpath, kpath, &lk, &lx), THZ_OK);
+    assert_int_equal(X509_verify(lx, k), 1);
+    assert_int_equal(pki_key_load(kpath, &k2), THZ_OK);
+    assert_int_equal(X509_check_private_key(lx, k2), 1);
+    EVP_PKEY_free(k2);
+    f = fopen(cpath, "r");
+    X509 *c1 = PEM_read_X509(f, NULL, NULL, NULL), *c2 = PEM_read_X509(f, NULL, NULL, NULL);
+    fclose(f);
+    assert_int_equal(X509_cmp(c1, lx), 0);
+    assert_int_equal(X509_cmp(c2, x), 0);
+    X509_free(c1);
+    X509_free(c2);
+    X509_free(lx);
+    EVP_PKEY_free(lk);
+    /* a key that cannot be written leaves no certificate behind */
+    snprintf(kpath, sizeof kpath, "%s/nodir/leaf.key", dir);
+    snprintf(cpath, sizeof cpath, "%s/leaf2.pem", dir);
+    lk = NULL;
+    assert_int_equal(pki_issue_files(&leaf_spec, x, k, cpath, kpath, &lk, &lx), THZ_EIO);
+    assert_null(lk);
+    assert_int_not_equal(access(cpath, F_OK), 0);
     X509_free(x);
     EVP_PKEY_free(k);
     char cmd[128];
