@@ -98,6 +98,20 @@ thz_err pki_cert_load(const char *path, X509 **out)
     return *out ? THZ_OK : THZ_ECORRUPT;
 }
 
+thz_err pki_pair_load(const char *cert_path, const char *key_path, EVP_PKEY **key, X509 **cert)
+{
+    *cert = NULL;
+    thz_err e = pki_key_load(key_path, key);
+    if (e == THZ_ENOTFOUND) return e;
+    pki_cert_load(cert_path, cert);
+    if (*key && *cert && X509_check_private_key(*cert, *key) == 1) return THZ_OK;
+    EVP_PKEY_free(*key);
+    X509_free(*cert);
+    *key = NULL;
+    *cert = NULL;
+    return THZ_ECORRUPT;
+}
+
 thz_err pki_pem_write(const char *path, mode_t mode, EVP_PKEY *key, X509 *cert, X509 *chain)
 {
     char tmp[PATH_MAX + 8];

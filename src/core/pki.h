@@ -50,6 +50,12 @@ thz_err pki_cert_load(const char *path, X509 **out);
  * THZ_EIO if anything fails (nothing is left behind then). */
 thz_err pki_pem_write(const char *path, mode_t mode, EVP_PKEY *key, X509 *cert, X509 *chain);
 
+/* The key pair of key_path and its certificate of cert_path (the first one
+ * there) into *key and *cert, the caller's. THZ_ENOTFOUND when key_path
+ * cannot be opened; THZ_ECORRUPT when the key or the certificate does not
+ * load or the certificate is not the key's. *key and *cert are NULL then. */
+thz_err pki_pair_load(const char *cert_path, const char *key_path, EVP_PKEY **key, X509 **cert);
+
 /* A new P-256 key and its certificate (pki_cert_make, signed by issuer_key;
  * self-signed when issuer is NULL) written as files: cert_path (0644) holds
  * the certificate followed by issuer (its chain) when there is one, then

@@ -84,25 +84,18 @@ static thz_err dev_ca(const char *data_dir, char *cert, char *key, size_t len)
         return THZ_EIO;
     }
     thz_err rc = THZ_EIO;
-    EVP_PKEY *cak, *sk;
-    X509 *cax, *sx;
+    EVP_PKEY *cak = NULL, *sk = NULL;
+    X509 *cax = NULL, *sx = NULL;
     bool made_ca = false;
-    pki_key_load(ca_key, &cak); /* NULL when missing or damaged: made anew */
-    pki_cert_load(ca_pem, &cax);
-    if (!cak || !cax || X509_check_private_key(cax, cak) != 1) {
-        EVP_PKEY_free(cak);
-        X509_free(cax);
-        cak = NULL;
-        cax = NULL;
+    /* a CA missing or damaged is made anew, and so is its certificate */
+    if (pki_pair_load(ca_pem, ca_key, &cak, &cax) != THZ_OK) {
         if (pki_issue_files(&dev_ca_spec, NULL, NULL, ca_pem, ca_key, &cak, &cax)) {
             log_error("tls", "cannot create the development CA in %s", dir);
             goto out;
         }
         made_ca = true;
     }
-    pki_key_load(key, &sk);
-    pki_cert_load(cert, &sx);
-    if (made_ca || !sk || !sx || X509_check_private_key(sx, sk) != 1 || !cert_current(sx, cax)) {
+    if (pki_pair_load(cert, key, &sk, &sx) != THZ_OK || made_ca || !cert_current(sx, cax)) {
         EVP_PKEY_free(sk);
         X509_free(sx);
         sk = NULL;

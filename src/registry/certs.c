@@ -127,19 +127,13 @@ static thz_err tenant_ca(registry *r, int64_t tenant, X509 **cax, EVP_PKEY **cak
     snprintf(dir, sizeof dir, "%s/tls/tenants/%lld", r->zDir, (long long)tenant);
     snprintf(kp, sizeof kp, "%s/ca.key", dir);
     snprintf(cp, sizeof cp, "%s/ca.pem", dir);
-    *cax = NULL;
-    *cak = NULL;
-    if (pki_key_load(kp, cak) != THZ_ENOTFOUND) {
-        pki_cert_load(cp, cax);
-        ERR_clear_error();
-        if (*cak && *cax && X509_check_private_key(*cax, *cak) == 1) return THZ_OK;
+    thz_err e = pki_pair_load(cp, kp, cak, cax);
+    ERR_clear_error();
+    if (e == THZ_OK) return THZ_OK;
+    if (e != THZ_ENOTFOUND) {
         log_error("registry", "the CA of tenant %lld in %s does not load (key and certificate)",
                   (long long)tenant, dir);
         reg__err(err, "the tenant CA in the data directory is damaged (see the log)");
-        X509_free(*cax);
-        EVP_PKEY_free(*cak);
-        *cax = NULL;
-        *cak = NULL;
         return THZ_EIO;
     }
     if (thz_mkdir_p(dir, 0700) != 0) {

@@ -124,6 +124,20 @@ static void test_pem(void **state)
     assert_int_equal(X509_cmp(c2, x), 0);
     X509_free(c1);
     X509_free(c2);
+    /* the pair loads; a certificate that is not the key's does not */
+    EVP_PKEY *pk;
+    X509 *px;
+    assert_int_equal(pki_pair_load(cpath, kpath, &pk, &px), THZ_OK);
+    assert_int_equal(X509_cmp(px, lx), 0);
+    EVP_PKEY_free(pk);
+    X509_free(px);
+    snprintf(path, sizeof path, "%s/a/b/ca.pem", dir);
+    assert_int_equal(pki_pair_load(path, kpath, &pk, &px), THZ_ECORRUPT);
+    assert_null(pk);
+    assert_null(px);
+    snprintf(path, sizeof path, "%s/none.key", dir);
+    assert_int_equal(pki_pair_load(cpath, path, &pk, &px), THZ_ENOTFOUND);
+    assert_null(px);
     X509_free(lx);
     EVP_PKEY_free(lk);
     /* a key that cannot be written leaves no certificate behind */
