@@ -2,7 +2,8 @@
  * It measures delivered throughput, loss, duplicates, reordering and latency, or holds many
  * idle connections so that the caller can measure a broker's memory per connection.
  *
- * Standalone on purpose (no dependency on src/): it must be able to benchmark any broker,
+ * Standalone on purpose (no dependency on src/; only ../common/bench_common.h, shared with
+ * bench/scale/fleet.c): it must be able to benchmark any broker,
  * including a thinghz that does not build. Build: gcc -O2 -pthread -o loadgen loadgen.c
  *
  * Design in one paragraph: each worker thread owns an epoll set and a slice of the

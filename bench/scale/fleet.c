@@ -5,7 +5,8 @@
  * away. Or, with --probe, one device that subscribes to its own topic and measures the round
  * trip of a message every 100 ms.
  *
- * Standalone on purpose (no dependency on src/), single-threaded, epoll. The orchestrator
+ * Standalone on purpose (no dependency on src/; only ../common/bench_common.h, shared with
+ * bench/mqtt/loadgen.c), single-threaded, epoll. The orchestrator
  * (bench/scale/run) drives it with signals and reads JSON lines from its stdout:
  *   {"ev":"ready",...}       every connection has its CONNACK (and, probe, its SUBACK)
  *   SIGUSR1                  start publishing for --seconds, then wait for the PUBACKs
