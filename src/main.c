@@ -11,6 +11,7 @@
 #include "auth/auth.h"
 #include "cli/cli.h"
 #include "core/config.h"
+#include "core/fs.h"
 #include "core/log.h"
 #include "core/version.h"
 #include "http/http.h"
@@ -36,19 +37,6 @@ static void usage(FILE *out)
             THINGHZ_VERSION);
     cli_usage(out);
     config_print_help(out);
-}
-
-static int mkdir_p(const char *path)
-{
-    char buf[THZ_PATH_MAX];
-    snprintf(buf, sizeof buf, "%s", path);
-    for (char *p = buf + 1; *p; p++) {
-        if (*p != '/') continue;
-        *p = 0;
-        if (mkdir(buf, 0755) != 0 && errno != EEXIST) return -1;
-        *p = '/';
-    }
-    return mkdir(buf, 0755) != 0 && errno != EEXIST ? -1 : 0;
 }
 
 /* Rewrites FILE with USERNAME's line replaced (or added). */
@@ -116,7 +104,7 @@ static int cmd_serve(int argc, char **argv)
     /* libuv's worker pool runs password hashes, registry writes and queries
      * of up to seconds: more than its default 4, unless the user chose. */
     setenv("UV_THREADPOOL_SIZE", "16", 0);
-    if (mkdir_p(cfg.data_dir) != 0) {
+    if (thz_mkdir_p(cfg.data_dir, 0755) != 0) {
         log_error("main", "cannot create data dir %s: %s", cfg.data_dir, strerror(errno));
         return 1;
     }

@@ -2,7 +2,8 @@
  * It measures delivered throughput, loss, duplicates, reordering and latency, or holds many
  * idle connections so that the caller can measure a broker's memory per connection.
  *
- * Standalone on purpose (no dependency on src/): it must be able to benchmark any broker,
+ * Standalone on purpose (no dependency on src/; only ../common/bench_common.h, shared with
+ * bench/scale/fleet.c): it must be able to benchmark any broker,
  * including a thinghz that does not build. Build: gcc -O2 -pthread -o loadgen loadgen.c
  *
  * Design in one paragraph: each worker thread owns an epoll set and a slice of the
@@ -39,6 +40,8 @@
 #include <sys/timerfd.h>
 #include <time.h>
 #include <unistd.h>
+
+#include "../common/bench_common.h"
 
 /* ---- options ------------------------------------------------------------------------------ */
 
@@ -128,61 +131,7 @@ static void lg_sleep_until(uint64_t t)
     }
 }
 
-static void put16(uint8_t *p, unsigned v)
-{
-    p[0] = (uint8_t)(v >> 8);
-    p[1] = (uint8_t)v;
-}
-
-/* Encodes an MQTT variable byte integer; returns its length (1..4). */
-static size_t put_varint(uint8_t *p, size_t v)
-{
-    size_t n = 0;
-    do {
-        uint8_t b = v & 0x7f;
-        v >>= 7;
-        p[n++] = b | (v ? 0x80 : 0);
-    } while (v && n < 4);
-    return n;
-}
-
-/* Decodes a variable byte integer from [p, p+avail). Returns its length, 0 if more input is
- * needed, or -1 if it is malformed (more than four bytes). */
-static int get_varint(const uint8_t *p, size_t avail, size_t *pValue)
-{
-    size_t v = 0;
-    for (int i = 0; i < 4; i++) {
-        if ((size_t)i >= avail) return 0;
-        v |= (size_t)(p[i] & 0x7f) << (7 * i);
-        if (!(p[i] & 0x80)) {
-            *pValue = v;
-            return i + 1;
-        }
-    }
-    return -1;
-}
-
-/* ---- latency histogram (HDR-style: 64 linear sub-buckets per power of two, < 1.6% error) -- */
-
-#define H_SUB_BITS 7
-#define H_HALF     (1u << (H_SUB_BITS - 1))
-#define H_BUCKETS  ((64 - H_SUB_BITS + 1) * H_HALF + H_HALF * 2)
-
-static unsigned hist_index(uint64_t v)
-{
-    if (v < (1u << H_SUB_BITS)) return (unsigned)v;
-    unsigned shift = (unsigned)(63 - __builtin_clzll(v)) - (H_SUB_BITS - 1);
-    return shift * H_HALF + (unsigned)(v >> shift);
-}
-
-/* The highest value that maps to bucket i (what HDR calls the highest equivalent value). */
-static uint64_t hist_value(unsigned i)
-{
-    if (i < (1u << H_SUB_BITS)) return i;
-    unsigned shift = i / H_HALF - 1;
-    uint64_t sub = i - shift * H_HALF;
-    return ((sub + 1) << shift) - 1;
-}
+/* ---- latency histogram (the buckets: ../common/bench_common.h) ------------------------- */
 
 static uint64_t hist_percentile(const uint64_t *pHist, uint64_t nTotal, double q)
 {

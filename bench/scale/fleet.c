@@ -5,7 +5,8 @@
  * away. Or, with --probe, one device that subscribes to its own topic and measures the round
  * trip of a message every 100 ms.
  *
- * Standalone on purpose (no dependency on src/), single-threaded, epoll. The orchestrator
+ * Standalone on purpose (no dependency on src/; only ../common/bench_common.h, shared with
+ * bench/mqtt/loadgen.c), single-threaded, epoll. The orchestrator
  * (bench/scale/run) drives it with signals and reads JSON lines from its stdout:
  *   {"ev":"ready",...}       every connection has its CONNACK (and, probe, its SUBACK)
  *   SIGUSR1                  start publishing for --seconds, then wait for the PUBACKs
@@ -35,6 +36,8 @@
 #include <sys/socket.h>
 #include <time.h>
 #include <unistd.h>
+
+#include "../common/bench_common.h"
 
 #ifndef IP_BIND_ADDRESS_NO_PORT
 #define IP_BIND_ADDRESS_NO_PORT 24
@@ -116,47 +119,9 @@ static uint64_t rnd_delay(double lo, double hi)
     return (uint64_t)((lo + (hi - lo) * f) * 1e9);
 }
 
-static size_t put_varint(uint8_t *p, size_t v)
-{
-    size_t n = 0;
-    do {
-        uint8_t b = v & 0x7f;
-        v >>= 7;
-        p[n++] = b | (v ? 0x80 : 0);
-    } while (v && n < 4);
-    return n;
-}
-
-static size_t put_str(uint8_t *p, const char *z, size_t n)
-{
-    p[0] = (uint8_t)(n >> 8);
-    p[1] = (uint8_t)n;
-    memcpy(p + 2, z, n);
-    return n + 2;
-}
-
-/* ---- latency histogram: 64 linear sub-buckets per power of two (as bench/mqtt/loadgen.c) - */
-
-#define H_SUB_BITS 7
-#define H_HALF     (1u << (H_SUB_BITS - 1))
-#define H_BUCKETS  ((64 - H_SUB_BITS + 1) * H_HALF + H_HALF * 2)
+/* ---- latency histogram (the buckets: ../common/bench_common.h) ------------------------- */
 
 static uint64_t g_hist[H_BUCKETS];
-
-static unsigned hist_index(uint64_t v)
-{
-    if (v < (1u << H_SUB_BITS)) return (unsigned)v;
-    unsigned shift = (unsigned)(63 - __builtin_clzll(v)) - (H_SUB_BITS - 1);
-    return shift * H_HALF + (unsigned)(v >> shift);
-}
-
-static uint64_t hist_value(unsigned i)
-{
-    if (i < (1u << H_SUB_BITS)) return i;
-    unsigned shift = i / H_HALF - 1;
-    uint64_t sub = i - shift * H_HALF;
-    return ((sub + 1) << shift) - 1;
-}
 
 /* Prints the histogram (values in µs) as [[upper_bound_us, count], ...]. */
 static void hist_print(void)
@@ -503,17 +468,11 @@ static void conn_read(struct fconn *c, uint64_t now)
         c->nIn += (size_t)n;
         size_t i = 0;
         while (c->nIn - i >= 2) {
-            size_t rl = 0, k = 0;
-            bool done = false;
-            for (; k < 4 && i + 1 + k < c->nIn; k++) {
-                rl |= (size_t)(c->in[i + 1 + k] & 0x7f) << (7 * k);
-                if (!(c->in[i + 1 + k] & 0x80)) {
-                    done = true;
-                    k++;
-                    break;
-                }
-            }
-            if (!done) break;
+            size_t rl = 0;
+            int nLen = get_varint(c->in + i + 1, c->nIn - i - 1, &rl);
+            if (nLen < 0) die("%s: malformed remaining length", c->zId);
+            if (nLen == 0) break;
+            size_t k = (size_t)nLen;
             if (1 + k + rl > IN_CAP) die("%s: packet of %zu bytes", c->zId, rl);
             if (c->nIn - i < 1 + k + rl) break;
             on_packet(c, c->in + i + 1 + k, c->in[i], rl, now);

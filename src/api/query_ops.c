@@ -324,31 +324,6 @@ static cJSON *bins_json(const tsdb_agg *b, size_t nbins, int64_t t0, int64_t ste
     return pts;
 }
 
-/* An interval literal (digits then ns, us, ms, s, m, h or d) in ns; 0 if bad. */
-static int64_t interval_ns(const char *s)
-{
-    static const struct {
-        const char *u;
-        int64_t ns;
-    } units[] = {{"ns", 1},
-                 {"us", 1000},
-                 {"ms", 1000000},
-                 {"s", 1000000000LL},
-                 {"m", 60000000000LL},
-                 {"h", 3600000000000LL},
-                 {"d", 86400000000000LL}};
-    size_t k = 0;
-    while (isdigit((unsigned char)s[k])) k++;
-    if (!k || k > 12) return 0;
-    int64_t v = strtoll(s, NULL, 10);
-    for (size_t i = 0; i < sizeof units / sizeof units[0]; i++)
-        if (strcmp(s + k, units[i].u) == 0) {
-            if (v <= 0 || v > INT64_MAX / units[i].ns) return 0;
-            return v * units[i].ns;
-        }
-    return 0;
-}
-
 void op_device_telemetry(api_call *c)
 {
     const char *id = http_req_param(c->req, "id");
@@ -377,18 +352,9 @@ void op_device_telemetry(api_call *c)
         return bad(c, "from must be RFC 3339 or epoch milliseconds");
     if (ht > 0 && !parse_time(to, &t1)) return bad(c, "to must be RFC 3339 or epoch milliseconds");
     if (t1 <= t0) return bad(c, "to must be after from");
-    if (hs > 0) {
-        /* an interval literal: digits then a unit */
-        size_t k = 0;
-        while (isdigit((unsigned char)step[k])) k++;
-        if (!k ||
-            !(strcmp(step + k, "ns") == 0 || strcmp(step + k, "us") == 0 ||
-              strcmp(step + k, "ms") == 0 || strcmp(step + k, "s") == 0 ||
-              strcmp(step + k, "m") == 0 || strcmp(step + k, "h") == 0 ||
-              strcmp(step + k, "d") == 0) ||
-            strspn(step, "0") == k)
-            return bad(c, "step must be an interval such as 30s, 5m, 1h or 1d");
-    }
+    /* step goes into the SQL as an interval literal: only one passes */
+    if (hs > 0 && !q_interval_ns(step, strlen(step)))
+        return bad(c, "step must be an interval such as 30s, 5m, 1h or 1d");
     if (ha > 0 && !minmax &&
         !(strcmp(agg, "avg") == 0 || strcmp(agg, "min") == 0 || strcmp(agg, "max") == 0 ||
           strcmp(agg, "sum") == 0 || strcmp(agg, "count") == 0 || strcmp(agg, "first") == 0 ||
@@ -403,7 +369,7 @@ void op_device_telemetry(api_call *c)
         if (dstep < 1) dstep = 1;
     } else if (minmax) {
         if (hs <= 0) return bad(c, "agg=minmax needs points= or step=");
-        dstep = interval_ns(step);
+        dstep = q_interval_ns(step, strlen(step));
     }
     if (dstep) {
         nbins = (size_t)((t1 - t0 + dstep - 1) / dstep);

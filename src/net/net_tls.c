@@ -3,23 +3,19 @@
 #include "net/net_tls.h"
 
 #include <errno.h>
-#include <fcntl.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/stat.h>
-#include <unistd.h>
 
 #include <openssl/err.h>
 #include <openssl/evp.h>
-#include <openssl/pem.h>
-#include <openssl/rand.h>
 #include <openssl/ssl.h>
 #include <openssl/x509.h>
-#include <openssl/x509v3.h>
 
+#include "core/fs.h"
 #include "core/log.h"
+#include "core/pki.h"
 
 #define DEV_CA_DAYS    3650
 #define DEV_CERT_DAYS  825 /* what browsers accept for a server certificate */
@@ -48,114 +44,21 @@ static void ssl_errstr(char *out, size_t outlen, const char *fallback)
     ERR_clear_error();
 }
 
-static int mkdir_p(const char *path, mode_t mode)
-{
-    char buf[THZ_PATH_MAX + 16];
-    snprintf(buf, sizeof buf, "%s", path);
-    for (char *p = buf + 1; *p; p++) {
-        if (*p != '/') continue;
-        *p = 0;
-        if (mkdir(buf, mode) != 0 && errno != EEXIST) return -1;
-        *p = '/';
-    }
-    return mkdir(buf, mode) != 0 && errno != EEXIST ? -1 : 0;
-}
-
 /* ---- the development CA ---- */
 
-static EVP_PKEY *key_load(const char *path)
-{
-    FILE *f = fopen(path, "r");
-    if (!f) return NULL;
-    EVP_PKEY *k = PEM_read_PrivateKey(f, NULL, NULL, NULL);
-    fclose(f);
-    return k;
-}
-
-static X509 *cert_load(const char *path)
-{
-    FILE *f = fopen(path, "r");
-    if (!f) return NULL;
-    X509 *x = PEM_read_X509(f, NULL, NULL, NULL);
-    fclose(f);
-    return x;
-}
-
-/* Writes a PEM file atomically (tmp + rename) with mode. */
-static thz_err pem_write(const char *path, mode_t mode, EVP_PKEY *key, X509 *cert, X509 *cert2)
-{
-    char tmp[THZ_PATH_MAX + 32];
-    snprintf(tmp, sizeof tmp, "%s.tmp", path);
-    int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, mode);
-    if (fd < 0) return THZ_EIO;
-    FILE *f = fdopen(fd, "w");
-    if (!f) {
-        close(fd);
-        return THZ_EIO;
-    }
-    int ok = 1;
-    if (key) ok = ok && PEM_write_PrivateKey(f, key, NULL, NULL, 0, NULL, NULL);
-    if (cert) ok = ok && PEM_write_X509(f, cert);
-    if (cert2) ok = ok && PEM_write_X509(f, cert2);
-    if (fclose(f) != 0 || !ok || rename(tmp, path) != 0) {
-        unlink(tmp);
-        return THZ_EIO;
-    }
-    return THZ_OK;
-}
-
-static bool add_ext(X509 *x, X509 *issuer, int nid, const char *value)
-{
-    X509V3_CTX v3;
-    X509V3_set_ctx(&v3, issuer ? issuer : x, x, NULL, NULL, 0);
-    X509_EXTENSION *e = X509V3_EXT_conf_nid(NULL, &v3, nid, value);
-    if (!e) return false;
-    bool ok = X509_add_ext(x, e, -1) == 1;
-    X509_EXTENSION_free(e);
-    return ok;
-}
-
-/* A certificate for key named cn, signed by issuer (NULL: self-signed). */
-static X509 *cert_make(EVP_PKEY *key, const char *cn, X509 *issuer, EVP_PKEY *issuer_key, bool ca,
-                       long days)
-{
-    X509 *x = X509_new();
-    if (!x) return NULL;
-    uint8_t serial[16];
-    BIGNUM *bn = NULL;
-    bool ok = X509_set_version(x, 2) && RAND_bytes(serial, sizeof serial) == 1;
-    if (ok) {
-        serial[0] &= 0x7f; /* positive */
-        bn = BN_bin2bn(serial, sizeof serial, NULL);
-        ok = bn && BN_to_ASN1_INTEGER(bn, X509_get_serialNumber(x));
-    }
-    BN_free(bn);
-    ok = ok && X509_gmtime_adj(X509_getm_notBefore(x), -3600) &&
-         X509_time_adj_ex(X509_getm_notAfter(x), (int)days, 0, NULL) && X509_set_pubkey(x, key);
-    X509_NAME *n = X509_get_subject_name(x);
-    ok = ok &&
-         X509_NAME_add_entry_by_txt(n, "O", MBSTRING_ASC, (const unsigned char *)"thinghz", -1, -1,
-                                    0) &&
-         X509_NAME_add_entry_by_txt(n, "CN", MBSTRING_ASC, (const unsigned char *)cn, -1, -1, 0) &&
-         X509_set_issuer_name(x, issuer ? X509_get_subject_name(issuer) : n);
-    ok = ok && add_ext(x, issuer, NID_subject_key_identifier, "hash");
-    if (ca) {
-        ok = ok && add_ext(x, issuer, NID_basic_constraints, "critical,CA:TRUE,pathlen:0") &&
-             add_ext(x, issuer, NID_key_usage, "critical,keyCertSign,cRLSign");
-    } else {
-        ok = ok && add_ext(x, issuer, NID_basic_constraints, "critical,CA:FALSE") &&
-             add_ext(x, issuer, NID_key_usage, "critical,digitalSignature,keyEncipherment") &&
-             add_ext(x, issuer, NID_ext_key_usage, "serverAuth") &&
-             add_ext(x, issuer, NID_subject_alt_name, "IP:127.0.0.1,IP:::1,DNS:localhost") &&
-             add_ext(x, issuer, NID_authority_key_identifier, "keyid:always");
-    }
-    ok = ok && X509_sign(x, issuer_key ? issuer_key : key, EVP_sha256()) > 0;
-    if (!ok) {
-        X509_free(x);
-        return NULL;
-    }
-    return x;
-}
+/* The development CA and its server certificate (pki.h does the X.509). */
+static const pki_cert_spec dev_ca_spec = {.org = "thinghz",
+                                          .cn = "thinghz development CA",
+                                          .backdate_s = 3600,
+                                          .days = DEV_CA_DAYS,
+                                          .ca = true};
+static const pki_cert_spec dev_server_spec = {.org = "thinghz",
+                                              .cn = "localhost",
+                                              .backdate_s = 3600,
+                                              .days = DEV_CERT_DAYS,
+                                              .usage = "critical,digitalSignature,keyEncipherment",
+                                              .ext_use = "serverAuth",
+                                              .san = "IP:127.0.0.1,IP:::1,DNS:localhost"};
 
 /* True if x was signed by ca's key and stays valid for DEV_RENEW_DAYS. */
 static bool cert_current(X509 *x, X509 *ca)
@@ -176,35 +79,29 @@ static thz_err dev_ca(const char *data_dir, char *cert, char *key, size_t len)
     snprintf(ca_key, sizeof ca_key, "%s/ca.key", dir);
     snprintf(cert, len, "%s/server.pem", dir);
     snprintf(key, len, "%s/server.key", dir);
-    if (mkdir_p(dir, 0755) != 0) {
+    if (thz_mkdir_p(dir, 0755) != 0) {
         log_error("tls", "cannot create %s: %s", dir, strerror(errno));
         return THZ_EIO;
     }
     thz_err rc = THZ_EIO;
-    EVP_PKEY *cak = key_load(ca_key), *sk = NULL;
-    X509 *cax = cert_load(ca_pem), *sx = NULL;
+    EVP_PKEY *cak = NULL, *sk = NULL;
+    X509 *cax = NULL, *sx = NULL;
     bool made_ca = false;
-    if (!cak || !cax || X509_check_private_key(cax, cak) != 1) {
-        EVP_PKEY_free(cak);
-        X509_free(cax);
-        cak = EVP_EC_gen("P-256");
-        cax = cak ? cert_make(cak, "thinghz development CA", NULL, NULL, true, DEV_CA_DAYS) : NULL;
-        if (!cax || pem_write(ca_key, 0600, cak, NULL, NULL) ||
-            pem_write(ca_pem, 0644, NULL, cax, NULL)) {
+    /* a CA missing or damaged is made anew, and so is its certificate */
+    if (pki_pair_load(ca_pem, ca_key, &cak, &cax) != THZ_OK) {
+        if (pki_issue_files(&dev_ca_spec, NULL, NULL, ca_pem, ca_key, &cak, &cax)) {
             log_error("tls", "cannot create the development CA in %s", dir);
             goto out;
         }
         made_ca = true;
     }
-    sk = key_load(key);
-    sx = cert_load(cert);
-    if (made_ca || !sk || !sx || X509_check_private_key(sx, sk) != 1 || !cert_current(sx, cax)) {
+    if (pki_pair_load(cert, key, &sk, &sx) != THZ_OK || made_ca || !cert_current(sx, cax)) {
         EVP_PKEY_free(sk);
         X509_free(sx);
-        sk = EVP_EC_gen("P-256");
-        sx = sk ? cert_make(sk, "localhost", cax, cak, false, DEV_CERT_DAYS) : NULL;
+        sk = NULL;
+        sx = NULL;
         /* server.pem carries the chain (leaf, then the CA) */
-        if (!sx || pem_write(key, 0600, sk, NULL, NULL) || pem_write(cert, 0644, NULL, sx, cax)) {
+        if (pki_issue_files(&dev_server_spec, cax, cak, cert, key, &sk, &sx)) {
             log_error("tls", "cannot create the development server certificate in %s", dir);
             goto out;
         }

@@ -275,6 +275,17 @@ static int64_t unit_ns(const char *u, size_t n)
     return 0;
 }
 
+int64_t q_interval_ns(const char *s, size_t n)
+{
+    size_t k = 0;
+    int64_t v = 0;
+    while (k < n && k <= 12 && isdigit((unsigned char)s[k])) v = v * 10 + (s[k++] - '0');
+    if (!k || k > 12 || n - k < 1 || n - k > 2) return 0;
+    int64_t u = unit_ns(s + k, n - k);
+    if (!u || v <= 0 || v > INT64_MAX / u) return 0;
+    return v * u;
+}
+
 static void next(parser *p)
 {
     const char *s = p->sql;

@@ -185,6 +185,11 @@ size_t q_time_format(int64_t ns, char *out);
 /* Parses "2026-11-26 10:00:00[.fff][Z|+hh:mm]", "2026-11-26T10:00:00Z" or
  * "2026-11-26" into ns since the epoch (UTC when no zone). */
 bool q_time_parse(const char *s, size_t n, int64_t *ns);
+/* An interval literal as the SQL dialect writes it without a fraction:
+ * 1 to 12 digits then a unit of one or two letters (ns, us, ms, s, m, h, d,
+ * w; any case), e.g. "30s", "5m", "1d". Its length in ns, or 0 when s[0..n)
+ * is not one, is zero or does not fit in int64. */
+int64_t q_interval_ns(const char *s, size_t n);
 
 /* ---- the daemon's handle ---- */
 

@@ -5,24 +5,22 @@
 #include "registry/reg_int.h"
 
 #include <errno.h>
-#include <fcntl.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
 
 #include <openssl/bio.h>
-#include <openssl/bn.h>
 #include <openssl/err.h>
 #include <openssl/evp.h>
 #include <openssl/pem.h>
-#include <openssl/rand.h>
 #include <openssl/x509.h>
 #include <openssl/x509v3.h>
 
+#include "core/fs.h"
 #include "core/log.h"
+#include "core/pki.h"
 
 #define CA_DAYS 7300 /* 20 years: longer than any device certificate it signs */
 
@@ -95,39 +93,6 @@ static void name_text(const X509_NAME *n, char *out, size_t len)
     BIO_free(b);
 }
 
-static char *cert_pem(X509 *x)
-{
-    BIO *b = BIO_new(BIO_s_mem());
-    char *z = NULL;
-    if (b && PEM_write_bio_X509(b, x)) {
-        char *p;
-        long n = BIO_get_mem_data(b, &p);
-        if ((z = malloc((size_t)n + 1))) {
-            memcpy(z, p, (size_t)n);
-            z[n] = 0;
-        }
-    }
-    BIO_free(b);
-    return z;
-}
-
-static char *key_pem(EVP_PKEY *k)
-{
-    BIO *b = BIO_new(BIO_s_mem());
-    char *z = NULL;
-    if (b && PEM_write_bio_PrivateKey(b, k, NULL, NULL, 0, NULL, NULL)) {
-        char *p;
-        long n = BIO_get_mem_data(b, &p);
-        if ((z = malloc((size_t)n + 1))) {
-            memcpy(z, p, (size_t)n);
-            z[n] = 0;
-        }
-        OPENSSL_cleanse(p, (size_t)n);
-    }
-    BIO_free(b);
-    return z;
-}
-
 /* The first certificate of a PEM text; the rest (a chain) into *more when
  * more is not NULL (the caller frees it with sk_X509_pop_free). */
 static X509 *pem_certs(const char *z, STACK_OF(X509) * *more)
@@ -152,84 +117,6 @@ static thz_err pem_field(const cJSON *body, const char *name, const char **out, 
     return reg__field_str(body, name, REG_PEM_MAX, false, out, err);
 }
 
-static int mkdir_p(const char *path, mode_t mode)
-{
-    char buf[4200];
-    snprintf(buf, sizeof buf, "%s", path);
-    for (char *p = buf + 1; *p; p++) {
-        if (*p != '/') continue;
-        *p = 0;
-        if (mkdir(buf, mode) != 0 && errno != EEXIST) return -1;
-        *p = '/';
-    }
-    return mkdir(buf, mode) != 0 && errno != EEXIST ? -1 : 0;
-}
-
-static bool file_write(const char *path, mode_t mode, const char *text)
-{
-    char tmp[4300];
-    snprintf(tmp, sizeof tmp, "%s.tmp", path);
-    int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, mode);
-    if (fd < 0) return false;
-    size_t n = strlen(text);
-    bool ok = write(fd, text, n) == (ssize_t)n && fsync(fd) == 0;
-    ok = close(fd) == 0 && ok;
-    if (!ok || rename(tmp, path) != 0) {
-        unlink(tmp);
-        return false;
-    }
-    return true;
-}
-
-static bool add_ext(X509 *x, X509 *issuer, int nid, const char *value)
-{
-    X509V3_CTX v3;
-    X509V3_set_ctx(&v3, issuer ? issuer : x, x, NULL, NULL, 0);
-    X509_EXTENSION *e = X509V3_EXT_conf_nid(NULL, &v3, nid, value);
-    if (!e) return false;
-    bool ok = X509_add_ext(x, e, -1) == 1;
-    X509_EXTENSION_free(e);
-    return ok;
-}
-
-/* A certificate for pub named cn, signed by ca (NULL: self-signed CA). */
-static X509 *issue(EVP_PKEY *pub, const char *cn, X509 *ca, EVP_PKEY *signer, long days)
-{
-    X509 *x = X509_new();
-    if (!x) return NULL;
-    uint8_t serial[16];
-    BIGNUM *bn = NULL;
-    bool ok = X509_set_version(x, 2) && RAND_bytes(serial, sizeof serial) == 1;
-    if (ok) {
-        serial[0] &= 0x7f;
-        bn = BN_bin2bn(serial, sizeof serial, NULL);
-        ok = bn && BN_to_ASN1_INTEGER(bn, X509_get_serialNumber(x));
-    }
-    BN_free(bn);
-    ok = ok && X509_gmtime_adj(X509_getm_notBefore(x), -300) &&
-         X509_time_adj_ex(X509_getm_notAfter(x), (int)days, 0, NULL) && X509_set_pubkey(x, pub);
-    X509_NAME *n = X509_get_subject_name(x);
-    ok = ok &&
-         X509_NAME_add_entry_by_txt(n, "CN", MBSTRING_UTF8, (const unsigned char *)cn, -1, -1, 0) &&
-         X509_set_issuer_name(x, ca ? X509_get_subject_name(ca) : n) &&
-         add_ext(x, ca, NID_subject_key_identifier, "hash");
-    if (!ca)
-        ok = ok && add_ext(x, NULL, NID_basic_constraints, "critical,CA:TRUE,pathlen:0") &&
-             add_ext(x, NULL, NID_key_usage, "critical,keyCertSign,cRLSign");
-    else
-        ok = ok && add_ext(x, ca, NID_basic_constraints, "critical,CA:FALSE") &&
-             add_ext(x, ca, NID_key_usage, "critical,digitalSignature") &&
-             add_ext(x, ca, NID_ext_key_usage, "clientAuth") &&
-             add_ext(x, ca, NID_authority_key_identifier, "keyid:always");
-    ok = ok && X509_sign(x, signer, EVP_sha256()) > 0;
-    if (!ok) {
-        X509_free(x);
-        ERR_clear_error();
-        return NULL;
-    }
-    return x;
-}
-
 /* ---- the tenant CA ---- */
 
 /* Loads, or on first use creates, the tenant's CA key and certificate.
@@ -240,51 +127,27 @@ static thz_err tenant_ca(registry *r, int64_t tenant, X509 **cax, EVP_PKEY **cak
     snprintf(dir, sizeof dir, "%s/tls/tenants/%lld", r->zDir, (long long)tenant);
     snprintf(kp, sizeof kp, "%s/ca.key", dir);
     snprintf(cp, sizeof cp, "%s/ca.pem", dir);
-    *cax = NULL;
-    *cak = NULL;
-    FILE *f = fopen(kp, "r");
-    if (f) {
-        *cak = PEM_read_PrivateKey(f, NULL, NULL, NULL);
-        fclose(f);
-        if ((f = fopen(cp, "r"))) {
-            *cax = PEM_read_X509(f, NULL, NULL, NULL);
-            fclose(f);
-        }
-        ERR_clear_error();
-        if (*cak && *cax && X509_check_private_key(*cax, *cak) == 1) return THZ_OK;
+    thz_err e = pki_pair_load(cp, kp, cak, cax);
+    ERR_clear_error();
+    if (e == THZ_OK) return THZ_OK;
+    if (e != THZ_ENOTFOUND) {
         log_error("registry", "the CA of tenant %lld in %s does not load (key and certificate)",
                   (long long)tenant, dir);
         reg__err(err, "the tenant CA in the data directory is damaged (see the log)");
-        X509_free(*cax);
-        EVP_PKEY_free(*cak);
-        *cax = NULL;
-        *cak = NULL;
         return THZ_EIO;
     }
-    if (mkdir_p(dir, 0700) != 0) {
+    if (thz_mkdir_p(dir, 0700) != 0) {
         log_error("registry", "cannot create %s: %s", dir, strerror(errno));
         return THZ_EIO;
     }
     char cn[96];
     snprintf(cn, sizeof cn, "thinghz tenant %lld device CA", (long long)tenant);
-    EVP_PKEY *k = EVP_EC_gen("P-256");
-    X509 *x = k ? issue(k, cn, NULL, k, CA_DAYS) : NULL;
-    char *kz = k ? key_pem(k) : NULL, *cz = x ? cert_pem(x) : NULL;
-    /* the certificate first: a key file without it would be a damaged CA */
-    bool ok = kz && cz && file_write(cp, 0644, cz) && file_write(kp, 0600, kz);
-    if (kz) OPENSSL_cleanse(kz, strlen(kz));
-    free(kz);
-    free(cz);
-    if (!ok) {
-        unlink(cp);
+    pki_cert_spec spec = {.cn = cn, .backdate_s = 300, .days = CA_DAYS, .ca = true};
+    if (pki_issue_files(&spec, NULL, NULL, cp, kp, cak, cax) != THZ_OK) {
         log_error("registry", "cannot create the CA of tenant %lld in %s", (long long)tenant, dir);
-        X509_free(x);
-        EVP_PKEY_free(k);
         return THZ_EIO;
     }
     log_info("registry", "created the device CA of tenant %lld (%s)", (long long)tenant, cp);
-    *cax = x;
-    *cak = k;
     return THZ_OK;
 }
 
@@ -317,7 +180,7 @@ thz_err reg_ca_get(registry *r, int64_t tenant, cJSON **out, char err[REG_ERR_LE
     thz_err e = tenant_ca(r, tenant, &x, &k, err);
     pthread_mutex_unlock(&r->dbMu);
     if (e) return e;
-    char *pem = cert_pem(x);
+    char *pem = pki_cert_pem(x);
     cJSON *o = pem ? ca_json(x, pem) : NULL;
     free(pem);
     X509_free(x);
@@ -329,7 +192,8 @@ thz_err reg_ca_get(registry *r, int64_t tenant, cJSON **out, char err[REG_ERR_LE
 
 /* ---- registered CAs ---- */
 
-static cJSON *ca_row_json(sqlite3_stmt *st)
+/* A tenant_cas row (CA_COLS) as an object; a row_json_fn, r and now unused. */
+static cJSON *ca_row_json(registry *r, sqlite3_stmt *st, int64_t now)
 {
     /* id, fingerprint, subject, certificate_pem, not_before, not_after, created_at */
     char t[64];
@@ -382,7 +246,7 @@ thz_err reg_ca_register(registry *r, int64_t tenant, const cJSON *body, cJSON **
     }
     uint8_t fp[REG_FP_LEN];
     char fph[2 * REG_FP_LEN + 1], subj[512];
-    char *pem = cert_pem(x);
+    char *pem = pki_cert_pem(x);
     if (!pem || !cert_fp(x, fp)) {
         free(pem);
         X509_free(x);
@@ -419,7 +283,7 @@ thz_err reg_ca_register(registry *r, int64_t tenant, const cJSON *body, cJSON **
             sqlite3_bind_int64(st, 7, reg__now_ms());
             rc = sqlite3_step(st);
             if (rc == SQLITE_ROW) {
-                *out = ca_row_json(st);
+                *out = ca_row_json(r, st, 0);
                 ca->id = sqlite3_column_int64(st, 0);
                 ca->tenant = tenant;
                 if (!*out) e = THZ_ENOMEM;
@@ -448,37 +312,53 @@ thz_err reg_ca_register(registry *r, int64_t tenant, const cJSON *body, cJSON **
     return e;
 }
 
-thz_err reg_ca_list(registry *r, int64_t tenant, cJSON **out)
+/* Makes a row object of a statement's current row (the read lock held). */
+typedef cJSON *(*row_json_fn)(registry *r, sqlite3_stmt *st, int64_t now);
+
+/* Steps st (prepared and bound) to its end and finalizes it: every row as
+ * row made it, in a new array *out (the caller's). Under dbMu; takes the
+ * read lock for row. what names the query in an SQL error. */
+static thz_err rows_json(registry *r, sqlite3_stmt *st, row_json_fn row, const char *what,
+                         cJSON **out)
 {
     cJSON *a = cJSON_CreateArray();
-    if (!a) return THZ_ENOMEM;
-    pthread_mutex_lock(&r->dbMu);
-    sqlite3_stmt *st;
-    int rc = sqlite3_prepare_v2(
-        r->db, "SELECT " CA_COLS " FROM tenant_cas WHERE tenant_id = ? ORDER BY id", -1, &st, NULL);
-    thz_err e = THZ_OK;
-    if (rc != SQLITE_OK) {
-        e = reg__sql_err(r->db, rc, "list CAs");
-    } else {
-        sqlite3_bind_int64(st, 1, tenant);
-        while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
-            cJSON *o = ca_row_json(st);
-            if (!o) {
-                e = THZ_ENOMEM;
-                break;
-            }
+    thz_err e = a ? THZ_OK : THZ_ENOMEM;
+    int rc = SQLITE_DONE;
+    int64_t now = reg__now_ms();
+    pthread_rwlock_rdlock(&r->lock);
+    while (e == THZ_OK && (rc = sqlite3_step(st)) == SQLITE_ROW) {
+        cJSON *o = row(r, st, now);
+        if (o)
             cJSON_AddItemToArray(a, o);
-        }
-        if (e == THZ_OK && rc != SQLITE_DONE) e = reg__sql_err(r->db, rc, "list CAs");
-        sqlite3_finalize(st);
+        else
+            e = THZ_ENOMEM;
     }
-    pthread_mutex_unlock(&r->dbMu);
+    pthread_rwlock_unlock(&r->lock);
+    if (e == THZ_OK && rc != SQLITE_DONE) e = reg__sql_err(r->db, rc, what);
+    sqlite3_finalize(st);
     if (e) {
         cJSON_Delete(a);
         return e;
     }
     *out = a;
     return THZ_OK;
+}
+
+thz_err reg_ca_list(registry *r, int64_t tenant, cJSON **out)
+{
+    pthread_mutex_lock(&r->dbMu);
+    sqlite3_stmt *st;
+    int rc = sqlite3_prepare_v2(
+        r->db, "SELECT " CA_COLS " FROM tenant_cas WHERE tenant_id = ? ORDER BY id", -1, &st, NULL);
+    thz_err e;
+    if (rc != SQLITE_OK) {
+        e = reg__sql_err(r->db, rc, "list CAs");
+    } else {
+        sqlite3_bind_int64(st, 1, tenant);
+        e = rows_json(r, st, ca_row_json, "list CAs", out);
+    }
+    pthread_mutex_unlock(&r->dbMu);
+    return e;
 }
 
 typedef struct fired {
@@ -750,8 +630,8 @@ thz_err reg_cert_create(registry *r, int64_t tenant, const char *id, const cJSON
             e = THZ_EINVAL;
         }
     } else {
-        key = EVP_EC_gen("P-256");
-        keyz = key ? key_pem(key) : NULL;
+        key = pki_key_ec_p256();
+        keyz = key ? pki_key_pem(key) : NULL;
         if (!keyz) e = THZ_ENOMEM;
     }
     ERR_clear_error();
@@ -767,7 +647,12 @@ thz_err reg_cert_create(registry *r, int64_t tenant, const char *id, const cJSON
     }
     if (e == THZ_OK) e = tenant_ca(r, tenant, &cax, &cak, err);
     if (e == THZ_OK && !x) {
-        x = issue(key, id, cax, cak, days);
+        pki_cert_spec spec = {.cn = id,
+                              .backdate_s = 300,
+                              .days = days,
+                              .usage = "critical,digitalSignature",
+                              .ext_use = "clientAuth"};
+        x = pki_cert_make(&spec, key, cax, cak);
         if (!x) e = THZ_ENOMEM;
     }
     if (e == THZ_OK && certz) {
@@ -781,8 +666,8 @@ thz_err reg_cert_create(registry *r, int64_t tenant, const char *id, const cJSON
     int64_t nb = 0, na = 0, now = reg__now_ms();
     reg_cert *c = NULL;
     if (e == THZ_OK) {
-        pem = cert_pem(x);
-        capem = cert_pem(anchor ? anchor : cax);
+        pem = pki_cert_pem(x);
+        capem = pki_cert_pem(anchor ? anchor : cax);
         c = calloc(1, sizeof *c);
         if (!pem || !capem || !c || !(c->zDev = strdup(id)) || !cert_fp(x, fp)) e = THZ_ENOMEM;
     }
@@ -870,43 +755,25 @@ out:
 
 thz_err reg_cert_list(registry *r, int64_t tenant, const char *id, cJSON **out)
 {
-    cJSON *a = cJSON_CreateArray();
-    if (!a) return THZ_ENOMEM;
     pthread_mutex_lock(&r->dbMu);
     int active;
     thz_err e = dev_check(r, tenant, id, &active);
-    sqlite3_stmt *st = NULL;
-    int rc = SQLITE_OK;
-    if (e == THZ_OK)
-        rc = sqlite3_prepare_v2(r->db,
-                                "SELECT " CERT_COLS " FROM device_certs WHERE tenant_id = ? AND"
-                                " device_id = ? ORDER BY created_at, fingerprint",
-                                -1, &st, NULL);
-    if (e == THZ_OK && rc != SQLITE_OK) e = reg__sql_err(r->db, rc, "list certificates");
     if (e == THZ_OK) {
-        sqlite3_bind_int64(st, 1, tenant);
-        sqlite3_bind_text(st, 2, id, -1, SQLITE_STATIC);
-        int64_t now = reg__now_ms();
-        pthread_rwlock_rdlock(&r->lock);
-        while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
-            cJSON *o = cert_row_json(r, st, now);
-            if (!o) {
-                e = THZ_ENOMEM;
-                break;
-            }
-            cJSON_AddItemToArray(a, o);
+        sqlite3_stmt *st;
+        int rc = sqlite3_prepare_v2(r->db,
+                                    "SELECT " CERT_COLS " FROM device_certs WHERE tenant_id = ? AND"
+                                    " device_id = ? ORDER BY created_at, fingerprint",
+                                    -1, &st, NULL);
+        if (rc != SQLITE_OK) {
+            e = reg__sql_err(r->db, rc, "list certificates");
+        } else {
+            sqlite3_bind_int64(st, 1, tenant);
+            sqlite3_bind_text(st, 2, id, -1, SQLITE_STATIC);
+            e = rows_json(r, st, cert_row_json, "list certificates", out);
         }
-        pthread_rwlock_unlock(&r->lock);
-        if (e == THZ_OK && rc != SQLITE_DONE) e = reg__sql_err(r->db, rc, "list certificates");
     }
-    sqlite3_finalize(st);
     pthread_mutex_unlock(&r->dbMu);
-    if (e) {
-        cJSON_Delete(a);
-        return e;
-    }
-    *out = a;
-    return THZ_OK;
+    return e;
 }
 
 thz_err reg_cert_revoke(registry *r, int64_t tenant, const char *id, const char *fingerprint)

@@ -31,6 +31,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "core/fs.h"
 #include "core/log.h"
 #include "metrics/metrics.h"
 #include "tsdb/tsdb_int.h"
@@ -46,16 +47,7 @@ static int64_t wall_ns(void)
 
 static thz_err mkdir_p(const char *d)
 {
-    char tmp[4096];
-    snprintf(tmp, sizeof tmp, "%s", d);
-    for (char *p = tmp + 1; *p; p++) {
-        if (*p != '/') continue;
-        *p = 0;
-        if (mkdir(tmp, 0755) < 0 && errno != EEXIST) return THZ_EIO;
-        *p = '/';
-    }
-    if (mkdir(tmp, 0755) < 0 && errno != EEXIST) return THZ_EIO;
-    return THZ_OK;
+    return thz_mkdir_p(d, 0755) != 0 ? THZ_EIO : THZ_OK;
 }
 
 /* ---- head ---- */

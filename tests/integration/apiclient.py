@@ -51,6 +51,11 @@ class Api:
         return Api(self.b, r.json()["token"])
 
 
+def admin_api(b):
+    """An Api logged in as the admin account daemon b was started with."""
+    return Api(b).login(b.admin_email, b.admin_password)
+
+
 def code(r):
     """The error code of an API error response, checking its shape."""
     j = r.json()

@@ -305,3 +305,23 @@ def broker_factory(request, tmp_path):
 def broker(broker_factory):
     """A broker with default settings (anonymous allowed)."""
     return broker_factory()
+
+
+@pytest.fixture
+def daemon(broker_factory):
+    """The REST API tests' daemon: default settings (anonymous allowed). A test
+    file whose admin needs another daemon overrides this fixture."""
+    return broker_factory()
+
+
+@pytest.fixture
+def closed(broker_factory):
+    """A daemon without anonymous access, so only credentials get in."""
+    return broker_factory(allow_anonymous=False)
+
+
+@pytest.fixture
+def admin(daemon):
+    """An Api logged in as daemon's admin."""
+    from apiclient import admin_api
+    return admin_api(daemon)

@@ -90,16 +90,6 @@ AUTHED = [
 ]
 
 
-@pytest.fixture
-def daemon(broker_factory):
-    return broker_factory()
-
-
-@pytest.fixture
-def admin(daemon):
-    return Api(daemon).login(daemon.admin_email, daemon.admin_password)
-
-
 def make_user(admin, role, password="password-123"):
     email = "%s@example.com" % unique(role)
     r = expect(admin.post("/users", {"email": email, "password": password, "role": role}), 201)

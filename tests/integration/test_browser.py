@@ -7,39 +7,19 @@ checks 375 px width, keyboard order and that a viewer gets no edit buttons.
 Screenshots go to the test's tmp dir (the path is printed); each step reports
 on its own line."""
 
-import json
-import os
-import shutil
 import subprocess
 import time
 
-import pytest
+from apiclient import admin_api, expect, new_device, write_lines
+from nodebrowser import MARKS, ensure_node_modules, node_args
 
-from apiclient import Api, expect, new_device, write_lines
-from conftest import IS_MOSQUITTO, REPO
-
-BROWSER_DIR = REPO / "tests" / "browser"
-CHROMIUM = os.environ.get("CHROMIUM", "/usr/bin/chromium")
-
-pytestmark = [
-    pytest.mark.skipif(IS_MOSQUITTO, reason="thinghz only"),
-    pytest.mark.skipif(not shutil.which("node") or not os.access(CHROMIUM, os.X_OK),
-                       reason="needs node and chromium (scripts/deps)"),
-]
-
-
-def ensure_playwright():
-    """npm ci in tests/browser when node_modules is missing (make test does
-    it too)."""
-    if not (BROWSER_DIR / "node_modules" / "playwright-core").is_dir():
-        subprocess.run(["npm", "ci", "--no-audit", "--no-fund", "--loglevel=error"],
-                       cwd=BROWSER_DIR, check=True, timeout=300)
+pytestmark = MARKS
 
 
 def test_browser_scenario(broker_factory, tmp_path):
-    ensure_playwright()
+    ensure_node_modules("playwright-core")
     b = broker_factory()
-    admin = Api(b).login(b.admin_email, b.admin_password)
+    admin = admin_api(b)
     dev = new_device(admin, "pump-1", name="Pump 1", tags={"site": "north"})
     new_device(admin, "pump-2", name="Pump 2", tags={"site": "south"})
     # an hour of history, one point a minute, so the chart has a line
@@ -54,8 +34,8 @@ def test_browser_scenario(broker_factory, tmp_path):
            "password": b.admin_password, "device": "pump-1", "secret": dev["secret"],
            "mqtt_port": b.port, "viewer_email": "viewer@example.com",
            "viewer_password": "viewer-pass-1", "out": str(out)}
-    r = subprocess.run(["node", str(BROWSER_DIR / "ui.mjs"), json.dumps(cfg)], capture_output=True,
-                       text=True, timeout=240, env=dict(os.environ, CHROMIUM=CHROMIUM))
+    args, kw = node_args("ui.mjs", cfg)
+    r = subprocess.run(args, capture_output=True, text=True, timeout=240, **kw)
     print(r.stdout)
     print("screenshots in", out)
     steps = dict(line.split(" ", 2)[1:3] if line.count(" ") >= 2 else (line, "")

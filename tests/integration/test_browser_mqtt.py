@@ -12,43 +12,25 @@ name = device id, password = its secret):
   ignored) gets mosquitto_pub's payload again."""
 
 import json
-import os
 import queue
-import shutil
 import subprocess
 import threading
 import time
 
-import pytest
-
-from apiclient import Api, api_token, expect, new_device
+from apiclient import admin_api, api_token, expect, new_device
 from clients import MosquittoSub, mosquitto_pub, unique, wait_until
-from conftest import IS_MOSQUITTO, REPO, free_port, port_open
+from conftest import free_port, port_open
+from nodebrowser import MARKS, ensure_node_modules, node_args
 
-BROWSER_DIR = REPO / "tests" / "browser"
-CHROMIUM = os.environ.get("CHROMIUM", "/usr/bin/chromium")
-
-pytestmark = [
-    pytest.mark.skipif(IS_MOSQUITTO, reason="thinghz only"),
-    pytest.mark.skipif(not shutil.which("node") or not os.access(CHROMIUM, os.X_OK),
-                       reason="needs node and chromium (scripts/deps)"),
-]
-
-
-def ensure_node_modules():
-    """npm ci in tests/browser when a package is missing (make test does it
-    too when the lock changed)."""
-    if not all((BROWSER_DIR / "node_modules" / p).is_dir() for p in ("playwright-core", "mqtt")):
-        subprocess.run(["npm", "ci", "--no-audit", "--no-fund", "--loglevel=error"],
-                       cwd=BROWSER_DIR, check=True, timeout=300)
+pytestmark = MARKS
 
 
 def test_mqttjs_in_chromium(broker_factory):
-    ensure_node_modules()
+    ensure_node_modules("playwright-core", "mqtt")
     https = free_port()
     b = broker_factory(allow_anonymous=False, https_listen="127.0.0.1:%d" % https)
     assert wait_until(lambda: port_open(https))
-    admin = Api(b).login(b.admin_email, b.admin_password)
+    admin = admin_api(b)
     dev, other = new_device(admin, unique("web")), new_device(admin, unique("other"))
     app = ["-u", "app", "-P", api_token(admin)["token"]]
     cmd_topic = "devices/%s/commands" % dev["id"]
@@ -60,9 +42,8 @@ def test_mqttjs_in_chromium(broker_factory):
     cfg = {"http": b.http_port, "https": https, "device": dev["id"], "secret": dev["secret"],
            "other": other["id"], "payload_ws": payloads["ws"], "payload_wss": payloads["wss"],
            "temp": temp}
-    p = subprocess.Popen(["node", str(BROWSER_DIR / "mqttjs.mjs"), json.dumps(cfg)],
-                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                         env=dict(os.environ, CHROMIUM=CHROMIUM))
+    args, kw = node_args("mqttjs.mjs", cfg)
+    p = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kw)
     lines = queue.Queue()
     threading.Thread(target=lambda: [lines.put(l.rstrip("\n")) for l in p.stdout] + [lines.put(None)],
                      daemon=True).start()

@@ -16,7 +16,7 @@ import requests
 
 from clients import V5, V311, PahoClient, unique, wait_until
 from conftest import IS_MOSQUITTO
-from apiclient import Api, api_token, expect, new_device
+from apiclient import api_token, expect, new_device
 
 pytestmark = pytest.mark.skipif(IS_MOSQUITTO, reason="mosquitto has no device registry")
 
@@ -26,14 +26,9 @@ NOT_AUTH_V311 = 5   # "not authorized"
 
 
 @pytest.fixture
-def closed(broker_factory):
-    """A daemon without anonymous access, so only credentials get in."""
-    return broker_factory(allow_anonymous=False)
-
-
-@pytest.fixture
-def admin(closed):
-    return Api(closed).login(closed.admin_email, closed.admin_password)
+def daemon(closed):
+    """The admin fixture's daemon here is the closed one (conftest.py)."""
+    return closed
 
 
 def refused_v5(b, user, password):

@@ -18,7 +18,7 @@ import pytest
 import requests
 
 import mqttraw as r
-from apiclient import Api, expect, new_device
+from apiclient import Api, admin_api, expect, new_device
 from clients import V311, V5, PahoClient, unique, wait_until
 from conftest import IS_MOSQUITTO, Broker
 from test_session import _offline_check, _offline_setup
@@ -81,7 +81,7 @@ class Publisher(threading.Thread):
 
 def test_kill9_during_qos1_ingest_loses_no_acknowledged_point(broker_factory):
     b = broker_factory(fsync="always")
-    admin = Api(b).login(b.admin_email, b.admin_password)
+    admin = admin_api(b)
     # persistent sessions with queued QoS 1 messages (3.1.1 and v5), and
     # retained messages, set up before the crash
     sessions = [(v,) + _offline_setup(b, v) for v in (4, 5)]
@@ -179,7 +179,7 @@ def lp_write(b, token, body, path="/write"):
 
 def test_disk_full_refuses_writes_clearly_and_resumes(tmpfs_broker):
     b = tmpfs_broker(24, fsync="always")
-    admin = Api(b).login(b.admin_email, b.admin_password)
+    admin = admin_api(b)
     t0 = int(time.time()) * 1000 - 600_000
     dev = unique("full")
     c = r.RawClient(b.port, version=5)
@@ -281,7 +281,7 @@ def flip(path, offset):
 
 def test_truncated_wal_segment_keeps_the_records_before_the_cut(broker_factory):
     b = broker_factory(fsync="always")
-    admin = Api(b).login(b.admin_email, b.admin_password)
+    admin = admin_api(b)
     dev = unique("wal")
     t0 = int(time.time()) * 1000 - 600_000
     c = r.RawClient(b.port, version=5)
@@ -314,7 +314,7 @@ def blocks_of(b):
 
 def test_damaged_blocks_are_skipped_and_the_rest_served(broker_factory):
     b = broker_factory()
-    admin = Api(b).login(b.admin_email, b.admin_password)
+    admin = admin_api(b)
     hour = 3_600_000
     now = int(time.time()) * 1000
     base = (now // hour - 6) * hour  # three whole old windows: one block each
@@ -386,7 +386,7 @@ def sqlite_pages_with(path, needle, page_size=4096):
 
 def test_damaged_registry_page_does_not_crash(broker_factory):
     b = broker_factory()
-    admin = Api(b).login(b.admin_email, b.admin_password)
+    admin = admin_api(b)
     ids = ["regdev-%03d" % i for i in range(200)]
     for i in ids:
         new_device(admin, i)

@@ -9,7 +9,7 @@ import time
 
 import requests
 
-from apiclient import Api
+from apiclient import Api, admin_api
 from clients import unique
 
 
@@ -32,7 +32,7 @@ def latest(api, device):
 
 def start(broker_factory):
     b = broker_factory()
-    admin = Api(b).login(b.admin_email, b.admin_password)
+    admin = admin_api(b)
     return b, admin
 
 
@@ -161,14 +161,14 @@ def test_fsync_always_204_means_durable(broker_factory):
     """Under fsync always, 204 comes after the group-commit fsync: the points
     survive a kill -9 right after the reply."""
     b = broker_factory(fsync="always")
-    admin = Api(b).login(b.admin_email, b.admin_password)
+    admin = admin_api(b)
     dev = unique("dur")
     r = write(b, "m,device=%s v=1.5 1700000000000000000\nm,device=%s w=2i 1700000000000000000"
               % (dev, dev), token=admin.token)
     assert r.status_code == 204, r.text
     b.kill9(pause=0)
     b.start()
-    admin = Api(b).login(b.admin_email, b.admin_password)
+    admin = admin_api(b)
     m = latest(admin, dev)
     assert m["m.v"]["value"] == 1.5 and m["m.w"]["value"] == 2
 

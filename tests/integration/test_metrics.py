@@ -11,7 +11,7 @@ import pytest
 import requests
 
 import mqttraw as r
-from apiclient import Api, api_token, expect, new_device, write_lines
+from apiclient import Api, admin_api, api_token, expect, new_device, write_lines
 from clients import unique, wait_until
 from conftest import IS_MOSQUITTO
 
@@ -59,16 +59,6 @@ def parse(text):
 
 def val(samples, name, **labels):
     return samples.get((name, frozenset(labels.items())), 0.0)
-
-
-@pytest.fixture
-def daemon(broker_factory):
-    return broker_factory()
-
-
-@pytest.fixture
-def admin(daemon):
-    return Api(daemon).login(daemon.admin_email, daemon.admin_password)
 
 
 def test_exposition_is_valid_and_counters_move(daemon, admin):
@@ -155,7 +145,7 @@ def test_drops_denials_and_queues(broker_factory, tmp_path):
     """A device publishing outside its namespace is denied; a persistent
     session that is offline queues messages, then drops past its bound."""
     b = broker_factory(max_queued_messages=5)
-    admin = Api(b).login(b.admin_email, b.admin_password)
+    admin = admin_api(b)
     dev = new_device(admin)
     s0, _ = parse(scrape(b))
     c = r.RawClient(b.port, version=5)
@@ -217,7 +207,7 @@ def test_auth_token(broker_factory):
     assert res.json()["error"]["code"] == "unauthorized"
     res = requests.get(url(b), headers={"Authorization": "Bearer thz_nonsense"}, timeout=10)
     assert res.status_code == 401
-    admin = Api(b).login(b.admin_email, b.admin_password)
+    admin = admin_api(b)
     viewer = api_token(admin, role="viewer")["token"]
     text = scrape(b, headers={"Authorization": "Bearer " + viewer})
     promtool_ok(text)

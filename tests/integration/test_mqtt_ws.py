@@ -14,7 +14,7 @@ import websocket
 import mqttraw as raw
 from clients import V5, V311, MosquittoSub, PahoClient, mosquitto_pub, unique, wait_until
 from conftest import IS_MOSQUITTO, free_port, port_open
-from apiclient import Api, api_token, expect, new_device
+from apiclient import admin_api, api_token, new_device
 
 pytestmark = pytest.mark.skipif(IS_MOSQUITTO, reason="thinghz serves MQTT over WebSocket")
 
@@ -178,7 +178,7 @@ def test_closing_the_socket_sends_the_will(wsb):
 
 def test_device_auth_and_acl_over_websocket(broker_factory):
     b = broker_factory(allow_anonymous=False)
-    api = Api(b).login(b.admin_email, b.admin_password)
+    api = admin_api(b)
     d1, d2 = new_device(api), new_device(api)
     c = ws_client(b, username=d1["id"], password=d1["secret"])
     assert c.subscribe("devices/%s/#" % d1["id"], qos=1) == [1]

@@ -14,7 +14,7 @@ import pytest
 
 from clients import V5, V311, MosquittoSub, PahoClient, mosquitto_pub, unique, wait_until
 from conftest import IS_MOSQUITTO, free_port, port_open
-from apiclient import Api, expect, new_device
+from apiclient import Api, admin_api, expect, new_device
 
 pytestmark = pytest.mark.skipif(IS_MOSQUITTO, reason="thinghz device certificates")
 
@@ -31,7 +31,7 @@ class Mtls:
         self.ca = b.data_dir / "tls" / "ca.pem"
         self.dir = d
         assert wait_until(lambda: port_open(self.port))
-        self.api = Api(b).login(b.admin_email, b.admin_password)
+        self.api = admin_api(b)
 
     def files(self, name, cert_pem, key_pem=None):
         c = self.dir / (name + ".pem")

@@ -9,23 +9,13 @@ import time
 
 import pytest
 
-from apiclient import Api, expect, write_lines
+from apiclient import admin_api, expect, write_lines
 from conftest import IS_MOSQUITTO, THINGHZ_BIN
 
 pytestmark = pytest.mark.skipif(IS_MOSQUITTO, reason="thinghz's own REST API and CLI")
 
 S = 10**9
 T0 = 1795687200  # 2026-11-26T10:00:00Z, in seconds
-
-
-@pytest.fixture
-def daemon(broker_factory):
-    return broker_factory()
-
-
-@pytest.fixture
-def admin(daemon):
-    return Api(daemon).login(daemon.admin_email, daemon.admin_password)
 
 
 def write_s(api, lines):
@@ -79,7 +69,7 @@ def test_retention_round_trip_and_effect(daemon, admin):
     assert rows == [[3]]
     # persisted across a restart
     daemon.restart()
-    admin = Api(daemon).login(daemon.admin_email, daemon.admin_password)
+    admin = admin_api(daemon)
     r = expect(admin.get("/retention"), 200).json()
     assert r == {"days": 1, "seconds": 86400, "default": False,
                  "metrics": [{"metric": "hum", "days": 7, "seconds": 7 * 86400}]}
@@ -91,7 +81,7 @@ def test_retention_round_trip_and_effect(daemon, admin):
 
 def test_retention_default_from_the_setting(broker_factory):
     b = broker_factory(retention_days=30)
-    a = Api(b).login(b.admin_email, b.admin_password)
+    a = admin_api(b)
     assert expect(a.get("/retention"), 200).json() == {
         "days": 30, "seconds": 30 * 86400, "default": True, "metrics": []}
 
@@ -142,7 +132,7 @@ def seed(admin):
 
 
 def check_restored(b):
-    a = Api(b).login(b.admin_email, b.admin_password)
+    a = admin_api(b)
     assert expect(a.get("/devices/bk-1"), 200).json()["tags"] == {"site": "x"}
     assert q(a, "SELECT temp FROM telemetry WHERE device = 'bk-1' ORDER BY time") == [[21.5],
                                                                                       [22.5]]

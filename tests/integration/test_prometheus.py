@@ -14,7 +14,7 @@ import urllib.parse
 import pytest
 import requests
 
-from apiclient import Api, expect, write_lines
+from apiclient import Api, admin_api, expect, write_lines
 from clients import PahoClient, unique
 from conftest import IS_MOSQUITTO
 
@@ -31,7 +31,7 @@ def env(tmp_path_factory):
     from conftest import Broker
     b = Broker(tmp_path_factory.mktemp("prom"), {})
     b.start()
-    admin = Api(b).login(b.admin_email, b.admin_password)
+    admin = admin_api(b)
     lines = []
     for i in range(13):
         t = T0 + i * 10

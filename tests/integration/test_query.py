@@ -15,16 +15,6 @@ T0 = 1795687200 * 10**9  # 2026-11-26T10:00:00Z
 S = 10**9
 
 
-@pytest.fixture
-def daemon(broker_factory):
-    return broker_factory()
-
-
-@pytest.fixture
-def admin(daemon):
-    return Api(daemon).login(daemon.admin_email, daemon.admin_password)
-
-
 def write(api, lines):
     write_lines(api, lines, "ns")
 

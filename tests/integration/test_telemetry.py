@@ -12,21 +12,11 @@ import time
 import pytest
 import requests
 
-from apiclient import Api, api_token, expect, new_device
+from apiclient import api_token, expect, new_device
 from clients import V311, V5, PahoClient, unique, wait_until
 from conftest import IS_MOSQUITTO
 
 pytestmark = pytest.mark.skipif(IS_MOSQUITTO, reason="mosquitto stores no telemetry")
-
-
-@pytest.fixture
-def daemon(broker_factory):
-    return broker_factory()  # anonymous allowed: the default tenant
-
-
-@pytest.fixture
-def admin(daemon):
-    return Api(daemon).login(daemon.admin_email, daemon.admin_password)
 
 
 def latest(api, dev):

@@ -17,7 +17,7 @@ import requests
 
 from clients import V5, V311, MosquittoSub, PahoClient, mosquitto_pub, unique, wait_until
 from conftest import IS_MOSQUITTO, Broker, free_port, port_open
-from apiclient import api_token, expect, new_device
+from apiclient import admin_api, api_token, new_device
 
 pytestmark = pytest.mark.skipif(IS_MOSQUITTO, reason="thinghz listeners and dev CA")
 
@@ -256,8 +256,7 @@ def test_silent_tls_client_is_bounded_by_the_connect_timeout(broker_factory):
 
 def test_device_secret_and_token_over_tls(broker_factory):
     tb = TlsBroker(broker_factory(**tls_opts(allow_anonymous=False)))
-    from apiclient import Api
-    api = Api(tb.b).login(tb.b.admin_email, tb.b.admin_password)
+    api = admin_api(tb.b)
     d = new_device(api)
     c = PahoClient(tb.b, port=tb.mqtts, ca=tb.ca, username=d["id"], password=d["secret"])
     own = "devices/%s/state" % d["id"]

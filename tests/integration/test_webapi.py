@@ -12,7 +12,7 @@ import time
 import pytest
 import websocket
 
-from apiclient import Api, expect, new_device, write_lines
+from apiclient import expect, new_device, write_lines
 from clients import PahoClient, V311, V5, mosquitto_pub, unique, wait_until
 from conftest import IS_MOSQUITTO
 
@@ -23,13 +23,9 @@ T0 = 1795687200 * S  # 2026-11-26T10:00:00Z
 
 
 @pytest.fixture
-def closed(broker_factory):
-    return broker_factory(allow_anonymous=False)
-
-
-@pytest.fixture
-def admin(closed):
-    return Api(closed).login(closed.admin_email, closed.admin_password)
+def daemon(closed):
+    """The admin fixture's daemon here is the closed one (conftest.py)."""
+    return closed
 
 
 def user_api(admin, role):

@@ -242,13 +242,40 @@ static void test_time_format(void **st)
     assert_false(q_time_parse("2026-11-26 25:00:00", 19, &ns));
 }
 
+/* The interval literal the telemetry route's step= shares with the SQL. */
+static void test_interval(void **st)
+{
+#define IV(z) q_interval_ns(z, strlen(z))
+    assert_int_equal(IV("30s"), 30000000000LL);
+    assert_int_equal(IV("5m"), 300000000000LL);
+    assert_int_equal(IV("1h"), 3600000000000LL);
+    assert_int_equal(IV("2d"), 172800000000000LL);
+    assert_int_equal(IV("250ms"), 250000000LL);
+    assert_int_equal(IV("7ns"), 7);
+    assert_int_equal(IV("1w"), 604800000000000LL);
+    assert_int_equal(IV("1H"), 3600000000000LL);
+    assert_int_equal(IV("0s"), 0);
+    assert_int_equal(IV("00m"), 0);
+    assert_int_equal(IV("s"), 0);
+    assert_int_equal(IV("5"), 0);
+    assert_int_equal(IV("5 m"), 0);
+    assert_int_equal(IV("5min"), 0);
+    assert_int_equal(IV("1.5h"), 0);
+    assert_int_equal(IV("-1s"), 0);
+    assert_int_equal(IV("1s;drop"), 0);
+    assert_int_equal(IV("1234567890123s"), 0); /* 13 digits */
+    assert_int_equal(IV("999999999999s"), 0);  /* past int64 */
+    assert_int_equal(IV("999999999999ms"), 999999999999000000LL);
+#undef IV
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_select_list), cmocka_unit_test(test_aggregates),
         cmocka_unit_test(test_literals),    cmocka_unit_test(test_where),
         cmocka_unit_test(test_clauses),     cmocka_unit_test(test_errors),
-        cmocka_unit_test(test_time_format),
+        cmocka_unit_test(test_time_format), cmocka_unit_test(test_interval),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
