@@ -138,18 +138,11 @@ static tsdb_cell *cell_get(tsdb_ser *s, int64_t m)
     return &s->cells[i];
 }
 
-/* Accounts one head point in its cell. fresh: its timestamp is known not to
- * be in the head yet (else one inside the cell's span may replace a point:
- * the cell turns dirty). */
-static void cell_add(tsdb_ser *s, int64_t ts, uint64_t v, bool fresh)
+/* Folds the value d at ts into cell c. fresh: ts is known not to be in the
+ * head yet (else one inside the cell's span may replace a point: the cell
+ * turns dirty, and its aggregate is recomputed from the points when read). */
+static inline void cell_fold(tsdb_cell *c, int64_t ts, double d, bool fresh)
 {
-    if (s->type == TSDB_STRING || !s->cells_ok) return;
-    tsdb_cell *c = cell_get(s, tsdb_floor_to(ts, TSDB_MINUTE_NS));
-    if (!c) {
-        s->cells_ok = false; /* until the next rebuild */
-        return;
-    }
-    double d = as_double(s->type, v);
     tsdb_agg *a = &c->a;
     if (!a->count) {
         *a = (tsdb_agg){1, d, d, d, d, d, ts, ts};
@@ -157,8 +150,7 @@ static void cell_add(tsdb_ser *s, int64_t ts, uint64_t v, bool fresh)
     }
     if (c->dirty) return;
     if (!fresh && ts >= a->first_ts && ts <= a->last_ts) {
-        /* maybe a duplicate timestamp (the last write wins): read its points */
-        c->dirty = true;
+        c->dirty = true; /* maybe a duplicate timestamp (the last write wins) */
         return;
     }
     a->count++;
@@ -172,6 +164,20 @@ static void cell_add(tsdb_ser *s, int64_t ts, uint64_t v, bool fresh)
         a->last_ts = ts;
         a->last = d;
     }
+}
+
+/* Accounts one head point in its cell. fresh: its timestamp is known not to
+ * be in the head yet (else one inside the cell's span may replace a point:
+ * the cell turns dirty). */
+static void cell_add(tsdb_ser *s, int64_t ts, uint64_t v, bool fresh)
+{
+    if (s->type == TSDB_STRING || !s->cells_ok) return;
+    tsdb_cell *c = cell_get(s, tsdb_floor_to(ts, TSDB_MINUTE_NS));
+    if (!c) {
+        s->cells_ok = false; /* until the next rebuild */
+        return;
+    }
+    cell_fold(c, ts, as_double(s->type, v), fresh);
 }
 
 /* First index of the sorted head with ts >= t. */
@@ -298,24 +304,7 @@ void tsdb_head_append_run(tsdb *db, tsdb_ser *s, const tsdb_rpt *p, size_t n)
                     break;
                 }
             }
-            double d = as_double(s->type, p[i].v);
-            tsdb_agg *a = &c->a;
-            if (!a->count) {
-                *a = (tsdb_agg){1, d, d, d, d, d, ts, ts};
-                continue;
-            }
-            if (c->dirty) continue;
-            a->count++;
-            a->sum += d;
-            if (d < a->min) a->min = d;
-            if (d > a->max) a->max = d;
-            if (ts < a->first_ts) {
-                a->first_ts = ts;
-                a->first = d;
-            } else if (ts > a->last_ts) {
-                a->last_ts = ts;
-                a->last = d;
-            }
+            cell_fold(c, ts, as_double(s->type, p[i].v), true);
         }
     }
     if (n) lvc_set(s, p[n - 1].ts, p[n - 1].v, NULL, 0);
