@@ -45,6 +45,19 @@ static bool same_group(const fsub *a, const fsub *b)
            memcmp(a->g, b->g, a->gl) == 0;
 }
 
+/* A filter the broker could hold: outside the reserved "$t/" namespace, or
+ * inside it with a literal tenant id ("$t/42/...", never "$t/+/..." or
+ * "$t/#": wildcards never choose the tenant). */
+static bool tenant_filter_ok(const char *f, size_t fl)
+{
+    if (!topic_reserved(f, fl)) return true;
+    size_t base = topic_tenant_base(f, fl);
+    if (base < 5) return false;
+    for (size_t i = 3; i + 1 < base; i++)
+        if (f[i] < '0' || f[i] > '9') return false;
+    return true;
+}
+
 /* Checks one topic against every live subscription. */
 static void check_topic(tnode *root, worker *w, const char *t, size_t tl, int nsubs)
 {
@@ -70,8 +83,11 @@ static void check_topic(tnode *root, worker *w, const char *t, size_t tl, int ns
         }
         bool want = topic_matches(subs[i].f, subs[i].fl, t, tl);
         /* the ACL's filter-covers-filter must agree with plain matching when
-         * the covered "filter" is a topic name (C strings: no NUL inside) */
-        if (!memchr(subs[i].f, 0, subs[i].fl) && !memchr(t, 0, tl)) {
+         * the covered "filter" is a topic name (C strings: no NUL inside).
+         * ACLs see the names clients give, never the broker's "$t/N/" ones
+         * (topic_reserved), whose tenant rules only topic_matches knows. */
+        if (!memchr(subs[i].f, 0, subs[i].fl) && !memchr(t, 0, tl) &&
+            !topic_reserved(subs[i].f, subs[i].fl) && !topic_reserved(t, tl)) {
             char *fz = strndup(subs[i].f, subs[i].fl), *tz = strndup(t, tl);
             if (fz && tz && topic_filter_covers(fz, tz) != want) abort();
             free(fz);
@@ -128,6 +144,9 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
             bool shared = topic_share_parse(p, n, &g, &gl, &f, &fl, &bad);
             /* MQTT strings cannot hold U+0000 (the codec rejects it) */
             bool ok = shared ? !bad && !memchr(g, '\0', gl) : topic_filter_valid(p, n);
+            /* the broker builds "$t/N/..." filters itself, N a tenant id, and
+             * refuses any other filter in that namespace (topic_reserved) */
+            ok = ok && tenant_filter_ok(f, fl);
             if (ok && nsubs < MAX_FILTERS) {
                 subs[nsubs] = (fsub){.f = f, .fl = fl, .g = shared ? g : NULL, .gl = gl};
                 nsubs++;
