@@ -9,6 +9,7 @@
 #include <stddef.h>
 #include <stdint.h>
 #include <string.h>
+#include <time.h>
 
 /* Writes v as a big-endian 16-bit integer at p. */
 static inline void put16(uint8_t *p, unsigned v)
@@ -73,6 +74,23 @@ static inline uint64_t hist_value(unsigned i)
     unsigned shift = i / H_HALF - 1;
     uint64_t sub = i - shift * H_HALF;
     return ((sub + 1) << shift) - 1;
+}
+
+/* Wall-clock seconds (monotonic). */
+static inline double bench_now_s(void)
+{
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return (double)t.tv_sec + (double)t.tv_nsec / 1e9;
+}
+
+/* CPU seconds of the whole process (all threads): on a VM with CPU steal
+ * the wall clock understates what the code does. */
+static inline double bench_cpu_s(void)
+{
+    struct timespec t;
+    clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &t);
+    return (double)t.tv_sec + (double)t.tv_nsec / 1e9;
 }
 
 #endif

@@ -20,6 +20,7 @@
 
 #include "core/log.h"
 #include "tsdb/tsdb.h"
+#include "../common/bench_common.h"
 
 static int ndev = 1000, nsec = 3600;
 static tsdb_fsync mode = TSDB_FSYNC_EVERYSEC;
@@ -27,22 +28,8 @@ static const char *basedir = "/tmp";
 static const char *const mets[4] = {"temperature", "humidity", "pressure", "battery"};
 static const int64_t T0 = 1699999200ll * 1000000000ll; /* an hour boundary */
 
-static double now_s(void)
-{
-    struct timespec t;
-    clock_gettime(CLOCK_MONOTONIC, &t);
-    return (double)t.tv_sec + t.tv_nsec / 1e9;
-}
-
 /* CPU time of the whole process (all threads): on a VM with CPU steal the
  * wall clock understates what the code does. */
-static double cpu_s(void)
-{
-    struct timespec t;
-    clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &t);
-    return (double)t.tv_sec + t.tv_nsec / 1e9;
-}
-
 typedef struct job {
     tsdb *db;
     int d0, d1; /* devices [d0, d1) */
@@ -112,32 +99,32 @@ static void run(int threads)
     }
     pthread_t th[8];
     job jobs[8];
-    double t = now_s(), c = cpu_s();
+    double t = bench_now_s(), c = bench_cpu_s();
     for (int i = 0; i < threads; i++) {
         jobs[i] =
             (job){db, ndev * i / threads, ndev * (i + 1) / threads, 0x9e3779b97f4a7c15ull + i};
         pthread_create(&th[i], NULL, writer, &jobs[i]);
     }
     for (int i = 0; i < threads; i++) pthread_join(th[i], NULL);
-    double wt = now_s() - t, wc = cpu_s() - c;
+    double wt = bench_now_s() - t, wc = bench_cpu_s() - c;
     uint64_t pts = (uint64_t)ndev * 4 * nsec;
     tsdb_stats st;
     tsdb_get_stats(db, &st);
     uint64_t wal = st.wal_bytes;
-    t = now_s();
+    t = bench_now_s();
     if (tsdb_flush(db)) {
         fprintf(stderr, "flush failed\n");
         exit(1);
     }
-    double ft = now_s() - t;
+    double ft = bench_now_s() - t;
     tsdb_get_stats(db, &st);
     uint64_t blocks_bytes = st.disk_bytes - st.wal_bytes;
     /* one aggregate over the hour in 1-minute bins, for a feel of the read side */
     tsdb_agg agg[60];
-    t = now_s();
+    t = bench_now_s();
     for (uint64_t id = 1; id <= 100; id++)
         tsdb_aggregate(db, 1, id, T0, T0 + 3600ll * 1000000000ll, 60ll * 1000000000ll, agg, 60);
-    double at = (now_s() - t) / 100;
+    double at = (bench_now_s() - t) / 100;
     printf("{\"threads\":%d,\"fsync\":\"%s\",\"points\":%" PRIu64 ",\"write_s\":%.3f,"
            "\"points_per_s\":%.0f,\"cpu_s\":%.3f,\"points_per_cpu_s\":%.0f,\"wal_bytes_before_"
            "flush\":%" PRIu64 ",\"flush_s\":%.3f,"

@@ -26,23 +26,10 @@
 
 #include "core/log.h"
 #include "tsdb/tsdb.h"
+#include "../common/bench_common.h"
 
 static const char *const mets[4] = {"temperature", "humidity", "pressure", "battery"};
 static const int64_t T0 = 1699999200ll * 1000000000ll; /* an hour boundary */
-
-static double now_s(void)
-{
-    struct timespec t;
-    clock_gettime(CLOCK_MONOTONIC, &t);
-    return (double)t.tv_sec + t.tv_nsec / 1e9;
-}
-
-static double cpu_s(void)
-{
-    struct timespec t;
-    clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &t);
-    return (double)t.tv_sec + t.tv_nsec / 1e9;
-}
 
 static uint64_t rnd(uint64_t *s)
 {
@@ -57,13 +44,13 @@ static tsdb *open_db(const char *dir, double *wall, double *cpu)
     tsdb_options o = {.dir = dir, .fsync = TSDB_FSYNC_EVERYSEC};
     tsdb *db = NULL;
     char err[TSDB_ERR_LEN] = "";
-    double t = now_s(), c = cpu_s();
+    double t = bench_now_s(), c = bench_cpu_s();
     if (tsdb_open(&o, &db, err)) {
         fprintf(stderr, "tsdb_open %s: %s\n", dir, err);
         exit(1);
     }
-    *wall = now_s() - t;
-    *cpu = cpu_s() - c;
+    *wall = bench_now_s() - t;
+    *cpu = bench_cpu_s() - c;
     return db;
 }
 
@@ -86,7 +73,7 @@ static int gen(const char *dir, int ndev, int nsec)
         p[f].v.type = TSDB_FLOAT;
     }
     char err[TSDB_ERR_LEN];
-    double t = now_s();
+    double t = bench_now_s();
     for (int s = 0; s < nsec; s++) {
         int64_t ts = T0 + (int64_t)s * 1000000000ll;
         for (int i = 0; i < ndev; i++) {
@@ -108,7 +95,7 @@ static int gen(const char *dir, int ndev, int nsec)
             }
         }
     }
-    double wt = now_s() - t;
+    double wt = bench_now_s() - t;
     tsdb_stats st;
     for (int i = 0; i < 6000; i++) { /* until the WAL thread wrote it all (page cache) */
         tsdb_get_stats(db, &st);
@@ -152,9 +139,9 @@ int main(int argc, char **argv)
         fflush(stdout);
         _exit(0); /* a crash again: the WAL stays for the next run */
     }
-    double t = now_s(), cc = cpu_s();
+    double t = bench_now_s(), cc = bench_cpu_s();
     tsdb_close(db);
-    double cw = now_s() - t, ccpu = cpu_s() - cc;
+    double cw = bench_now_s() - t, ccpu = bench_cpu_s() - cc;
     double rw, rc;
     db = open_db(dir, &rw, &rc);
     tsdb_stats st2;

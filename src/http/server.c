@@ -419,20 +419,7 @@ static const char *conn_peer(void *conn)
 {
     hconn *c = conn;
     if (c->peer[0] || c->closed) return c->peer;
-    struct sockaddr_storage ss;
-    int sl = sizeof ss;
-    char host[48] = "?";
-    int port = 0;
-    if (uv_tcp_getpeername(c->tcp, (struct sockaddr *)&ss, &sl) == 0) {
-        if (ss.ss_family == AF_INET) {
-            uv_ip4_name((struct sockaddr_in *)&ss, host, sizeof host);
-            port = ntohs(((struct sockaddr_in *)&ss)->sin_port);
-        } else if (ss.ss_family == AF_INET6) {
-            uv_ip6_name((struct sockaddr_in6 *)&ss, host, sizeof host);
-            port = ntohs(((struct sockaddr_in6 *)&ss)->sin6_port);
-        }
-    }
-    snprintf(c->peer, sizeof c->peer, "%s:%d", host, port);
+    if (!net_peer_name(c->tcp, c->peer, sizeof c->peer)) snprintf(c->peer, sizeof c->peer, "?:0");
     return c->peer;
 }
 

@@ -537,20 +537,7 @@ static conn *conn_new(worker *w, uv_tcp_t *tcp)
     if (w->conns) w->conns->prev = c;
     w->conns = c;
     atomic_fetch_add(&n_conns, 1);
-    struct sockaddr_storage ss;
-    int sl = sizeof ss;
-    if (tcp && uv_tcp_getpeername(tcp, (struct sockaddr *)&ss, &sl) == 0) {
-        char host[48] = "?";
-        int port = 0;
-        if (ss.ss_family == AF_INET) {
-            uv_ip4_name((struct sockaddr_in *)&ss, host, sizeof host);
-            port = ntohs(((struct sockaddr_in *)&ss)->sin_port);
-        } else if (ss.ss_family == AF_INET6) {
-            uv_ip6_name((struct sockaddr_in6 *)&ss, host, sizeof host);
-            port = ntohs(((struct sockaddr_in6 *)&ss)->sin6_port);
-        }
-        snprintf(c->peer, sizeof c->peer, "%s:%d", host, port);
-    }
+    if (tcp) net_peer_name(tcp, c->peer, sizeof c->peer);
     return c;
 }
 

@@ -8,6 +8,7 @@
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <pthread.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
@@ -335,4 +336,24 @@ void net_shutdown(void)
     free(threads);
     threads = NULL;
     nthreads = 0;
+}
+
+bool net_peer_name(const uv_tcp_t *tcp, char *out, size_t n)
+{
+    struct sockaddr_storage ss;
+    int sl = sizeof ss;
+    char host[48];
+    int port;
+    if (uv_tcp_getpeername(tcp, (struct sockaddr *)&ss, &sl) != 0) return false;
+    if (ss.ss_family == AF_INET) {
+        uv_ip4_name((struct sockaddr_in *)&ss, host, sizeof host);
+        port = ntohs(((struct sockaddr_in *)&ss)->sin_port);
+    } else if (ss.ss_family == AF_INET6) {
+        uv_ip6_name((struct sockaddr_in6 *)&ss, host, sizeof host);
+        port = ntohs(((struct sockaddr_in6 *)&ss)->sin6_port);
+    } else {
+        return false;
+    }
+    snprintf(out, n, "%s:%d", host, port);
+    return true;
 }

@@ -4,6 +4,9 @@
 #ifndef THZ_NET_H
 #define THZ_NET_H
 
+#include <stdbool.h>
+#include <stddef.h>
+
 #include <uv.h>
 
 #include "core/err.h"
@@ -41,6 +44,11 @@ void net_on_batch_end(net_batch_fn fn, void *ctx);
 /* Opens one SO_REUSEPORT listening socket per thread on "ADDR:PORT" (before
  * net_start). Every accepted connection goes to fn on its thread. */
 thz_err net_listen(const char *addr, net_accept_fn fn, void *ctx);
+
+/* Writes the peer address of tcp as "HOST:PORT" (IPv4 or IPv6) into out
+ * (NUL-terminated, cut to n). Returns false, with out untouched, when the
+ * socket has no peer (closed, or not a connected TCP socket). */
+bool net_peer_name(const uv_tcp_t *tcp, char *out, size_t n);
 
 /* Starts the threads. */
 thz_err net_start(void);
