@@ -51,6 +51,11 @@ try {
     await page.waitForURL(/#\/devices\//);
     await page.locator('#latest tr[data-metric="temp"]').waitFor();
     await page.locator('.chart[data-metric="temp"] canvas').waitFor();
+    // The canvas can be drawn before the telemetry answer arrives (slow under
+    // the sanitizer builds): wait for the points, then check them.
+    await page.waitForFunction(() => Number(document.querySelector(
+      '.chart[data-metric="temp"] .plot')?.getAttribute('data-points')) > 0, null,
+      { timeout: 15000 }).catch(() => {});
     const pts = Number(await page.locator('.chart[data-metric="temp"] .plot').getAttribute('data-points'));
     if (!(pts > 0)) throw new Error('the temp chart has no points');
     await shot(page, '03-device');
